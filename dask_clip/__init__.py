@@ -1,0 +1,18 @@
+"""dask_clip: CLIP image embeddings appended to Dask DataFrames."""
+
+from __future__ import annotations
+
+from .cluster import local_cluster
+from .embedder import ImageEmbedder
+from .errors import DaskClipError, ImageDecodeError, ModelLoadError
+from .spec import ModelSpec
+
+__all__ = [
+    "DaskClipError",
+    "ImageDecodeError",
+    "ImageEmbedder",
+    "ModelLoadError",
+    "ModelSpec",
+    "local_cluster",
+]
+__version__ = "0.1.0"

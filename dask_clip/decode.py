@@ -1,0 +1,171 @@
+"""Turn one row's image — encoded bytes, a path/URL, or decoded pixels — into uint8 (H, W, 3) RGB.
+
+Decoding follows open_clip's reference: Pillow opens the image and ``convert("RGB")`` maps
+every mode (L, P, RGBA, CMYK, I;16, ...) to RGB. Failures never raise here: each function
+returns the pixels or a short reason that goes into the error column.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DecodeResult", "decode_bytes", "read_paths", "check_pixels"]
+
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS); 20-megapixel photos pass.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+DecodeResult = tuple["np.ndarray | None", "str | None"]
+"""(uint8 (H, W, 3) RGB pixels, None) on success, (None, reason) on failure."""
+
+
+def decode_bytes(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> DecodeResult:
+    """Decode encoded image bytes (JPEG, PNG, WebP, GIF, BMP, TIFF, ...) with Pillow.
+
+    Parameters
+    ----------
+    data
+        ``bytes``, ``bytearray`` or ``memoryview``; anything else (None, NaN, str) is a row error.
+    max_pixels
+        Refuse images with more pixels than this before decoding them (decompression bombs);
+        None disables the check.
+
+    Returns
+    -------
+    pixels : numpy.ndarray of uint8, shape (H, W, 3), or None
+    reason : str or None
+    """
+    if data is None or (isinstance(data, float) and np.isnan(data)):
+        return None, "missing image (null)"
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return None, f"expected image bytes, got {type(data).__name__}"
+    if len(data) == 0:
+        return None, "empty image bytes"
+    try:
+        with warnings.catch_warnings():
+            # We apply our own limit below; Pillow's warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                return None, f"image too large: {width}x{height} pixels > limit {max_pixels} (decompression bomb?)"
+            rgb = image.convert("RGB")  # decodes; first frame of animations
+        return np.asarray(rgb), None
+    except Image.DecompressionBombError as err:
+        return None, f"image too large (decompression bomb?): {err}"
+    except UnidentifiedImageError:
+        return None, "not a decodable image (unknown format)"
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        # Pillow reports truncated and corrupt files as OSError/SyntaxError/EOFError.
+        return None, f"corrupt or truncated image: {err}"
+    except Exception as err:  # a plugin bug must not kill the partition
+        return None, f"decode failed: {type(err).__name__}: {err}"
+
+
+def read_paths(paths: Sequence[object]) -> list[tuple[bytes | None, str | None]]:
+    """Read local paths or fsspec URLs, concurrently per filesystem where it supports that.
+
+    Parameters
+    ----------
+    paths
+        One entry per row: a path or URL string (``s3://``, ``https://``, ``file://``, ...) or
+        None.
+
+    Returns
+    -------
+    list of (bytes or None, reason or None)
+        In the order of ``paths``.
+    """
+    import fsspec.core
+
+    results: list[tuple[bytes | None, str | None]] = [(None, "missing path (null)")] * len(paths)
+    groups: dict[object, tuple[object, list[int], list[str]]] = {}
+    for i, path in enumerate(paths):
+        if not isinstance(path, str) or not path:
+            continue
+        try:
+            fs, fs_path = fsspec.core.url_to_fs(path)
+        except Exception as err:  # unknown protocol, missing fsspec backend
+            results[i] = (None, f"cannot open {path!r}: {err}")
+            continue
+        _, rows, fs_paths = groups.setdefault(fs, (fs, [], []))
+        rows.append(i)
+        fs_paths.append(fs_path)
+    for fs, rows, fs_paths in groups.values():
+        contents = fs.cat(fs_paths, on_error="return")  # type: ignore[attr-defined]
+        if not isinstance(contents, dict):  # a single path may come back bare
+            contents = {fs_paths[0]: contents}
+        for row, fs_path in zip(rows, fs_paths):
+            got = contents.get(fs_path, FileNotFoundError(fs_path))
+            if isinstance(got, FileNotFoundError):
+                results[row] = (None, f"file not found: {paths[row]}")
+            elif isinstance(got, BaseException):
+                results[row] = (None, f"cannot read {paths[row]}: {type(got).__name__}: {got}")
+            else:
+                results[row] = (got, None)
+    return results
+
+
+def check_pixels(pixels: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> DecodeResult:
+    """Validate one decoded image: uint8 (H, W, 3) RGB; (H, W) and (H, W, 1) gray and
+    (H, W, 4) RGBA are mapped to RGB as Pillow's ``convert("RGB")`` would (alpha dropped).
+
+    Parameters
+    ----------
+    pixels
+        An array-like (NumPy array, torch tensor, anything with ``__dlpack__``) or None.
+
+    Returns
+    -------
+    pixels : numpy.ndarray or torch.Tensor of uint8, shape (H, W, 3), or None
+        A view where possible (no copy for RGB input).
+    reason : str or None
+    """
+    if pixels is None:
+        return None, "missing image (null)"
+    if not hasattr(pixels, "shape") or not hasattr(pixels, "dtype"):
+        return None, f"expected a uint8 (H, W, 3) array, got {type(pixels).__name__}"
+    shape = tuple(pixels.shape)
+    if str(pixels.dtype) not in ("uint8", "torch.uint8"):
+        return None, f"expected uint8 pixels, got dtype {pixels.dtype}"
+    if len(shape) == 2:
+        pixels, shape = pixels[:, :, None], (*shape, 1)
+    if len(shape) != 3 or shape[2] not in (1, 3, 4) or shape[0] == 0 or shape[1] == 0:
+        return None, f"expected (H, W, 3) pixels, got shape {shape}"
+    if max_pixels is not None and shape[0] * shape[1] > max_pixels:
+        return None, f"image too large: {shape[1]}x{shape[0]} pixels > limit {max_pixels}"
+    if shape[2] == 1:
+        return _repeat_gray(pixels), None
+    if shape[2] == 4:
+        return pixels[:, :, :3], None
+    return pixels, None
+
+
+def _repeat_gray(pixels: object) -> object:
+    if isinstance(pixels, np.ndarray):
+        return np.repeat(pixels, 3, axis=2)
+    return pixels.expand(-1, -1, 3)  # torch: a view
+
+
+def decode_all(items: Iterable[object], kind: str, *, max_pixels: int | None) -> list[DecodeResult]:
+    """Decode a batch of rows of one ``kind`` (``"bytes"``, ``"path"`` or ``"pixels"``).
+
+    Returns
+    -------
+    list of (pixels or None, reason or None), one per item, in order.
+    """
+    items = list(items)
+    if kind == "pixels":
+        return [check_pixels(p, max_pixels=max_pixels) for p in items]
+    if kind == "path":
+        return [
+            (None, reason) if data is None else decode_bytes(data, max_pixels=max_pixels)
+            for data, reason in read_paths(items)
+        ]
+    if kind == "bytes":
+        return [decode_bytes(b, max_pixels=max_pixels) for b in items]
+    raise ValueError(f"unknown image kind {kind!r}; choose 'bytes', 'path' or 'pixels'")

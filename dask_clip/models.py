@@ -1,0 +1,202 @@
+"""The per-process model cache: each worker process loads a spec's model once, on first use.
+
+Tasks carry only a :class:`~dask_clip.spec.ModelSpec`; the model itself never enters the
+task graph. A Dask worker is one process here (``LocalCluster``, ``LocalCUDACluster`` and
+``dask worker`` all start one process per worker), so a module-level cache is a per-worker
+cache, and the same code serves plain Python without Dask.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+from .spec import ModelSpec, find_weights
+
+__all__ = ["LoadedModel", "get_model", "load_counts", "clear_cache", "resolve_device"]
+
+logger = logging.getLogger("dask_clip")
+
+_CACHE: dict[ModelSpec, LoadedModel] = {}
+_LOCK = threading.Lock()
+_LOAD_COUNTS: collections.Counter[ModelSpec] = collections.Counter()
+RANDOM_WEIGHTS_SEED = 0
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The eval-time preprocessing of one model, as open_clip configured it.
+
+    Attributes
+    ----------
+    size : tuple of int
+        Output (height, width).
+    mean, std : tuple of float
+        Per-channel normalisation, RGB.
+    interpolation : str
+        ``"bicubic"`` or ``"bilinear"``.
+    resize_mode : str
+        ``"shortest"`` (resize shortest side, centre crop), ``"longest"`` (resize longest
+        side, centre pad) or ``"squash"`` (resize to ``size`` ignoring aspect).
+    fill_color : int
+        Padding value for ``"longest"``.
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> PreprocessConfig:
+        """Read the config open_clip attached to ``model`` (``get_model_preprocess_cfg``)."""
+        from open_clip import get_model_preprocess_cfg
+        from open_clip.transform import PreprocessCfg
+
+        cfg = PreprocessCfg(**get_model_preprocess_cfg(model))
+        size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
+        # open_clip evaluates "random" interpolation as bicubic.
+        interpolation = "bilinear" if cfg.interpolation == "bilinear" else "bicubic"
+        return cls(
+            size=(int(size[0]), int(size[1])),
+            mean=tuple(float(m) for m in cfg.mean),
+            std=tuple(float(s) for s in cfg.std),
+            interpolation=interpolation,
+            resize_mode=cfg.resize_mode,
+            fill_color=int(cfg.fill_color),
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A loaded, eval-mode open_clip model and what running it needs.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The open_clip model (``encode_image`` takes float (N, 3, H, W)).
+    preprocess : PreprocessConfig
+        Its eval preprocessing.
+    device : torch.device
+    autocast_dtype : torch.dtype or None
+        Autocast dtype for fp16/bf16 precision; None runs in float32.
+    embed_dim : int
+        Width D of the (N, D) embeddings.
+    batch_size_cap : int or None
+        The largest batch that fitted in memory after an out-of-memory back-off; None until
+        one happens. Remembered for the life of the worker.
+    """
+
+    model: torch.nn.Module
+    preprocess: PreprocessConfig
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    embed_dim: int
+    batch_size_cap: int | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → ``cuda:0`` (the worker's own GPU under dask-cuda) when CUDA works, else CPU."""
+    if device == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _create(spec: ModelSpec) -> torch.nn.Module:
+    import open_clip
+
+    if spec.model_dir is not None:
+        folder = Path(spec.model_dir).expanduser().resolve()
+        if not find_weights(folder):  # open_clip would silently go on with random weights
+            raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
+        return open_clip.create_model(f"local-dir:{folder}", weights_only=True)
+    if spec.pretrained is None:
+        # Seeded, so every worker process builds the same random model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            return open_clip.create_model(spec.model, pretrained=None)
+    tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
+    try:
+        # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.
+        return open_clip.create_model(
+            spec.model,
+            pretrained=spec.pretrained,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            weights_only=True,
+        )
+    except Exception as err:  # open_clip raises RuntimeError for any download failure
+        raise ModelLoadError(
+            f"could not load pretrained={spec.pretrained!r} for {spec.model!r}: {err}. "
+            "Without network access, fetch the weights on another machine (e.g. "
+            "`huggingface-cli download laion/CLIP-ViT-L-14-laion2B-s32B-b82K --local-dir DIR`) "
+            "and pass model_dir=DIR."
+        ) from err
+
+
+def _load(spec: ModelSpec) -> LoadedModel:
+    device = resolve_device(spec.device)
+    model = _create(spec).eval().requires_grad_(False).to(device)
+    preprocess = PreprocessConfig.from_model(model)
+    with torch.inference_mode():
+        probe = torch.zeros((1, 3, *preprocess.size), device=device)
+        embed_dim = int(model.encode_image(probe).shape[-1])
+    if spec.random_weights:
+        logger.warning("dask_clip: %s has seeded RANDOM weights (pretrained=None)", spec.model)
+    return LoadedModel(model, preprocess, device, _autocast_dtype(spec.precision, device), embed_dim)
+
+
+def get_model(spec: ModelSpec) -> LoadedModel:
+    """The process's model for ``spec``, loaded on first use (thread-safe, loads once).
+
+    Parameters
+    ----------
+    spec
+        What to load.
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ModelLoadError
+        The weights could not be found, read or downloaded.
+    """
+    loaded = _CACHE.get(spec)
+    if loaded is None:
+        with _LOCK:  # double-checked: several task threads may ask at once
+            loaded = _CACHE.get(spec)
+            if loaded is None:
+                loaded = _load(spec)
+                _CACHE[spec] = loaded
+                _LOAD_COUNTS[spec] += 1
+    return loaded
+
+
+def load_counts() -> dict[ModelSpec, int]:
+    """How many times this process has loaded each spec (for tests and diagnostics)."""
+    return dict(_LOAD_COUNTS)
+
+
+def clear_cache() -> None:
+    """Drop this process's models (they are loaded again on next use)."""
+    with _LOCK:
+        _CACHE.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
