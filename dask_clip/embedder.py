@@ -111,7 +111,7 @@ class ImageEmbedder:
 
     # -- validation, on the client -------------------------------------------------------
 
-    def validate(self, columns: object | None = None) -> None:
+    def validate(self, input_columns: object | None = None) -> None:
         """Check the configuration (and the input's columns) before anything runs.
 
         Raises
@@ -130,8 +130,8 @@ class ImageEmbedder:
         if self.output_column == self.error_column:
             raise ValueError("output_column and error_column must differ")
         self.spec.validate()
-        if columns is not None:
-            names = list(columns)
+        if input_columns is not None:
+            names = list(input_columns)
             if self.image_column not in names:
                 raise ValueError(f"image_column={self.image_column!r} not in the columns {names}")
             for out in (self.output_column, self.error_column):

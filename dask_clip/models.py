@@ -141,11 +141,12 @@ def _create(spec: ModelSpec) -> torch.nn.Module:
             weights_only=True,
         )
     except Exception as err:  # open_clip raises RuntimeError for any download failure
+        repo = (tag_cfg.get("hf_hub") or "laion/CLIP-ViT-L-14-laion2B-s32B-b82K").rstrip("/")
         raise ModelLoadError(
             f"could not load pretrained={spec.pretrained!r} for {spec.model!r}: {err}. "
-            "Without network access, fetch the weights on another machine (e.g. "
-            "`huggingface-cli download laion/CLIP-ViT-L-14-laion2B-s32B-b82K --local-dir DIR`) "
-            "and pass model_dir=DIR."
+            "Without network access, fetch the weights on a machine that has it "
+            f"(`huggingface-cli download {repo} --local-dir DIR`), copy DIR here and pass "
+            "model_dir=DIR (CLI: --model-dir DIR)."
         ) from err
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_MODEL_CFG", "write_model_dir"]
+__all__ = ["TINY_MODEL_CFG", "encode_image", "write_model_dir"]
 
 TINY_MODEL_CFG: dict = {
     "embed_dim": 32,
@@ -74,3 +74,14 @@ def write_model_dir(
         raise ValueError(f"weights={weights!r}; choose 'safetensors', 'bin' or None")
     del open_clip
     return folder
+
+
+def encode_image(array: object, fmt: str = "JPEG", **save: object) -> bytes:
+    """Encode a uint8 (H, W) or (H, W, C) array with Pillow (``fmt``: any Pillow format)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
