@@ -92,8 +92,8 @@ def _pixels_from_flat_lists(
     array: pa.Array, heights: np.ndarray, widths: np.ndarray
 ) -> list[torch.Tensor | None]:
     """Views into one Arrow ``list<uint8>`` buffer, shaped (H, W, C) — no per-pixel loop."""
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
+    if isinstance(array, pa.ChunkedArray):  # one chunk: use it as is (combining copies)
+        array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
     values = array.values  # already offset-adjusted for sliced arrays' children
     flat = torch.from_dlpack(np.frombuffer(values.buffers()[1], np.uint8, len(values), values.offset))
     offsets = array.offsets.to_numpy() - array.offsets[0].as_py()
