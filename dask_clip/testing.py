@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_MODEL_CFG", "encode_image", "write_model_dir"]
+__all__ = ["TINY_MODEL_CFG", "encode_image", "odd_images", "parity", "reference_embeddings", "write_model_dir"]
 
 TINY_MODEL_CFG: dict = {
     "embed_dim": 32,
@@ -85,3 +85,75 @@ def encode_image(array: object, fmt: str = "JPEG", **save: object) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def reference_embeddings(model_dir: str, images: list[bytes]) -> "np.ndarray":
+    """open_clip's own pipeline, the parity reference (DESIGN.md): PIL decode ->
+    ``convert("RGB")`` -> the model's preprocess transform -> ``encode_image`` -> L2-normalise.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (N, D).
+    """
+    import io
+
+    import open_clip
+    from PIL import Image
+
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    model.eval()
+    with torch.no_grad():
+        batch = torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
+        return torch.nn.functional.normalize(model.encode_image(batch), dim=-1).numpy()
+
+
+def parity(embeddings: "np.ndarray", reference: "np.ndarray") -> "np.ndarray":
+    """Per image: ``||e - e_ref|| / median ||e_ref_i - e_ref_j||`` over pairs of different images.
+
+    Parameters
+    ----------
+    embeddings, reference
+        float32 (N, D), N >= 2, row i of each from the same image.
+
+    Returns
+    -------
+    numpy.ndarray
+        float (N,).
+    """
+    import numpy as np
+
+    pairs = [np.linalg.norm(reference[i] - reference[j]) for i in range(len(reference)) for j in range(i + 1, len(reference))]
+    return np.linalg.norm(embeddings - reference, axis=1) / np.median(pairs)
+
+
+def odd_images(photos: list) -> dict[str, bytes]:
+    """The shapes and modes that trip decoders up, made from three uint8 (H, W, 3) photos:
+    strips, 1x1, grayscale, RGBA, palette, CMYK, progressive JPEG, WebP, GIF, BMP, TIFF and a
+    20-megapixel JPEG, each encoded with Pillow."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    astronaut, coffee, chelsea = photos[0], photos[1], photos[2]
+    big = np.asarray(Image.fromarray(coffee).resize((5472, 3648), Image.BILINEAR))  # 20 MP
+    cmyk = io.BytesIO()
+    Image.fromarray(chelsea).convert("CMYK").save(cmyk, format="JPEG", quality=90)
+    return {
+        "tall strip 30x600": encode_image(astronaut[:, 200:230].repeat(2, axis=0)[:600], "PNG"),
+        "wide strip 700x40": encode_image(np.ascontiguousarray(coffee[100:140, :]).repeat(2, axis=1)[:, :700], "PNG"),
+        "1x1": encode_image(astronaut[:1, :1], "PNG"),
+        "grayscale": encode_image(np.asarray(Image.fromarray(chelsea).convert("L")), "JPEG", quality=90),
+        "RGBA": encode_image(np.dstack([coffee, np.full(coffee.shape[:2], 128, np.uint8)]), "PNG"),
+        "palette": encode_image(np.asarray(Image.fromarray(astronaut).convert("P", palette=Image.ADAPTIVE)), "PNG"),
+        "CMYK JPEG": cmyk.getvalue(),
+        "progressive JPEG": encode_image(chelsea, "JPEG", quality=85, progressive=True),
+        "WebP": encode_image(coffee, "WEBP", quality=90),
+        "GIF": encode_image(astronaut, "GIF"),
+        "BMP": encode_image(chelsea, "BMP"),
+        "TIFF": encode_image(coffee, "TIFF"),
+        "20 megapixel JPEG": encode_image(big, "JPEG", quality=85),
+    }
+
+
