@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from ._cudf import is_cudf
+
 __all__ = [
     "IMAGE_KINDS",
     "EMBEDDING_DTYPE",
@@ -23,6 +25,8 @@ __all__ = [
     "embedding_array",
     "error_array",
     "as_binary",
+    "is_cudf",
+    "split_flat_pixels",
 ]
 
 IMAGE_KINDS = ("auto", "bytes", "path", "pixels")
@@ -65,6 +69,10 @@ def detect_image_kind(series: pd.Series) -> str | None:
     TypeError
         The column's dtype cannot hold images.
     """
+    if is_cudf(series):
+        from . import _cudf
+
+        return _cudf.detect_image_kind(series)
     arrow_type = _arrow_type(series.dtype)
     if arrow_type is not None:
         kind = _kind_of_arrow_type(arrow_type)
@@ -98,8 +106,33 @@ def _pixels_from_flat_lists(
     flat = torch.from_dlpack(np.frombuffer(values.buffers()[1], np.uint8, len(values), values.offset))
     offsets = array.offsets.to_numpy() - array.offsets[0].as_py()
     valid = array.is_valid().to_numpy(zero_copy_only=False)
+    return split_flat_pixels(flat, offsets, valid, heights, widths)
+
+
+def split_flat_pixels(
+    flat: torch.Tensor, offsets: np.ndarray, valid: np.ndarray, heights: np.ndarray, widths: np.ndarray
+) -> list[torch.Tensor | None]:
+    """Per-row (H, W, C) views of one flat pixel buffer (shared by the pandas and cuDF paths).
+
+    Parameters
+    ----------
+    flat
+        uint8 (total,) on any device (a DLPack view of an Arrow or cuDF buffer).
+    offsets
+        int (N + 1,): row i is ``flat[offsets[i]:offsets[i + 1]]``.
+    valid
+        bool (N,), False for null rows.
+    heights, widths
+        float (N,), NaN where unknown.
+
+    Returns
+    -------
+    list of torch.Tensor or None
+        Views, no copy; a row whose length does not fit its shape stays flat (so
+        :func:`dask_clip.decode.check_pixels` reports it).
+    """
     rows: list[torch.Tensor | None] = []
-    for i in range(len(array)):
+    for i in range(len(valid)):
         start, stop = int(offsets[i]), int(offsets[i + 1])
         h, w = heights[i], widths[i]
         if not valid[i] or pd.isna(h) or pd.isna(w) or int(h) * int(w) == 0 or (stop - start) % (int(h) * int(w)):
@@ -128,6 +161,10 @@ def image_rows(df: pd.DataFrame, column: str, kind: str, height_column: str, wid
     list
         ``len(df)`` items; None for nulls.
     """
+    if is_cudf(df):
+        from . import _cudf
+
+        return _cudf.image_rows(df, column, kind, height_column, width_column)
     series = df[column]
     arrow_type = _arrow_type(series.dtype)
     if kind == "pixels" and arrow_type is not None:
@@ -182,6 +219,8 @@ def error_array(errors: Sequence[str | None]) -> pd.api.extensions.ExtensionArra
 
 def as_binary(series: pd.Series) -> pd.Series:
     """An object column of bytes as Arrow ``binary``, which Dask can write to Parquet."""
+    if is_cudf(series):  # cuDF has no binary dtype: its bytes stay strings
+        return series
     values = [None if _is_null(v) else bytes(v) for v in series.tolist()]
     return pd.Series(pd.arrays.ArrowExtensionArray(pa.array(values, type=pa.binary())), index=series.index, name=series.name)
 

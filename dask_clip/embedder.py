@@ -26,6 +26,7 @@ __all__ = ["ImageEmbedder"]
 
 logger = logging.getLogger("dask_clip")
 ON_ERROR = ("null", "raise")
+DECODE_DEVICES = ("auto", "cpu")
 # Rows decoded ahead of the model at once: bounds a partition's decoded pixels in memory.
 _MIN_ROWS_PER_CHUNK = 256
 
@@ -76,6 +77,10 @@ class ImageEmbedder:
         Shape columns for flat ``list<uint8>`` pixel columns.
     max_image_pixels
         Images with more pixels are refused before decoding (decompression bombs).
+    decode_device
+        ``"auto"``: when the model runs on CUDA, JPEGs are decoded there with nvJPEG (other
+        formats and anything nvJPEG refuses fall back to Pillow); ``"cpu"``: always Pillow,
+        the reference decoder (exact parity, slower on GPU workers).
 
     Examples
     --------
@@ -102,6 +107,7 @@ class ImageEmbedder:
     height_column: str = "height"
     width_column: str = "width"
     max_image_pixels: int | None = field(default=DEFAULT_MAX_IMAGE_PIXELS)
+    decode_device: str = "auto"
 
     @property
     def spec(self) -> ModelSpec:
@@ -121,6 +127,8 @@ class ImageEmbedder:
         """
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error={self.on_error!r}; choose one of {ON_ERROR}")
+        if self.decode_device not in DECODE_DEVICES:
+            raise ValueError(f"decode_device={self.decode_device!r}; choose one of {DECODE_DEVICES}")
         if self.image_kind not in columns.IMAGE_KINDS:
             raise ValueError(f"image_kind={self.image_kind!r}; choose one of {columns.IMAGE_KINDS}")
         if not isinstance(self.model_inference_batch_size, int) or self.model_inference_batch_size < 1:
@@ -172,6 +180,12 @@ class ImageEmbedder:
 
     def output_meta(self, meta: pd.DataFrame) -> pd.DataFrame:
         """The empty output frame for an input ``meta`` (what ``map_partitions`` needs)."""
+        if columns.is_cudf(meta):
+            from . import _cudf
+
+            return _cudf.output_meta(
+                meta, self.image_column, self.output_column, self.error_column, self.remove_image_data
+            )
         out = meta.drop(columns=[self.image_column]) if self.remove_image_data else meta.copy()
         if not self.remove_image_data and self.image_kind == "bytes" and meta[self.image_column].dtype == object:
             out[self.image_column] = pd.Series([], dtype=columns.BINARY_DTYPE, index=meta.index[:0])
@@ -200,17 +214,29 @@ class ImageEmbedder:
             kind = columns.detect_image_kind(df[self.image_column]) or "bytes"
         started = time.perf_counter()
         rows = columns.image_rows(df, self.image_column, kind, self.height_column, self.width_column)
-        embeddings, valid, errors = self._embed_rows(rows, kind, df.index)
+        on_gpu_frame = columns.is_cudf(df)
+        # cuDF partitions keep embeddings on the GPU: the column is built from the tensor.
+        embeddings, valid, errors = self._embed_rows(rows, kind, df.index, keep_on_device=on_gpu_frame)
         out = df.drop(columns=[self.image_column]) if self.remove_image_data else df.copy(deep=False)
         if not self.remove_image_data and kind == "bytes" and df[self.image_column].dtype == object:
             out[self.image_column] = columns.as_binary(df[self.image_column])
-        out[self.output_column] = columns.embedding_array(embeddings, valid)
-        out[self.error_column] = columns.error_array(errors)
+        if on_gpu_frame:
+            from . import _cudf
+
+            out[self.output_column] = _cudf.embedding_series(embeddings, valid, df.index)
+            out[self.error_column] = _cudf.error_series(errors, df.index)
+        else:
+            out[self.output_column] = columns.embedding_array(embeddings, valid)
+            out[self.error_column] = columns.error_array(errors)
         if self.verbose:
             self._log_partition(len(df), int((~valid).sum()), time.perf_counter() - started)
         return out
 
-    def _embed_rows(self, rows: list[object], kind: str, index: pd.Index) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    def _embed_rows(
+        self, rows: list[object], kind: str, index: pd.Index, keep_on_device: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Decode and embed rows; ``keep_on_device`` returns the (M, D) embeddings as a torch
+        tensor on the model's device instead of a NumPy array."""
         n = len(rows)
         errors: list[str | None] = [None] * n
         valid = np.zeros(n, dtype=bool)
@@ -220,8 +246,15 @@ class ImageEmbedder:
         batch = self.model_inference_batch_size
         chunk = batch * max(1, _MIN_ROWS_PER_CHUNK // batch)
         parts: list[torch.Tensor] = []
+        on_device = self.decode_device == "auto" and loaded.device.type == "cuda" and kind in ("bytes", "path")
 
         def decode(start: int) -> list:
+            if on_device:
+                from .gpu_decode import decode_all as decode_on_device
+
+                return decode_on_device(
+                    rows[start : start + chunk], kind, device=loaded.device, max_pixels=self.max_image_pixels
+                )
             return decode_all(rows[start : start + chunk], kind, max_pixels=self.max_image_pixels)
 
         # Decode the next chunk in a thread while the model runs (Pillow releases the GIL).
@@ -241,9 +274,11 @@ class ImageEmbedder:
                         valid[start + offset] = True
                         images.append(_as_tensor(pixels))
                 if images:
-                    parts.append(
-                        encode_images(loaded, images, batch_size=batch, normalize=self.normalize).cpu()
-                    )
+                    embedded = encode_images(loaded, images, batch_size=batch, normalize=self.normalize)
+                    parts.append(embedded if keep_on_device else embedded.cpu())
+        if keep_on_device:
+            empty = torch.zeros((0, loaded.embed_dim), dtype=torch.float32, device=loaded.device)
+            return (torch.cat(parts) if parts else empty), valid, errors  # type: ignore[return-value]
         embeddings = torch.cat(parts).numpy() if parts else np.zeros((0, loaded.embed_dim), np.float32)
         return embeddings, valid, errors
 

@@ -75,10 +75,14 @@ def encode_images(
             except Exception as err:
                 if not is_out_of_memory(err) or len(chunk) == 1:
                     raise
-                loaded.batch_size_cap = max(1, len(chunk) // 2)
+                # min(): another task thread sharing this model may have lowered it already.
+                loaded.batch_size_cap = max(1, min(len(chunk) // 2, loaded.batch_size_cap or len(chunk)))
                 logger.warning("dask_clip: out of memory at batch %d; retrying with %d", len(chunk), loaded.batch_size_cap)
-                if loaded.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            else:
+                start += len(chunk)
                 continue
-            start += len(chunk)
+            # Out of the except block, the failed batch's activations (held by the traceback)
+            # are free, so the cache can actually hand them back.
+            if loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
     return out

@@ -1,0 +1,74 @@
+"""``num_gpus_per_worker`` as Dask worker resources, for clusters that declare a ``GPU`` resource.
+
+Two mappings exist (docs/gpu.md):
+
+- On a one-GPU-per-worker cluster (``LocalCUDACluster``, ``dask cuda worker``), a worker runs
+  ``round(1 / num_gpus_per_worker)`` task threads that share its one model: 0.25 → 4 threads
+  (the cluster helper sets this).
+- On a cluster whose workers declare a ``GPU`` resource (``dask worker --resources GPU=1``),
+  each embedding task asks for ``num_gpus_per_worker`` of it, so at most
+  ``1 / num_gpus_per_worker`` run at once per GPU and none runs on a worker without one.
+  dask-expr ignores ``dask.annotate`` at graph construction, so the resources are given when
+  the graph is submitted: :func:`compute` does that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["compute", "gpu_annotation", "gpu_resources"]
+
+
+def gpu_resources(num_gpus_per_worker: float) -> dict[str, float]:
+    """The task resources for a GPU share: ``{"GPU": num_gpus_per_worker}``.
+
+    Parameters
+    ----------
+    num_gpus_per_worker
+        Share of one GPU per task, in (0, 1].
+
+    Raises
+    ------
+    ValueError
+        Outside (0, 1].
+    """
+    share = float(num_gpus_per_worker)
+    if not 0 < share <= 1:
+        raise ValueError(f"num_gpus_per_worker must be in (0, 1], got {num_gpus_per_worker!r}")
+    return {"GPU": share}
+
+
+@contextlib.contextmanager
+def gpu_annotation(num_gpus_per_worker: float) -> Iterator[None]:
+    """``dask.annotate(resources={"GPU": share})``; enter it around ``client.compute``/``persist``
+    (not around building the DataFrame: dask-expr drops annotations made then)."""
+    import dask
+
+    with dask.annotate(resources=gpu_resources(num_gpus_per_worker)):
+        yield
+
+
+def compute(client: Any, *collections: Any, num_gpus_per_worker: float = 0.25, **kwargs: Any) -> Any:
+    """``client.compute(...)`` with every task asking for ``num_gpus_per_worker`` GPUs.
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client`` whose workers declare a ``GPU`` resource (tasks wait forever
+        on a cluster where none does).
+    *collections
+        Dask collections, as for ``Client.compute``.
+    num_gpus_per_worker
+        GPU share of one task (``ImageEmbedder.num_gpus_per_worker``).
+    **kwargs
+        Passed to ``Client.compute``.
+
+    Returns
+    -------
+    Future or list of Future
+        As ``Client.compute`` returns them.
+    """
+    with gpu_annotation(num_gpus_per_worker):
+        return client.compute(collections[0] if len(collections) == 1 else list(collections), **kwargs)
