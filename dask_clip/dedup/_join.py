@@ -1,0 +1,60 @@
+"""Route per-row results computed elsewhere (after a shuffle) back to the input rows.
+
+Results carry the ``_row`` id of :mod:`._frame`. ``set_index("_row", divisions=...)`` sends the
+result of every row to the output partition numbered like its input partition, sorted by
+position; a partition-wise zip with the input then attaches them. Only the small result
+columns travel back, never the input's own columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from . import _frame
+
+
+def join_back(
+    ddf: Any, results: Any, attach: Callable[..., Any], *, shuffle_method: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``attach(partition, its_results, **kwargs)`` for every input partition, lazily.
+
+    Parameters
+    ----------
+    ddf
+        The input Dask DataFrame (``N`` partitions).
+    results
+        Dask DataFrame with an int64 ``_row`` column, at most one row per input row.
+    attach
+        Function of (input partition, results for it indexed by ``_row`` in position order)
+        returning the output partition; it is also called on the metas to get the output meta.
+    """
+    import dask.dataframe as dd
+
+    routed = results.set_index(
+        "_row", divisions=_frame.row_divisions(ddf.npartitions), shuffle_method=shuffle_method
+    )
+    meta = attach(ddf._meta, routed._meta, **kwargs)
+    zipped = dd.map_partitions(
+        attach,
+        ddf,
+        routed,
+        **kwargs,
+        meta=meta,
+        align_dataframes=False,  # zip partition i with partition i; divisions differ on purpose
+    )
+    # Dask calls a frame built from two unrelated parents "not co-aligned", and would align
+    # ``out[~out.duplicate]`` or ``out.a + out.b`` by shuffling on the index (wrong where index
+    # labels repeat across partitions, slow everywhere). Built graph -> one from_delayed parent.
+    parts = zipped.to_delayed()
+    if len(parts) != ddf.npartitions:  # pragma: no cover - guarded by settle_partitions
+        raise RuntimeError(f"{len(parts)} output partitions for {ddf.npartitions} input partitions")
+    divisions = ddf.divisions if ddf.known_divisions else None
+    return dd.from_delayed(parts, meta=meta, divisions=divisions, verify_meta=False)
+
+
+def by_position(df: Any, res: Any) -> Any:
+    """``res`` (indexed by ``_row``) reindexed to positions ``0..len(df)-1``; missing rows null."""
+    res = res.copy(deep=False)
+    res.index = _frame.local_positions(res.index)
+    return res.reindex(_frame.arange_index(df, len(df)))

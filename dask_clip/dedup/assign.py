@@ -1,0 +1,184 @@
+"""Step 2: give every row its nearest centroid, its similarity to it, and its rank key.
+
+One task per input partition (``map_partitions``); the output is the small payload that the
+cluster shuffle moves: row id, cluster, rank key, caller's id and the embedding, for rows that
+have an embedding only. Rows without one never enter the shuffle; they get ``cluster = -1``
+when the results are joined back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _frame
+
+__all__ = ["KEEP_RULES", "assign_partition", "nearest_centroid", "rank_keys"]
+
+KEEP_RULES = ("hard", "easy", "random")
+
+# Rows per matmul against the centroids: bounds the (rows, k) similarity block.
+ASSIGN_BLOCK_ROWS = 8192
+
+_M1 = 0xBF58476D1CE4E5B9 - (1 << 64)  # splitmix64 constants as signed int64
+_M2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _shr(z: Any, s: int) -> Any:
+    """Logical right shift of an int64 tensor (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix64(z: Any) -> Any:
+    """splitmix64's finaliser on an int64 tensor (multiplications wrap modulo 2**64)."""
+    z = (z ^ _shr(z, 30)) * _M1
+    z = (z ^ _shr(z, 27)) * _M2
+    return z ^ _shr(z, 31)
+
+
+def random_keys(x: Any, seed: int) -> Any:
+    """Seeded pseudo-random keys in [0, 1) from each row's bits, independent of partitioning.
+
+    Parameters
+    ----------
+    x
+        torch float32 ``(n, d)``.
+    seed
+        Seed; a different seed gives an unrelated order.
+
+    Returns
+    -------
+    torch.Tensor
+        float64 ``(n,)``; identical rows get identical keys (ties are broken by row id later).
+    """
+    import torch
+
+    d = x.shape[1]
+    rng = np.random.default_rng(seed)
+    mult = torch.from_numpy(rng.integers(1, 2**62, size=d, dtype=np.int64) * 2 + 1).to(x.device)
+    salt = int(rng.integers(0, 2**62))
+    bits = x.contiguous().view(torch.int32)
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[0], ASSIGN_BLOCK_ROWS):  # bounds the (rows, d) int64 temporary
+        h = _mix64((bits[s:s + ASSIGN_BLOCK_ROWS].to(torch.int64) * mult).sum(dim=1) ^ salt)
+        out[s:s + ASSIGN_BLOCK_ROWS] = _shr(h, 11).to(torch.float64) / float(1 << 53)
+    return out
+
+
+def nearest_centroid(x: Any, centroids: Any, *, block_rows: int = ASSIGN_BLOCK_ROWS) -> tuple[Any, Any]:
+    """Nearest centroid of each row by cosine similarity, in blocks of rows.
+
+    Parameters
+    ----------
+    x
+        torch float32 ``(n, d)``, unit-length rows.
+    centroids
+        torch float32 ``(k, d)``, unit length, same device.
+    block_rows
+        Rows per ``(block_rows, k)`` similarity block.
+
+    Returns
+    -------
+    labels : torch.Tensor
+        int32 ``(n,)``, the index of the most similar centroid (first on ties).
+    similarity : torch.Tensor
+        float32 ``(n,)``, cosine similarity to that centroid, summed in float64 so the value of
+        a row does not depend on which other rows share its matmul block.
+    """
+    import torch
+
+    n = x.shape[0]
+    labels = torch.empty(n, dtype=torch.int32, device=x.device)
+    sims = torch.empty(n, dtype=torch.float32, device=x.device)
+    c64 = centroids.to(torch.float64)
+    for s in range(0, n, block_rows):
+        xb = x[s:s + block_rows]
+        lab = torch.argmax(xb @ centroids.T, dim=1)
+        labels[s:s + block_rows] = lab.to(torch.int32)
+        sims[s:s + block_rows] = (xb.to(torch.float64) * c64[lab]).sum(dim=1).to(torch.float32)
+    return labels, sims
+
+
+def rank_keys(similarity: Any, x: Any, which_to_keep: str, seed: int) -> Any:
+    """Sort key of the keep rule: ascending key = kept first (then ascending row id).
+
+    ``"hard"`` (SemDeDup's default): least similar to the centroid first. ``"easy"``: most
+    similar first. ``"random"``: :func:`random_keys`. Returns torch float64 ``(n,)``.
+    """
+    import torch
+
+    if which_to_keep == "hard":
+        return similarity.to(torch.float64)
+    if which_to_keep == "easy":
+        return -similarity.to(torch.float64)
+    if which_to_keep == "random":
+        return random_keys(x, seed)
+    raise ValueError(f"which_to_keep must be one of {KEEP_RULES}, not {which_to_keep!r}")
+
+
+def assign_partition(
+    df: Any,
+    centroids: np.ndarray,
+    *,
+    embedding_column: str,
+    id_column: str | None,
+    which_to_keep: str,
+    seed: int,
+    device: str | None = None,
+    partition_info: dict | None = None,
+) -> Any:
+    """The cluster-shuffle payload of one partition.
+
+    Parameters
+    ----------
+    df
+        One pandas or cuDF partition with ``embedding_column``.
+    centroids
+        float32 ``(k, d)`` unit-length centroids.
+    embedding_column, id_column
+        Columns to read; ``id_column=None`` takes the index labels as ids.
+    which_to_keep, seed
+        Keep rule of :func:`rank_keys`.
+    device
+        torch device; ``None``: CPU for pandas, CUDA for cuDF.
+    partition_info
+        Passed by Dask; its ``"number"`` makes the row ids.
+
+    Returns
+    -------
+    DataFrame
+        Same backend, one row per row of ``df`` that has an embedding, columns ``_row`` (int64),
+        ``cluster`` (int32), ``_rank`` (float64), ``_id`` (the id's dtype, nullable) and
+        ``_emb`` (the unit-length embeddings, packed by :func:`._frame.pack_rows`), with a
+        default index.
+    """
+    import torch
+
+    number = partition_info["number"] if partition_info is not None else 0
+    ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
+    ids = _frame.nullable(ids)
+    x, valid = _frame.embedding_tensor(df[embedding_column], device=device)
+    if x.shape[0]:
+        x = torch.nn.functional.normalize(x, dim=1)
+        c = torch.as_tensor(np.asarray(centroids, np.float32), device=x.device)
+        if c.shape[1] != x.shape[1]:
+            raise ValueError(f"embeddings have {x.shape[1]} dims, centroids {c.shape[1]}")
+        labels, sims = nearest_centroid(x, c)
+        keys = rank_keys(sims, x, which_to_keep, seed)
+    else:
+        x = torch.empty((0, 0), dtype=torch.float32)
+        labels = torch.empty(0, dtype=torch.int32)
+        keys = torch.empty(0, dtype=torch.float64)
+    pos = torch.nonzero(valid.cpu()).flatten().numpy()
+    rows = _frame.row_ids(len(df), number)[pos]
+    return _frame.frame(
+        df,
+        {
+            "_row": _frame.column(df, rows, "int64"),
+            "cluster": _frame.column(df, labels, "int32"),
+            "_rank": _frame.column(df, keys, "float64"),
+            "_id": _frame.take(ids, pos),
+            "_emb": _frame.pack_rows(df, x, df[embedding_column], pos),
+        },
+    )

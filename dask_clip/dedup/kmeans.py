@@ -1,0 +1,200 @@
+"""Step 1: spherical (cosine) k-means on a seeded sample of the embeddings, with faiss.
+
+The sample is drawn by global row position (partition lengths first, then a seeded choice of
+positions), so the same seed gives the same sample, hence the same centroids, whatever the
+partitioning. faiss trains on the sample in the client process; the result is a small
+``(k, d)`` array that the assign step ships to every task.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import _frame
+
+__all__ = ["fit_centroids", "sample_embeddings", "train_centroids"]
+
+# faiss' own floor: with fewer training points per centroid it warns that the fit is poor.
+MIN_POINTS_PER_CENTROID = 39
+# Training-sample size per centroid when max_train_rows is not given; faiss' default
+# max_points_per_centroid, beyond which faiss would subsample anyway.
+TRAIN_ROWS_PER_CENTROID = 256
+
+
+def _import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "semantic dedup needs faiss for k-means: pip install faiss-cpu "
+            "(or faiss-gpu), e.g. pip install 'dask-clip[dedup]'"
+        ) from err
+    return faiss
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero): float32 ``(n, d)`` -> float32 ``(n, d)``."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
+
+
+def sample_embeddings(
+    ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0
+) -> np.ndarray:
+    """A seeded sample of at most ``max_rows`` embeddings, gathered on the client.
+
+    Two passes over ``ddf``: the partition lengths, then the chosen rows of the embedding
+    column only. Rows without an embedding are dropped after sampling, so the sample may
+    hold fewer rows than asked.
+
+    Parameters
+    ----------
+    ddf
+        Dask DataFrame (pandas or cuDF partitions) with ``embedding_column``.
+    embedding_column
+        Column of ``list<float32>`` embeddings.
+    max_rows
+        Sample size; every row is taken when the input is no larger.
+    seed
+        Seed of the choice of rows.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(m, d)``, unit-length rows, in global input order.
+
+    Raises
+    ------
+    ValueError
+        If the input is larger than ``max_rows`` and no sampled row has an embedding.
+    """
+    sub = ddf[[embedding_column]]
+    lengths = _frame.partition_lengths(sub)  # the lengths of the same partitions as the gather's
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    total = int(offsets[-1])
+    if total > max_rows:
+        chosen = np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
+    else:
+        chosen = np.arange(total, dtype=np.int64)
+    # local positions of the chosen rows, one array per partition (sent with the tasks)
+    bounds = np.searchsorted(chosen, offsets)
+    local = [chosen[bounds[p]:bounds[p + 1]] - offsets[p] for p in range(len(lengths))]
+
+    import dask
+
+    # one Delayed holding every partition's positions: the graph carries it once, not per task
+    picked = sub.map_partitions(
+        _take_positions,
+        local=dask.delayed(local, traverse=False),
+        meta=sub._meta,
+        enforce_metadata=False,
+    ).compute()
+    x, _ = _frame.embedding_tensor(picked[embedding_column], device="cpu")
+    if x.shape[0] == 0 and total > max_rows:
+        raise ValueError(
+            f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows"
+        )
+    return normalize_rows(_frame.to_host(x))
+
+
+def _take_positions(df: Any, local: list[np.ndarray], partition_info: dict | None = None) -> Any:
+    if partition_info is None:  # meta computation
+        return df.iloc[:0]
+    return df.iloc[local[partition_info["number"]]]
+
+
+def fit_centroids(
+    x: np.ndarray,
+    n_clusters: int,
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    gpu: bool = False,
+) -> np.ndarray:
+    """Spherical k-means with ``faiss.Kmeans(spherical=True)``.
+
+    Parameters
+    ----------
+    x
+        float32 ``(m, d)`` training rows, unit length.
+    n_clusters
+        Number of centroids ``k``; capped at ``m // 39`` (faiss' minimum number of training
+        points per centroid), with a warning.
+    max_iter
+        At most this many Lloyd iterations (faiss ``niter``; recent faiss stops earlier once the
+        clustering has converged).
+    seed
+        faiss' seed for the initial centroids.
+    gpu
+        Train on the GPU (needs faiss-gpu).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(k, d)``, unit-length centroids.
+    """
+    faiss = _import_faiss()
+    m, d = x.shape
+    if m == 0:
+        raise ValueError("no row has an embedding: nothing to cluster")
+    k = n_clusters
+    if m < k * MIN_POINTS_PER_CENTROID:
+        k = max(1, m // MIN_POINTS_PER_CENTROID)
+        warnings.warn(
+            f"only {m} training rows for n_clusters={n_clusters}; using {k} clusters "
+            f"(at least {MIN_POINTS_PER_CENTROID} rows per centroid)",
+            UserWarning,
+            stacklevel=3,
+        )
+    if k == 1:
+        c = x.mean(axis=0, keepdims=True)
+        return normalize_rows(c if np.linalg.norm(c) > 0 else x[:1].copy())
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=max_iter,
+        spherical=True,
+        seed=seed,
+        gpu=gpu,
+        verbose=False,
+        # we sampled already; stop faiss from subsampling (and warning) again
+        max_points_per_centroid=max(TRAIN_ROWS_PER_CENTROID, -(-m // k)),
+    )
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return normalize_rows(np.asarray(km.centroids, dtype=np.float32))
+
+
+def faiss_has_gpu() -> bool:
+    """Whether the installed faiss can train on a GPU that is present."""
+    faiss = _import_faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def train_centroids(
+    ddf: Any,
+    embedding_column: str,
+    n_clusters: int,
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    max_train_rows: int | None = None,
+    gpu: bool | None = None,
+) -> np.ndarray:
+    """Sample (:func:`sample_embeddings`) then fit (:func:`fit_centroids`).
+
+    ``max_train_rows`` defaults to ``256 * n_clusters``; ``gpu=None`` uses faiss-gpu when a GPU
+    is visible to the client. Returns float32 ``(k, d)`` unit-length centroids (a ``(1, 1)``
+    placeholder, with a warning, when no row has an embedding).
+    """
+    if max_train_rows is None:
+        max_train_rows = TRAIN_ROWS_PER_CENTROID * n_clusters
+    x = sample_embeddings(ddf, embedding_column, max_rows=max_train_rows, seed=seed)
+    if x.shape[0] == 0:  # every row was looked at: nothing to cluster, every row will be kept
+        warnings.warn("no row has an embedding: nothing to deduplicate", UserWarning, stacklevel=2)
+        return np.zeros((1, 1), np.float32)
+    if gpu is None:
+        gpu = faiss_has_gpu()
+    return fit_centroids(x, n_clusters, max_iter=max_iter, seed=seed, gpu=gpu)

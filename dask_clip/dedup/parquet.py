@@ -1,0 +1,107 @@
+"""Parquet in, Parquet out: the function behind ``dask-clip dedup INPUT OUTPUT``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import _frame
+from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
+from .workflow import check_eps, semantic_dedup
+
+__all__ = ["ROW_NUMBER", "dedup_parquet", "with_row_numbers"]
+
+ROW_NUMBER = "row"
+
+
+def _number_rows(df: pd.DataFrame, offsets: np.ndarray, partition_info: dict | None = None) -> Any:
+    start = int(offsets[partition_info["number"]]) if partition_info is not None else 0
+    out = df.copy(deep=False)
+    out.index = pd.RangeIndex(start, start + len(df), name=ROW_NUMBER)
+    return out
+
+
+def with_row_numbers(ddf: Any) -> Any:
+    """``ddf`` with its global row number (0, 1, ... in input order) as the index ``row``.
+
+    Costs one pass over ``ddf`` to count the rows of every partition.
+    """
+    import dask
+
+    ddf = _frame.settle_partitions(ddf)
+    lengths = _frame.partition_lengths(ddf)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    meta = _number_rows(ddf._meta, offsets)
+    return ddf.map_partitions(
+        _number_rows, offsets=dask.delayed(offsets, traverse=False), meta=meta
+    )
+
+
+def dedup_parquet(
+    input_path: str | Sequence[str],
+    output_path: str,
+    *,
+    eps: float = 0.01,
+    n_clusters: int = 1000,
+    embedding_column: str = "embedding",
+    id_column: str | None = None,
+    drop_duplicates: bool = False,
+    summary_eps: Sequence[float] | None = None,
+    storage_options: dict | None = None,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """Read an embeddings Parquet dataset, run :func:`semantic_dedup`, write Parquet.
+
+    Parameters
+    ----------
+    input_path
+        Parquet file(s) or directory with ``embedding_column`` (``list<float32>``), read with
+        ``dd.read_parquet(..., dtype_backend="pyarrow")``.
+    output_path
+        Output directory (``dask.dataframe.to_parquet``).
+    eps, n_clusters, embedding_column, id_column
+        As in :func:`semantic_dedup`. Without ``id_column``, and where the input has no stored
+        index, rows are numbered 0, 1, ... in input order; that number is written as the
+        column ``row`` and is what ``duplicate_of`` refers to.
+    drop_duplicates
+        Write only the kept rows; default: every row, with the dedup columns.
+    summary_eps
+        eps values of the returned summary; default 0.001, 0.01, 0.05 and ``eps``.
+    storage_options, overwrite
+        Passed to ``read_parquet`` / ``to_parquet``.
+    **kwargs
+        Other :func:`semantic_dedup` arguments (``which_to_keep``, ``seed``, ``max_iter``,
+        ``max_train_rows``, ``block_size``, ``npartitions``, ``device``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :func:`~dask_clip.dedup.dedup_summary` of the run, computed in the same pass as the
+        write.
+    """
+    import dask
+    import dask.dataframe as dd
+
+    eps = check_eps(eps)
+    summary_eps = sorted({*(summary_eps or DEFAULT_SUMMARY_EPS), eps})
+    for e in summary_eps:
+        check_eps(e)
+    ddf = dd.read_parquet(input_path, dtype_backend="pyarrow", storage_options=storage_options)
+    meta_index = ddf._meta.index
+    if id_column is None and meta_index.name is None and isinstance(meta_index, pd.RangeIndex):
+        ddf = with_row_numbers(ddf)
+    result = semantic_dedup(
+        ddf, embedding_column=embedding_column, n_clusters=n_clusters, eps=eps,
+        id_column=id_column, **kwargs,
+    )
+    out = result[~result["duplicate"]] if drop_duplicates else result
+    write = out.to_parquet(
+        output_path, compute=False, overwrite=overwrite, storage_options=storage_options
+    )
+    stats, sizes = summary_parts(result, summary_eps)
+    _, stats, sizes = dask.compute(write, stats, sizes)
+    return summary_frame(stats, sizes, summary_eps)

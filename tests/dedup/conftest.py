@@ -1,0 +1,162 @@
+"""Synthetic clustered embeddings with planted near-duplicates, and a brute-force SemDeDup.
+
+The brute force computes every pair's cosine similarity in float64 with NumPy (no blocks, no
+Dask, no torch), so the dedup code is checked against an independent dense answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+EPS = 0.01
+
+
+@dataclass
+class Planted:
+    """float32 ``(n, d)`` rows (unit length; NaN rows are nulls) and what was planted."""
+
+    x: np.ndarray
+    valid: np.ndarray  # bool (n,)
+    groups: list[np.ndarray]  # near-duplicate groups (rows), cosine >= 0.997 inside a group
+    near_misses: np.ndarray  # (m, 2) pairs with cosine about 0.98: duplicates at eps 0.05 only
+
+
+def make_planted(n: int = 3000, d: int = 64, n_centres: int = 12, seed: int = 0,
+                 null_fraction: float = 0.02) -> Planted:
+    """Clusters (cosine about 0.5 between members) plus planted groups.
+
+    60 groups: 40 pairs, 12 triples and 8 exact copies (identical vectors: ties), plus 20
+    near-miss pairs at cosine about 0.98 and ``null_fraction`` null rows.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_centres, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    noise = rng.standard_normal((n, d))
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    x = centres[rng.integers(0, n_centres, n)] + noise
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+
+    def near(src: np.ndarray, delta: float) -> np.ndarray:
+        g = rng.standard_normal(src.shape)
+        g *= delta / np.linalg.norm(g)
+        v = src + g
+        return v / np.linalg.norm(v)
+
+    free = rng.permutation(n)
+    take = iter(free)
+    groups = []
+    for size, delta in [(2, 0.05)] * 40 + [(3, 0.05)] * 12 + [(2, 0.0)] * 8:
+        rows = np.array([next(take) for _ in range(size)])
+        for r in rows[1:]:
+            x[r] = near(x[rows[0]], delta) if delta else x[rows[0]]
+        groups.append(rows)
+    near_misses = []
+    for _ in range(20):
+        a, b = next(take), next(take)
+        x[b] = near(x[a], 0.2)  # cosine about 0.98
+        near_misses.append((a, b))
+    valid = np.ones(n, bool)
+    nulls = np.array([next(take) for _ in range(int(n * null_fraction))], dtype=np.int64)
+    valid[nulls] = False
+    x = x.astype(np.float32)
+    x[~valid] = np.nan
+    return Planted(x, valid, groups, np.array(near_misses))
+
+
+def embedding_array(x: np.ndarray) -> pd.arrays.ArrowExtensionArray:
+    """``list<float32>`` ArrowExtensionArray; NaN rows become nulls."""
+    n, d = x.shape
+    valid = ~np.isnan(x).any(axis=1)
+    offsets = np.concatenate([[0], np.cumsum(np.where(valid, d, 0))]).astype(np.int32)
+    mask = pa.array(~valid)
+    arr = pa.ListArray.from_arrays(pa.array(offsets), pa.array(x[valid].reshape(-1)), mask=mask)
+    return pd.arrays.ArrowExtensionArray(arr)
+
+
+def frame(p: Planted, index: bool = True) -> pd.DataFrame:
+    """pandas frame: ``name`` (str ids), ``value`` and ``embedding``; string index ``img-<i>``."""
+    n = len(p.x)
+    df = pd.DataFrame(
+        {"name": [f"n{i}" for i in range(n)], "value": np.arange(n) * 2,
+         "embedding": embedding_array(p.x)},
+    )
+    if index:
+        df.index = pd.Index([f"img-{i}" for i in range(n)], name="key")
+    return df
+
+
+def brute_force(x: np.ndarray, valid: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> tuple:
+    """Dense SemDeDup: per cluster, rank by (key, position); max cosine to earlier ranks.
+
+    Returns (max_similarity float64 (n,) NaN where none, partner int64 (n,) -1 where none).
+    """
+    n = len(x)
+    xs = x.astype(np.float64)
+    xs = xs / np.linalg.norm(np.where(valid[:, None], xs, 1.0), axis=1, keepdims=True)
+    best = np.full(n, np.nan)
+    partner = np.full(n, -1, np.int64)
+    for c in np.unique(labels[valid]):
+        rows = np.flatnonzero(valid & (labels == c))
+        rows = rows[np.lexsort((rows, keys[rows]))]
+        s = xs[rows] @ xs[rows].T
+        for r in range(1, len(rows)):
+            j = int(np.argmax(s[r, :r]))
+            best[rows[r]] = s[r, j]
+            partner[rows[r]] = rows[j]
+    return best, partner
+
+
+def all_near_pairs(x: np.ndarray, valid: np.ndarray, eps: float) -> np.ndarray:
+    """Every pair (i < j) of valid rows with cosine >= 1 - eps: int64 (m, 2)."""
+    xs = np.where(valid[:, None], x, 0).astype(np.float64)
+    xs /= np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-300)
+    s = xs @ xs.T
+    i, j = np.nonzero(np.triu(s >= 1 - eps, k=1))
+    return np.stack([i, j], axis=1)
+
+
+@pytest.fixture(scope="session")
+def planted() -> Planted:
+    return make_planted()
+
+
+@pytest.fixture(scope="session")
+def planted_df(planted: Planted) -> pd.DataFrame:
+    return frame(planted)
+
+
+@pytest.fixture(scope="module")
+def dedup_client():
+    """A real distributed cluster: 2 worker processes, one thread each."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+    ) as cluster, Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def helpers():
+    """The helpers above, for test modules (conftest modules are not imported by name)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(make_planted=make_planted, embedding_array=embedding_array,
+                           frame=frame, brute_force=brute_force, all_near_pairs=all_near_pairs,
+                           EPS=EPS)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Many small matmuls: one torch thread avoids spin-waiting on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
