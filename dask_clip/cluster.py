@@ -1,80 +1,317 @@
-"""Local clusters sized for CLIP inference, and the worker setup that makes them fast.
+"""Local clusters sized for CLIP inference, and a way to reach an existing one.
 
-Worker setup is a :class:`distributed.WorkerPlugin`, so it reaches workers that join later
-and workers restarted by their nanny (``Client.run`` does neither). Workers started from the
-command line get the same setup with ``--preload dask_clip.worker_setup``.
+:func:`local_cluster` starts a dask-cuda ``LocalCUDACluster`` (one worker per visible GPU) when
+GPUs and dask-cuda are present, and a distributed ``LocalCluster`` sized for the cores
+otherwise. Worker setup (torch threads) is the :class:`~dask_clip.worker_setup.WorkerSetup`
+plugin, and the GPU allocator is dask-cuda's ``RMMSetup`` plugin, so both reach workers that
+a nanny restarts. :func:`plan_local_cluster` holds every decision, without starting anything.
+
+Nothing here touches a GPU at import time.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import importlib.util
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from distributed import WorkerPlugin
+from .worker_setup import WorkerSetup, cpu_count
 
-__all__ = ["TorchThreads", "local_cluster", "cpu_count"]
+__all__ = [
+    "CLUSTER_KINDS",
+    "ClusterPlan",
+    "connect",
+    "cpu_count",
+    "cuda_context_exists",
+    "gpu_count",
+    "local_cluster",
+    "plan_local_cluster",
+    "threads_per_gpu_worker",
+]
+
+logger = logging.getLogger("dask_clip")
+CLUSTER_KINDS = ("auto", "cpu", "cuda")
+DEFAULT_DASHBOARD = "127.0.0.1:8787"
+# One model per process: on CPU prefer few processes, each with many torch threads.
+CORES_PER_CPU_WORKER = 8
 
 
-def cpu_count() -> int:
-    """Cores this process may use (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def has_dask_cuda() -> bool:
+    """Whether dask-cuda is installed (checked without importing it)."""
+    return importlib.util.find_spec("dask_cuda") is not None
 
 
-class TorchThreads(WorkerPlugin):
-    """Set torch's CPU thread count on each worker (the nanny sets ``OMP_NUM_THREADS=1``).
+def gpu_count() -> int:
+    """GPUs visible to this process (``CUDA_VISIBLE_DEVICES`` honoured), without a CUDA context.
 
-    Parameters
-    ----------
-    threads
-        Intra-op threads for torch on the worker.
+    dask-cuda counts through NVML; otherwise torch's device count, which initialises the
+    driver but creates no context.
     """
+    if has_dask_cuda():
+        from dask_cuda.utils import get_n_gpus
 
-    idempotent = True
-    name = "dask-clip-torch-threads"
-
-    def __init__(self, threads: int) -> None:
-        self.threads = int(threads)
-
-    def setup(self, worker: object) -> None:  # noqa: D102
+        try:
+            return int(get_n_gpus())
+        except Exception:  # no driver / NVML: treat as no GPU, as torch would
+            return 0
+    if "torch" in sys.modules or importlib.util.find_spec("torch") is not None:
         import torch
 
-        torch.set_num_threads(self.threads)
+        return int(torch.cuda.device_count())
+    return 0
 
 
-def local_cluster(*, n_workers: int | None = None, dashboard_address: str = "127.0.0.1:0", **overrides: object):
-    """A CPU ``LocalCluster`` sized for the cores: few processes (each holds a model copy),
-    torch threads set on every worker.
+def cuda_context_exists() -> bool:
+    """True when torch in this process has already initialised CUDA (never initialises it)."""
+    torch = sys.modules.get("torch")  # not imported: it cannot have touched CUDA
+    return bool(torch is not None and torch.cuda.is_initialized())
+
+
+def threads_per_gpu_worker(num_gpus_per_worker: float) -> int:
+    """Task threads per GPU worker: ``0.25`` GPU per task → 4 tasks sharing the worker's model."""
+    share = float(num_gpus_per_worker)
+    if not 0 < share <= 1:
+        raise ValueError(f"num_gpus_per_worker must be in (0, 1], got {num_gpus_per_worker!r}")
+    return max(1, round(1 / share))
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """What :func:`local_cluster` will start.
+
+    Attributes
+    ----------
+    kind : str
+        ``"cuda"`` (dask-cuda ``LocalCUDACluster``) or ``"cpu"`` (distributed ``LocalCluster``).
+    options : dict
+        Keyword arguments for that class.
+    torch_threads : int
+        Torch CPU threads set on each worker by the :class:`WorkerSetup` plugin.
+    """
+
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    torch_threads: int = 1
+
+
+def plan_local_cluster(
+    kind: str = "auto",
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    num_gpus_per_worker: float = 0.25,
+    torch_threads: int | None = None,
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
+    n_gpus: int | None = None,
+    dask_cuda_installed: bool | None = None,
+    cores: int | None = None,
+    **overrides: Any,
+) -> ClusterPlan:
+    """Decide which local cluster to start and how, without starting anything.
 
     Parameters
     ----------
+    kind
+        ``"auto"`` (GPUs if any are visible and dask-cuda is installed, else CPU), ``"cpu"`` or
+        ``"cuda"``.
     n_workers
-        Worker processes (default: one per 8 cores, at least one).
+        GPU: workers, one per GPU (default: every visible GPU). CPU: worker processes (default:
+        one per 8 cores; each holds a model copy).
+    threads_per_worker
+        Tasks run at once per worker. GPU default: ``round(1 / num_gpus_per_worker)``; CPU
+        default: 1 (torch uses the cores).
+    num_gpus_per_worker
+        GPU share of one task (NeMo Curator's knob), in (0, 1].
+    torch_threads
+        Torch CPU threads per worker; default: the host's cores divided among the workers.
     dashboard_address
-        Bound to localhost unless you ask otherwise.
+        Bound to localhost by default; ``":8787"`` exposes it, None turns it off.
+    n_gpus, dask_cuda_installed, cores
+        Facts about this machine; detected when None (tests pass them in).
     **overrides
-        Passed to ``distributed.LocalCluster``.
+        Passed on to the cluster class, overriding the options computed here.
 
     Returns
     -------
-    distributed.LocalCluster
-    """
-    from distributed import LocalCluster
+    ClusterPlan
 
-    cores = cpu_count()
-    n_workers = n_workers or max(1, cores // 8)
-    options: dict = {
-        "n_workers": n_workers,
-        "threads_per_worker": 1,
-        "processes": True,
-        "dashboard_address": dashboard_address,
-        "host": "127.0.0.1",
-    }
+    Raises
+    ------
+    ValueError
+        Unknown ``kind``, bad sizes, or ``kind="cuda"`` without a GPU.
+    ImportError
+        ``kind="cuda"`` without dask-cuda (the message says how to install it).
+    """
+    if kind not in CLUSTER_KINDS:
+        raise ValueError(f"kind={kind!r}; choose one of {CLUSTER_KINDS}")
+    for name, value in (
+        ("n_workers", n_workers),
+        ("threads_per_worker", threads_per_worker),
+        ("torch_threads", torch_threads),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    per_task = threads_per_gpu_worker(num_gpus_per_worker)
+    cores = cores or cpu_count()
+    installed = has_dask_cuda() if dask_cuda_installed is None else dask_cuda_installed
+    if kind != "cpu" and n_gpus is None:
+        n_gpus = gpu_count()
+    n_gpus = n_gpus or 0
+
+    use_cuda = kind == "cuda" or (kind == "auto" and n_gpus > 0 and installed)
+    if kind == "auto" and n_gpus > 0 and not installed:
+        logger.warning(
+            "dask_clip: %d GPU(s) visible but dask-cuda is not installed; starting a CPU "
+            "LocalCluster (pip install 'dask-clip[gpu]' for one worker per GPU)",
+            n_gpus,
+        )
+    if use_cuda:
+        if not installed:
+            raise ImportError("kind='cuda' needs dask-cuda: pip install 'dask-clip[gpu]'")
+        if n_gpus < 1:
+            raise ValueError("kind='cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES); use kind='cpu'")
+        if n_workers is not None and n_workers > n_gpus:
+            raise ValueError(f"n_workers={n_workers} but only {n_gpus} GPU(s) are visible; one worker per GPU")
+        workers = n_workers or n_gpus
+        libs = [lib for lib in ("torch", "cupy") if importlib.util.find_spec(lib) is not None]
+        options: dict[str, Any] = {
+            "n_workers": workers,
+            "threads_per_worker": threads_per_worker or per_task,
+            "rmm_async": True,  # frees back to the driver: shares the GPU with torch's own needs
+            "rmm_allocator_external_lib_list": libs,  # torch and CuPy allocate from RMM
+            "enable_cudf_spill": True,
+            "dashboard_address": dashboard_address,
+        }
+        kind_used = "cuda"
+    else:
+        workers = n_workers or max(1, cores // CORES_PER_CPU_WORKER)
+        options = {
+            "n_workers": workers,
+            "threads_per_worker": threads_per_worker or 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": dashboard_address,
+        }
+        kind_used = "cpu"
     options.update(overrides)
-    cluster = LocalCluster(**options)
+    workers = int(options.get("n_workers") or workers)
+    threads = torch_threads or max(1, cores // (workers * int(options["threads_per_worker"])))
+    return ClusterPlan(kind=kind_used, options=options, torch_threads=threads)
+
+
+def local_cluster(
+    kind: str = "auto",
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    num_gpus_per_worker: float = 0.25,
+    torch_threads: int | None = None,
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
+    **overrides: Any,
+) -> Any:
+    """Start a local cluster for CLIP inference: one worker per GPU, or a CPU cluster.
+
+    With GPUs and dask-cuda: ``LocalCUDACluster`` with one worker per visible GPU,
+    ``rmm_async=True``, torch and CuPy allocating through RMM, ``enable_cudf_spill=True`` and
+    ``round(1 / num_gpus_per_worker)`` task threads per worker sharing its one model.
+    Otherwise: ``LocalCluster`` with few worker processes, each setting torch's thread count
+    to its share of the cores. See :func:`plan_local_cluster` for the parameters.
+
+    Returns
+    -------
+    distributed.LocalCluster or dask_cuda.LocalCUDACluster
+        Use as a context manager, or ``close()`` it.
+
+    Raises
+    ------
+    RuntimeError
+        A GPU cluster was asked for after this process created a CUDA context: every
+        worker's model would land on the context's GPU.
+
+    Examples
+    --------
+    >>> from distributed import Client
+    >>> with local_cluster() as cluster, Client(cluster) as client:   # doctest: +SKIP
+    ...     embedder(ddf).to_parquet("out/")
+    """
+    plan = plan_local_cluster(
+        kind,
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        num_gpus_per_worker=num_gpus_per_worker,
+        torch_threads=torch_threads,
+        dashboard_address=dashboard_address,
+        **overrides,
+    )
+    if plan.kind == "cuda":
+        if cuda_context_exists():
+            raise RuntimeError(
+                "this process already created a CUDA context (torch.cuda.is_initialized() is "
+                "True), so LocalCUDACluster's workers would all end up on that GPU. Start the "
+                "cluster before anything here touches CUDA (moving a tensor or model to "
+                "'cuda'), e.g. at the top of the script or in a fresh kernel"
+            )
+        from dask_cuda import LocalCUDACluster
+
+        cluster = LocalCUDACluster(**plan.options)
+    else:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(**plan.options)
+    try:
+        from distributed import Client
+
+        with Client(cluster) as client:  # the scheduler keeps the plugin for later workers
+            client.register_plugin(WorkerSetup(torch_threads=plan.torch_threads))
+    except BaseException:
+        cluster.close()
+        raise
+    logger.info(
+        "dask_clip: %s cluster with %s workers at %s",
+        plan.kind,
+        plan.options.get("n_workers"),
+        cluster.scheduler_address,
+    )
+    return cluster
+
+
+@contextlib.contextmanager
+def connect(
+    *,
+    scheduler_file: str | None = None,
+    scheduler_address: str | None = None,
+    **cluster_options: Any,
+) -> Iterator[Any]:
+    """A ``distributed.Client`` on an existing cluster, or on a new :func:`local_cluster`.
+
+    Parameters
+    ----------
+    scheduler_file
+        JSON file written by ``dask scheduler --scheduler-file``.
+    scheduler_address
+        ``tcp://host:port`` of a running scheduler.
+    **cluster_options
+        For :func:`local_cluster` when neither is given.
+
+    Yields
+    ------
+    distributed.Client
+        Closed on exit, together with the local cluster it started, if any.
+    """
     from distributed import Client
 
-    with Client(cluster) as client:
-        client.register_plugin(TorchThreads(max(1, cores // int(options["n_workers"]))))
-    return cluster
+    if scheduler_file and scheduler_address:
+        raise ValueError("pass scheduler_file or scheduler_address, not both")
+    if scheduler_file or scheduler_address:
+        given = sorted(k for k, v in cluster_options.items() if v is not None)
+        if given:
+            raise ValueError(f"local cluster options {given} do not apply to an existing cluster")
+        with Client(scheduler_file=scheduler_file) if scheduler_file else Client(scheduler_address) as client:
+            yield client
+        return
+    with local_cluster(**cluster_options) as cluster, Client(cluster) as client:
+        yield client

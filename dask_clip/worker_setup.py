@@ -1,0 +1,124 @@
+"""Per-worker setup for CLIP inference: torch's CPU thread count.
+
+The nanny starts every worker with ``OMP_NUM_THREADS=1`` (``distributed.nanny.pre-spawn-environ``),
+so torch would run single-threaded on CPU unless each worker sets its own thread count. The
+setup reaches every worker, including those that join later and those a nanny restarts, by
+one of two routes (``Client.run`` reaches neither):
+
+- :class:`WorkerSetup`, a worker plugin: ``client.register_plugin(WorkerSetup())``. The
+  scheduler keeps it and replays it on new and restarted workers;
+  :func:`dask_clip.local_cluster` registers it for you.
+- This module as a preload, for workers started from the command line::
+
+      dask worker --scheduler-file sched.json --preload dask_clip.worker_setup
+      dask worker ... --preload dask_clip.worker_setup --torch-threads 8
+      DASK_CLIP_TORCH_THREADS=8 dask cuda worker ... --preload dask_clip.worker_setup
+
+The GPU allocator is dask-cuda's job: ``LocalCUDACluster(rmm_allocator_external_lib_list=...)``
+and ``dask cuda worker --set-rmm-allocator-for-libs torch,cupy`` install it through dask-cuda's
+own ``RMMSetup`` worker plugin, which also survives restarts.
+
+Importing this module is cheap and has no side effects: ``dask worker`` imports it in its
+own process to read the ``--torch-threads`` option.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+from distributed import WorkerPlugin
+
+__all__ = ["TORCH_THREADS_ENV", "WorkerSetup", "cpu_count", "default_torch_threads", "configure_worker", "dask_setup"]
+
+logger = logging.getLogger("dask_clip")
+TORCH_THREADS_ENV = "DASK_CLIP_TORCH_THREADS"
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware: dask-cuda pins each GPU worker to its cores)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_torch_threads(task_threads: int = 1) -> int:
+    """Torch intra-op threads for a worker running ``task_threads`` tasks at once.
+
+    ``$DASK_CLIP_TORCH_THREADS`` when set; otherwise the worker's usable cores shared among its
+    task threads. Several worker processes on one host should each be given their share
+    (:func:`dask_clip.local_cluster` does this).
+    """
+    configured = os.environ.get(TORCH_THREADS_ENV)
+    if configured:
+        try:
+            threads = int(configured)
+        except ValueError:
+            raise ValueError(f"${TORCH_THREADS_ENV}={configured!r}; expected a positive integer") from None
+        if threads < 1:
+            raise ValueError(f"${TORCH_THREADS_ENV}={configured!r}; expected a positive integer")
+        return threads
+    return max(1, cpu_count() // max(1, int(task_threads)))
+
+
+def configure_worker(worker: object | None, torch_threads: int | None = None) -> int:
+    """Apply dask_clip's setup to the current process; return torch's thread count.
+
+    Parameters
+    ----------
+    worker
+        The ``distributed.Worker`` (its task-thread count sizes the default), or None.
+    torch_threads
+        Torch intra-op threads; default :func:`default_torch_threads`.
+    """
+    import torch  # here, not at import: `dask worker` imports this module in its own process
+
+    if torch_threads is None:
+        state = getattr(worker, "state", None)
+        torch_threads = default_torch_threads(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1) or 1)
+    # Process-wide: torch's other threads pick the value up on their first parallel op.
+    torch.set_num_threads(int(torch_threads))
+    logger.debug("dask_clip worker setup: torch threads=%d", torch_threads)
+    return int(torch_threads)
+
+
+class WorkerSetup(WorkerPlugin):
+    """Worker plugin: set torch's CPU thread count on every worker, restarted ones included.
+
+    Parameters
+    ----------
+    torch_threads
+        Torch intra-op threads per worker; default: ``$DASK_CLIP_TORCH_THREADS`` or the
+        worker's cores divided by its task threads.
+
+    Examples
+    --------
+    >>> client.register_plugin(WorkerSetup(torch_threads=8))   # doctest: +SKIP
+    """
+
+    idempotent = True
+    name = "dask-clip-worker-setup"
+
+    def __init__(self, torch_threads: int | None = None) -> None:
+        if torch_threads is not None and (isinstance(torch_threads, bool) or int(torch_threads) < 1):
+            raise ValueError(f"torch_threads must be a positive int or None, got {torch_threads!r}")
+        self.torch_threads = None if torch_threads is None else int(torch_threads)
+
+    def setup(self, worker: object) -> None:
+        """Runs on the worker's event loop: cheap work only (no model loading)."""
+        configure_worker(worker, self.torch_threads)
+
+
+@click.command()
+@click.option(
+    "--torch-threads",
+    type=click.IntRange(min=1),
+    default=None,
+    envvar=TORCH_THREADS_ENV,
+    help="Torch CPU threads per worker (default: the worker's cores / --nthreads).",
+)
+def dask_setup(worker: object, torch_threads: int | None) -> None:
+    """``--preload dask_clip.worker_setup`` entry point; runs at every worker (re)start."""
+    configure_worker(worker, torch_threads)

@@ -1,0 +1,373 @@
+"""A resumable Parquet writer: one file per partition, written atomically, finished files kept.
+
+Output layout::
+
+    OUTPUT/
+      _dask_clip.json          what wrote the folder: partitions and the job's settings
+      part-00000.parquet       partition 0, complete or absent
+      part-00001.parquet
+      ...
+
+Each partition is written to a hidden temporary file and renamed into place, so a file named
+``part-*.parquet`` is complete: it is the commit marker. Running the same job again computes
+only the partitions whose file is missing (an interrupted run resumes); ``overwrite=True``
+starts over. On object stores (no rename) the file is written in place: an object only
+appears once its upload is complete.
+
+The files read back with ``pd.read_parquet``, ``dd.read_parquet``, pyarrow and DuckDB, with
+``list<float32>`` embeddings: the pandas metadata of list columns says ``object``, working
+around pandas#57411 (pandas cannot parse the dtype string pyarrow stores for
+``list<float32>[pyarrow]`` columns). Pass ``dtype_backend="pyarrow"`` to the pandas and Dask
+readers to get the Arrow dtype back instead of object arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .progress import Progress
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+
+__all__ = ["MANIFEST", "WriteSummary", "check_output", "count_nonnull", "part_name", "to_arrow", "write_parquet"]
+
+MANIFEST = "_dask_clip.json"
+_PART = re.compile(r"^part-(\d+)\.parquet$")
+_TEMP = re.compile(r"^\.part-\d+\.parquet\..*\.tmp$")
+
+
+def part_name(index: int, npartitions: int) -> str:
+    """``part-00007.parquet``: zero-padded so that name order is partition order."""
+    width = max(5, len(str(max(npartitions - 1, 0))))
+    return f"part-{index:0{width}d}.parquet"
+
+
+@dataclass
+class WriteSummary:
+    """What one :func:`write_parquet` call did.
+
+    Attributes
+    ----------
+    path : str
+        The output folder.
+    partitions, written, skipped : int
+        Partitions in the frame; written by this call; already there and left untouched.
+    rows : int
+        Rows written by this call.
+    counts : dict of str to int
+        Sums of the ``partition_stats`` values over the partitions written (e.g. errors).
+    seconds : float
+        Wall time of the computation.
+    """
+
+    path: str
+    partitions: int
+    written: int
+    skipped: int
+    rows: int
+    counts: dict[str, int]
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows written per second of wall time."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for JSON."""
+        return {**asdict(self), "rows_per_second": self.rows_per_second}
+
+
+def _count_nonnull(df: pd.DataFrame, column: str, name: str) -> dict[str, int]:
+    return {name: int(df[column].notna().sum()) if column in df.columns else 0}
+
+
+def count_nonnull(column: str, name: str) -> Callable[[pd.DataFrame], dict[str, int]]:
+    """A ``partition_stats`` function: ``{name: non-null values of column}`` (e.g. errors)."""
+    import functools
+
+    return functools.partial(_count_nonnull, column=column, name=name)
+
+
+# -- Arrow conversion, on the workers ---------------------------------------------------------
+
+
+def _fix_pandas_metadata(schema: pa.Schema) -> pa.Schema:
+    """Mark columns whose stored pandas dtype pandas cannot parse back as ``object``."""
+    raw = (schema.metadata or {}).get(b"pandas")
+    if raw is None:
+        return schema
+    meta = json.loads(raw)
+    changed = False
+    for column in meta.get("columns", []):
+        try:
+            pd.api.types.pandas_dtype(column["numpy_type"])
+        except (TypeError, ValueError):  # e.g. "list<item: float>[pyarrow]" (pandas#57411)
+            column["numpy_type"] = "object"
+            changed = True
+    if not changed:
+        return schema
+    return schema.with_metadata({**schema.metadata, b"pandas": json.dumps(meta).encode()})
+
+
+def arrow_types(meta: pd.DataFrame) -> dict[str, pa.DataType]:
+    """Arrow types of the columns whose dtype says it (object columns are inferred per file)."""
+    types: dict[str, pa.DataType] = {}
+    for name, dtype in meta.dtypes.items():
+        if pd.api.types.is_object_dtype(dtype):
+            continue
+        types[str(name)] = pa.Schema.from_pandas(meta[[name]], preserve_index=False).field(str(name)).type
+    return types
+
+
+def to_arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    """A partition as an Arrow table with the output's column types and readable pandas metadata.
+
+    Parameters
+    ----------
+    df
+        A pandas partition.
+    types
+        Column types from the frame's meta (:func:`arrow_types`), so every file has the same
+        schema; other columns are inferred, all-null ones as ``string``.
+    """
+    table = pa.Table.from_pandas(df, preserve_index=None)
+    schema = table.schema
+    for i, field in enumerate(schema):
+        target = (types or {}).get(field.name)
+        if target is None and pa.types.is_null(field.type):
+            target = pa.string()
+        if target is not None and target != field.type:
+            schema = schema.set(i, field.with_type(target))
+    if schema != table.schema:
+        table = table.cast(schema)
+    return table.replace_schema_metadata(_fix_pandas_metadata(table.schema).metadata)
+
+
+def _write_partition(
+    df: pd.DataFrame,
+    fs: Any,
+    root: str,
+    name: str,
+    types: Mapping[str, pa.DataType],
+    partition_stats: Callable[[pd.DataFrame], Mapping[str, int]] | None,
+) -> dict[str, int]:
+    table = to_arrow(df, types)
+    final = f"{root}/{name}"
+    if _is_local(fs):
+        temp = f"{root}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: readers skip it if left over
+        try:
+            pq.write_table(table, temp)
+            os.replace(temp, final)  # atomic: the final name only ever holds a complete file
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
+    else:
+        with fs.open(final, "wb") as f:
+            pq.write_table(table, f)
+    stats = {"rows": len(df)}
+    if partition_stats is not None:
+        stats.update({k: int(v) for k, v in partition_stats(df).items()})
+    return stats
+
+
+# -- the output folder, on the driver ---------------------------------------------------------
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _open(path: str | os.PathLike, storage_options: dict | None) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(os.fspath(path), **(storage_options or {}))
+    return fs, root.rstrip("/")
+
+
+def _listing(fs: Any, root: str) -> list[str]:
+    if not fs.exists(root):
+        return []
+    return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
+
+
+def _canonical(job: Mapping[str, Any] | None) -> Any:
+    return json.loads(json.dumps(job, sort_keys=True, default=str)) if job is not None else None
+
+
+def check_output(
+    path: str | os.PathLike,
+    npartitions: int,
+    *,
+    job: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> list[int]:
+    """Check that ``path`` can take this job's output; return the partitions still to write.
+
+    Reads only: nothing is created or removed.
+
+    Raises
+    ------
+    ValueError
+        The folder holds output of another job (other partition count or settings), or
+        ``part-*.parquet`` files that no dask_clip manifest describes; pass ``overwrite=True``.
+    NotADirectoryError
+        ``path`` is a file.
+    """
+    fs, root = _open(path, storage_options)
+    if fs.exists(root) and not fs.isdir(root):
+        raise NotADirectoryError(f"output {os.fspath(path)!r} is a file; give a folder")
+    names = _listing(fs, root)
+    if overwrite:
+        return list(range(npartitions))
+    parts = [n for n in names if _PART.match(n)]
+    if MANIFEST in names:
+        manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
+        theirs = {"npartitions": manifest.get("npartitions"), **(manifest.get("job") or {})}
+        ours = {"npartitions": npartitions, **(_canonical(job) or {})}
+        differ = {
+            k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)
+        }
+        if differ:
+            details = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+            raise ValueError(
+                f"{os.fspath(path)!r} holds the output of a different job ({details}). Pass "
+                "overwrite=True (--overwrite) to start over, or choose another folder"
+            )
+    elif parts:
+        raise ValueError(
+            f"{os.fspath(path)!r} already holds {len(parts)} part files but no {MANIFEST}; "
+            "pass overwrite=True (--overwrite) to replace them, or choose another folder"
+        )
+    done = set(parts)
+    return [i for i in range(npartitions) if part_name(i, npartitions) not in done]
+
+
+def _prepare(fs: Any, root: str, npartitions: int, job: Mapping[str, Any] | None, overwrite: bool) -> None:
+    """Create the folder, clear our files on ``overwrite``, drop stale temporaries, write the manifest."""
+    fs.makedirs(root, exist_ok=True)
+    for name in _listing(fs, root):
+        ours = _PART.match(name) or name == MANIFEST
+        if _TEMP.match(name) or (overwrite and ours):
+            fs.rm(f"{root}/{name}")
+    manifest = {"npartitions": npartitions, "job": _canonical(job), "writer": "dask_clip.writer"}
+    with fs.open(f"{root}/{MANIFEST}", "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+
+
+def write_parquet(
+    ddf: dd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    job: Mapping[str, Any] | None = None,
+    partition_stats: Callable[[pd.DataFrame], Mapping[str, int]] | None = None,
+    progress: bool = False,
+    client: Any = None,
+    retries: int = 0,
+    storage_options: dict | None = None,
+) -> WriteSummary:
+    """Write a Dask DataFrame as one Parquet file per partition, resuming an interrupted run.
+
+    Parameters
+    ----------
+    ddf
+        Any Dask DataFrame with pandas partitions (e.g. ``ImageEmbedder(...)(ddf)``). Its
+        partitioning must be the same from run to run (it is for the same input read the same
+        way) for a resumed run to match.
+    path
+        Output folder, local or an fsspec URL. Every worker must be able to write there.
+    overwrite
+        Remove this folder's part files and start over; otherwise keep finished files and
+        compute only the missing partitions.
+    job
+        JSON-able settings that define the output (input, model ...). Recorded in the manifest;
+        a later run with other settings is refused instead of mixing outputs.
+    partition_stats
+        ``df -> {name: int}``, run on each partition as it is written; summed into
+        ``WriteSummary.counts`` (e.g. rows whose embedding failed).
+    progress
+        Show a progress bar (partitions, images, rate, ETA) on stderr.
+    client
+        A ``distributed.Client``; default: the current one, if any, else Dask's local scheduler.
+    retries
+        Retries of a failed partition (``client.compute(retries=...)``).
+    storage_options
+        fsspec options for a remote ``path``.
+
+    Returns
+    -------
+    WriteSummary
+    """
+    import dask
+
+    fs, root = _open(path, storage_options)
+    n = ddf.npartitions
+    todo = check_output(path, n, job=job, overwrite=overwrite, storage_options=storage_options)
+    _prepare(fs, root, n, job, overwrite)
+    types = arrow_types(ddf._meta)
+    parts = ddf.to_delayed()
+    write = dask.delayed(_write_partition, pure=False)
+    tasks = [write(parts[i], fs, root, part_name(i, n), types, partition_stats) for i in todo]
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):  # no distributed client: Dask's local scheduler
+            client = None
+    totals: dict[str, int] = {}
+    started = time.perf_counter()
+    bar = Progress(len(tasks), desc=os.path.basename(root) or root) if progress and tasks else None
+    try:
+        for stats in _run(tasks, client, retries):
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0) + value
+            if bar is not None:
+                bar.update(stats["rows"])
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = totals.pop("rows", 0)
+    return WriteSummary(
+        path=os.fspath(path),
+        partitions=n,
+        written=len(tasks),
+        skipped=n - len(tasks),
+        rows=rows,
+        counts=totals,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run(tasks: list[Any], client: Any, retries: int):
+    """Yield each task's result as it finishes (in completion order)."""
+    if not tasks:
+        return
+    if client is None:
+        import dask
+
+        yield from dask.compute(*tasks)
+        return
+    from distributed import as_completed
+
+    futures = client.compute(tasks, retries=retries)
+    try:
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.cancel([f for f in futures if not f.done()])

@@ -1,0 +1,279 @@
+"""``dask-clip`` as users run it: real subprocesses, a real local cluster, resumable output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask.dataframe as dd
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from cli_support import (
+    BIN,
+    assert_same_rows,
+    reference,
+    run_cli,
+    subprocess_env,
+    write_image_files,
+    write_image_parquet,
+)
+
+from dask_clip import ImageEmbedder
+from dask_clip.cli import main
+from dask_clip.columns import embeddings_to_numpy
+from dask_clip.writer import MANIFEST, part_name
+
+LIST_F32 = pa.list_(pa.float32())
+LOCAL = ("--n-workers", "1", "--dashboard-address", "127.0.0.1:0")
+
+
+N_SHARDS, ROWS = 24, 3
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """24 img2dataset-like shards of 3 rows: a broken image every 5th row, row 1 a copy of row 0."""
+    return write_image_parquet(tmp_path_factory.mktemp("in") / "shards", N_SHARDS, ROWS, bad_every=5)
+
+
+@pytest.fixture(scope="module")
+def resumed(shards, model_dir, tmp_path_factory) -> dict:
+    """``dask-clip embed`` on a local cluster it starts, SIGKILLed once two files exist, run again.
+
+    Slow enough to be caught part-way: many small partitions, batch size 1.
+    """
+    folder = tmp_path_factory.mktemp("out")
+    out = folder / "embeddings"
+    args = ["embed", str(shards), str(out), "--model-dir", model_dir, "--batch-size", "1", *LOCAL]
+    with open(folder / "killed.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dask_clip.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=subprocess_env(),
+        )
+        try:
+            deadline = time.monotonic() + 150
+            while proc.poll() is None and time.monotonic() < deadline:
+                if out.exists() and len(list(out.glob("part-*.parquet"))) >= 2:
+                    os.kill(proc.pid, signal.SIGKILL)  # a crash: no cleanup, no goodbye
+                    break
+                time.sleep(0.02)
+            proc.wait(timeout=30)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the cluster's processes, if any outlived the CLI
+            except ProcessLookupError:
+                pass
+            time.sleep(0.2)  # let the signals land before looking at the files
+    killed_log = (folder / "killed.log").read_text()
+    finished = {p.name: os.stat(p) for p in out.glob("part-*.parquet")}
+    again = run_cli(*args, "--progress")
+    return {"out": out, "returncode": proc.returncode, "killed_log": killed_log, "finished": finished, "proc": again}
+
+
+@pytest.fixture(scope="module")
+def existing_cluster():
+    """A running cluster for the commands that reach one with --scheduler-address."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_killed_run_resumes_to_the_uninterrupted_output(resumed, shards, model_dir):
+    out, finished, proc = resumed["out"], resumed["finished"], resumed["proc"]
+    assert resumed["returncode"] == -signal.SIGKILL, resumed["killed_log"]
+    assert 2 <= len(finished) < N_SHARDS, f"{len(finished)} files: the kill came too late to test resuming"
+    todo = N_SHARDS - len(finished)
+    assert f"{todo} of {N_SHARDS} partitions to write (resuming)" in proc.stderr
+    assert f"wrote {todo} partitions ({len(finished)} already there)" in proc.stdout
+    assert sorted(os.listdir(out)) == [MANIFEST] + [part_name(i, N_SHARDS) for i in range(N_SHARDS)]  # no temporaries
+    for name, stat in finished.items():  # finished files untouched
+        now = os.stat(out / name)
+        assert (now.st_ino, now.st_mtime_ns, now.st_size) == (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    # No missing, duplicated or reordered rows: equal to an uninterrupted run.
+    assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), reference(shards, model_dir))
+
+
+def test_every_reader_reads_list_float32_embeddings(resumed, shards, model_dir):
+    out = resumed["out"]
+    expected = reference(shards, model_dir)
+    plain = pd.read_parquet(out)  # no dtype_backend: object arrays of float32, nulls as None
+    assert plain["key"].tolist() == expected["key"].tolist()
+    assert plain["embedding"].dropna().iloc[0].dtype == np.float32
+    np.testing.assert_allclose(
+        embeddings_to_numpy(plain["embedding"]), embeddings_to_numpy(expected["embedding"]), atol=1e-5
+    )
+    lazy = dd.read_parquet(out, dtype_backend="pyarrow")
+    assert lazy.npartitions == N_SHARDS and lazy["embedding"].dtype.pyarrow_dtype == LIST_F32
+    assert lazy.compute()["key"].tolist() == expected["key"].tolist()
+    assert pq.read_table(out).schema.field("embedding").type == LIST_F32
+    n, bad = N_SHARDS * ROWS, N_SHARDS * ROWS // 5
+    kinds = duckdb.sql(
+        f"SELECT typeof(embedding), count(*), count(embedding) FROM '{out}/*.parquet' GROUP BY 1"
+    ).fetchall()
+    assert kinds == [("FLOAT[]", n, n - bad)]
+    errors = plain.set_index("key")["embedding_error"].dropna()
+    assert len(errors) == bad
+    assert errors.loc["000004"] == "not a decodable image (unknown format)"
+    assert errors.loc["000009"] == "missing image (null)"
+
+
+def test_progress_bar_reports_partitions_images_and_rate(resumed):
+    err = resumed["proc"].stderr
+    todo = N_SHARDS - len(resumed["finished"])
+    assert f"{todo}/{todo}" in err and "images/s" in err
+
+
+def test_a_different_job_into_the_same_folder_is_refused(resumed, shards, model_dir, capsys):
+    out = resumed["out"]
+    before = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
+    assert main(["embed", str(shards), str(out), "--model-dir", model_dir, "--output-column", "clip"]) == 1
+    err = capsys.readouterr().err
+    assert "different job (columns: ['jpg', 'embedding', 'embedding_error'] there" in err and "--overwrite" in err
+    assert {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)} == before
+
+
+def test_folder_of_image_files_on_an_existing_cluster(tmp_path, model_dir, existing_cluster):
+    paths = write_image_files(tmp_path / "images", 10)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "part-00000.parquet").write_bytes(b"stale output of another tool")
+    proc = run_cli(
+        "embed",
+        str(tmp_path / "images"),
+        str(out),
+        "--model-dir",
+        model_dir,
+        "--partition-size",
+        "4",
+        "--remove-image-data",
+        "--overwrite",
+        "--scheduler-address",
+        existing_cluster,
+    )
+    assert "wrote 3 partitions (0 already there), 10 images, 0 errors" in proc.stdout
+    got = pd.read_parquet(out, dtype_backend="pyarrow")
+    assert list(got.columns) == ["embedding", "embedding_error"]
+    frame = pd.DataFrame({"path": pd.array([str(p) for p in paths], dtype=pd.ArrowDtype(pa.string()))})
+    expected = ImageEmbedder(model_dir=model_dir, image_column="path", remove_image_data=True).embed_partition(frame)
+    assert len(got) == 10
+    np.testing.assert_allclose(
+        embeddings_to_numpy(got["embedding"]), embeddings_to_numpy(expected["embedding"]), atol=1e-5
+    )
+
+
+def test_dedup_command_flags_the_planted_copy(resumed, tmp_path, existing_cluster):
+    out = resumed["out"]
+    proc = run_cli(
+        "dedup",
+        str(out),
+        str(tmp_path / "dedup"),
+        "--eps",
+        "0.01",
+        "--n-clusters",
+        "2",
+        "--id-column",
+        "key",
+        "--scheduler-address",
+        existing_cluster,
+    )
+    result = pd.read_parquet(tmp_path / "dedup", dtype_backend="pyarrow").set_index("key").sort_index()
+    assert len(result) == N_SHARDS * ROWS
+    assert bool(result.loc["000001", "duplicate"]) and result.loc["000001", "duplicate_of"] == "000000"
+    assert "eps" in proc.stdout
+
+
+def test_demo_with_random_weights_finds_the_planted_duplicates(tmp_path):
+    proc = subprocess.run(  # through the console script, as the README says
+        [str(BIN / "dask-clip"), "demo", "--random-weights", "--output", str(tmp_path / "demo"), *LOCAL],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=subprocess_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "seeded RANDOM model" in proc.stdout
+    assert "embedded 319 images (3 errors)" in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if "planted near-duplicates caught" in x)
+    caught, planted = (int(v) for v in line.split("caught: ")[1].split(";")[0].split(" of "))
+    assert planted == 36 and caught >= 30, line
+    assert len(pd.read_parquet(tmp_path / "demo" / "embeddings")) == 319
+
+
+def test_demo_without_weights_says_what_to_do(capsys):
+    assert main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-dir" in err and "--pretrained" in err and "--random-weights" in err
+
+
+def test_info_reports_versions_devices_and_gpu_libraries(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["packages"]["torch"] and info["packages"]["dask-clip"]
+    assert info["cpu"]["cores_usable"] >= 1
+    assert set(info["gpu_libraries"]) == {"dask_cuda", "cupy", "cudf", "rmm"}
+    for probe in info["gpu_libraries"].values():  # each usable with a version, or says why not
+        assert probe.get("version") or probe.get("error") or probe["usable"]
+    assert main(["info"]) == 0
+    assert "gpu libraries" in capsys.readouterr().out
+
+
+# -- argument errors, in process (no cluster starts) -------------------------------------------
+
+
+def test_bad_choices_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["embed", "in", "out", "--precision", "fp8"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err.replace('"', "'")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model-dir", "MISSING"], "is not a folder"),
+        (["--random-weights", "--model-dir", "MISSING"], "--random-weights contradicts --model-dir"),
+        (["--model", "ViT-Nope"], "unknown open_clip architecture"),
+        (["--image-column", "nope"], "image_column='nope' not in the columns"),
+    ],
+)
+def test_configuration_errors_exit_1_with_a_message(extra, message, shards, tmp_path, capsys):
+    assert main(["embed", str(shards), str(tmp_path / "o"), *extra]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input_and_local_options_with_a_scheduler(tmp_path, capsys, model_dir, shards):
+    assert main(["embed", str(tmp_path / "nothing-*.parquet"), str(tmp_path / "o"), "--model-dir", model_dir]) == 1
+    assert "matches no file" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "embed",
+                str(shards),
+                str(tmp_path / "o"),
+                "--model-dir",
+                model_dir,
+                "--scheduler-file",
+                "s.json",
+                "--n-workers",
+                "2",
+            ]
+        )
+        == 1
+    )
+    assert "--n-workers only apply to a local cluster" in capsys.readouterr().err

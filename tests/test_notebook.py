@@ -1,0 +1,45 @@
+"""notebooks/curation.ipynb runs top to bottom offline on the bundled sample, and draws pictures."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "curation.ipynb"
+
+
+def _images(cell: nbformat.NotebookNode) -> int:
+    return sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+
+
+def _text(cell: nbformat.NotebookNode) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append(out.get("text", "") + str(out.get("data", {}).get("text/plain", "")))
+    return "".join(parts)
+
+
+@pytest.mark.slow
+def test_curation_notebook_runs_offline(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
+    started = time.monotonic()
+    NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    assert time.monotonic() - started < 90
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    source = {i: c.source for i, c in enumerate(code)}
+    neighbours = next(c for c in code if "Nearest" in c.source or "similarity = V @ V[query]" in c.source)
+    dedup = next(c for c in code if "semantic_dedup(" in c.source)
+    assert _images(neighbours) == 1, source
+    assert _images(dedup) == 1
+    assert "planted copies caught:" in _text(dedup)
+    assert (tmp_path / "curation-output" / "embeddings" / "part-00000.parquet").exists()
