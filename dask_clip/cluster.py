@@ -109,6 +109,7 @@ def plan_local_cluster(
     n_gpus: int | None = None,
     dask_cuda_installed: bool | None = None,
     cores: int | None = None,
+    rapids_installed: tuple[bool, bool] | None = None,
     **overrides: Any,
 ) -> ClusterPlan:
     """Decide which local cluster to start and how, without starting anything.
@@ -130,8 +131,10 @@ def plan_local_cluster(
         Torch CPU threads per worker; default: the host's cores divided among the workers.
     dashboard_address
         Bound to localhost by default; ``":8787"`` exposes it, None turns it off.
-    n_gpus, dask_cuda_installed, cores
+    n_gpus, dask_cuda_installed, cores, rapids_installed
         Facts about this machine; detected when None (tests pass them in).
+        ``rapids_installed`` is (rmm, cudf): the RMM options need rmm on the workers,
+        ``enable_cudf_spill`` needs cuDF, so each is asked for only where installed.
     **overrides
         Passed on to the cluster class, overriding the options computed here.
 
@@ -181,11 +184,18 @@ def plan_local_cluster(
         options: dict[str, Any] = {
             "n_workers": workers,
             "threads_per_worker": threads_per_worker or per_task,
-            "rmm_async": True,  # frees back to the driver: shares the GPU with torch's own needs
-            "rmm_allocator_external_lib_list": libs,  # torch and CuPy allocate from RMM
-            "enable_cudf_spill": True,
             "dashboard_address": dashboard_address,
         }
+        # dask-cuda imports rmm / cudf on the workers for these; ask only for what is installed.
+        has_rmm, has_cudf = rapids_installed or (
+            importlib.util.find_spec("rmm") is not None,
+            importlib.util.find_spec("cudf") is not None,
+        )
+        if has_rmm:
+            options["rmm_async"] = True  # frees back to the driver: shares the GPU with torch
+            options["rmm_allocator_external_lib_list"] = libs  # torch and CuPy allocate from RMM
+        if has_cudf:
+            options["enable_cudf_spill"] = True
         kind_used = "cuda"
     else:
         workers = n_workers or max(1, cores // CORES_PER_CPU_WORKER)
@@ -198,6 +208,8 @@ def plan_local_cluster(
         }
         kind_used = "cpu"
     options.update(overrides)
+    if not options.get("processes", True):
+        options.pop("host", None)  # an in-process cluster talks inproc://, which takes no host
     workers = int(options.get("n_workers") or workers)
     threads = torch_threads or max(1, cores // (workers * int(options["threads_per_worker"])))
     return ClusterPlan(kind=kind_used, options=options, torch_threads=threads)

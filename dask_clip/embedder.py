@@ -16,7 +16,7 @@ from . import columns
 from .decode import DEFAULT_MAX_IMAGE_PIXELS, decode_all
 from .errors import ImageDecodeError
 from .infer import encode_images
-from .models import get_model
+from .models import apply_torch_threads, get_model
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -243,6 +243,8 @@ class ImageEmbedder:
         if n == 0:
             return np.zeros((0, 0), np.float32), valid, errors
         loaded = get_model(self.spec)
+        if loaded.device.type == "cpu":
+            apply_torch_threads()  # this task thread's OpenMP count, as the worker setup asked
         batch = self.model_inference_batch_size
         chunk = batch * max(1, _MIN_ROWS_PER_CHUNK // batch)
         parts: list[torch.Tensor] = []

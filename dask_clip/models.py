@@ -19,7 +19,15 @@ import torch
 from .errors import ModelLoadError
 from .spec import ModelSpec, find_weights
 
-__all__ = ["LoadedModel", "get_model", "load_counts", "clear_cache", "resolve_device"]
+__all__ = [
+    "LoadedModel",
+    "apply_torch_threads",
+    "clear_cache",
+    "get_model",
+    "load_counts",
+    "resolve_device",
+    "set_torch_threads",
+]
 
 logger = logging.getLogger("dask_clip")
 
@@ -27,6 +35,7 @@ _CACHE: dict[ModelSpec, LoadedModel] = {}
 _LOCK = threading.Lock()
 _LOAD_COUNTS: collections.Counter[ModelSpec] = collections.Counter()
 RANDOM_WEIGHTS_SEED = 0
+_TORCH_THREADS: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,24 @@ def get_model(spec: ModelSpec) -> LoadedModel:
                 _CACHE[spec] = loaded
                 _LOAD_COUNTS[spec] += 1
     return loaded
+
+
+def set_torch_threads(threads: int) -> None:
+    """Use ``threads`` torch CPU threads in this process, including in Dask's task threads.
+
+    Called by the worker setup (plugin or ``--preload``). torch's OpenMP thread count is a
+    per-thread setting, and Dask's executor threads do not inherit the value set on the
+    worker's main thread, so :func:`apply_torch_threads` re-applies it inside each task.
+    """
+    global _TORCH_THREADS
+    _TORCH_THREADS = int(threads)
+    torch.set_num_threads(_TORCH_THREADS)
+
+
+def apply_torch_threads() -> None:
+    """Apply the configured thread count to the calling thread (no-op when none is set)."""
+    if _TORCH_THREADS is not None:
+        torch.set_num_threads(_TORCH_THREADS)
 
 
 def load_counts() -> dict[ModelSpec, int]:

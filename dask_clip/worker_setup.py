@@ -73,13 +73,14 @@ def configure_worker(worker: object | None, torch_threads: int | None = None) ->
     torch_threads
         Torch intra-op threads; default :func:`default_torch_threads`.
     """
-    import torch  # here, not at import: `dask worker` imports this module in its own process
+    # here, not at import: `dask worker` imports this module in its own process
+    from .models import set_torch_threads
 
     if torch_threads is None:
         state = getattr(worker, "state", None)
         torch_threads = default_torch_threads(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1) or 1)
-    # Process-wide: torch's other threads pick the value up on their first parallel op.
-    torch.set_num_threads(int(torch_threads))
+    # Remembered for the task threads too (OpenMP's setting is per thread; see models.py).
+    set_torch_threads(int(torch_threads))
     logger.debug("dask_clip worker setup: torch threads=%d", torch_threads)
     return int(torch_threads)
 

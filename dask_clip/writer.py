@@ -41,7 +41,7 @@ from .progress import Progress
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["MANIFEST", "WriteSummary", "check_output", "count_nonnull", "part_name", "to_arrow", "write_parquet"]
+__all__ = ["MANIFEST", "WriteSummary", "check_output", "count_nonnull", "part_name", "to_arrow", "write_parquet", "write_tasks"]
 
 MANIFEST = "_dask_clip.json"
 _PART = re.compile(r"^part-(\d+)\.parquet$")
@@ -143,7 +143,10 @@ def to_arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType] | None = None) -
         Column types from the frame's meta (:func:`arrow_types`), so every file has the same
         schema; other columns are inferred, all-null ones as ``string``.
     """
-    table = pa.Table.from_pandas(df, preserve_index=None)
+    # A named index is data (e.g. dedup's `row` numbers): store it as a column. An unnamed
+    # RangeIndex stays metadata only; Dask's reader cannot handle a named one stored that way.
+    named = any(name is not None for name in df.index.names)
+    table = pa.Table.from_pandas(df, preserve_index=True if named else None)
     schema = table.schema
     for i, field in enumerate(schema):
         target = (types or {}).get(field.name)
@@ -269,6 +272,37 @@ def _prepare(fs: Any, root: str, npartitions: int, job: Mapping[str, Any] | None
         json.dump(manifest, f, indent=2, sort_keys=True)
 
 
+def write_tasks(
+    ddf: dd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    job: Mapping[str, Any] | None = None,
+    partition_stats: Callable[[pd.DataFrame], Mapping[str, int]] | None = None,
+    storage_options: dict | None = None,
+) -> list[Any]:
+    """Prepare ``path`` and return one lazy write per partition still missing there.
+
+    The building block of :func:`write_parquet`, for callers that compute the writes together
+    with other results in one pass over the data (``dask.compute(tasks, ...)``). Each task
+    writes ``part-NNNNN.parquet`` atomically and returns ``{"rows": n, **partition_stats(df)}``.
+
+    Returns
+    -------
+    list of dask.delayed.Delayed
+    """
+    import dask
+
+    fs, root = _open(path, storage_options)
+    n = ddf.npartitions
+    todo = check_output(path, n, job=job, overwrite=overwrite, storage_options=storage_options)
+    _prepare(fs, root, n, job, overwrite)
+    types = arrow_types(ddf._meta)
+    parts = ddf.to_delayed()
+    write = dask.delayed(_write_partition, pure=False)
+    return [write(parts[i], fs, root, part_name(i, n), types, partition_stats) for i in todo]
+
+
 def write_parquet(
     ddf: dd.DataFrame,
     path: str | os.PathLike,
@@ -313,16 +347,11 @@ def write_parquet(
     -------
     WriteSummary
     """
-    import dask
-
-    fs, root = _open(path, storage_options)
+    tasks = write_tasks(
+        ddf, path, overwrite=overwrite, job=job, partition_stats=partition_stats, storage_options=storage_options
+    )
     n = ddf.npartitions
-    todo = check_output(path, n, job=job, overwrite=overwrite, storage_options=storage_options)
-    _prepare(fs, root, n, job, overwrite)
-    types = arrow_types(ddf._meta)
-    parts = ddf.to_delayed()
-    write = dask.delayed(_write_partition, pure=False)
-    tasks = [write(parts[i], fs, root, part_name(i, n), types, partition_stats) for i in todo]
+    root = _open(path, storage_options)[1]
     if client is None:
         try:
             from distributed import default_client

@@ -14,7 +14,7 @@ from dask_clip import worker_setup as ws
 
 
 def plan(**kwargs):
-    facts = {"n_gpus": 0, "dask_cuda_installed": False, "cores": 2}
+    facts = {"n_gpus": 0, "dask_cuda_installed": False, "cores": 2, "rapids_installed": (True, True)}
     return cl.plan_local_cluster(**{**facts, **kwargs})
 
 
@@ -31,6 +31,18 @@ def test_gpus_with_dask_cuda_give_one_worker_per_gpu_on_rmm():
     assert o["dashboard_address"] == "127.0.0.1:8787"
     assert "jit_unspill" not in o and "rmm_pool_size" not in o  # removed / deprecated with rmm_async
     assert p.torch_threads == 2  # 32 cores / (4 workers * 4 threads)
+
+
+def test_rapids_options_only_where_rmm_and_cudf_are_installed():
+    bare = plan(n_gpus=1, dask_cuda_installed=True, rapids_installed=(False, False)).options
+    assert not {"rmm_async", "rmm_allocator_external_lib_list", "enable_cudf_spill"} & set(bare)
+    no_cudf = plan(n_gpus=1, dask_cuda_installed=True, rapids_installed=(True, False)).options
+    assert no_cudf["rmm_async"] is True and "enable_cudf_spill" not in no_cudf
+
+
+def test_in_process_cpu_cluster_drops_the_host():
+    assert "host" not in plan(processes=False).options
+    assert plan().options["host"] == "127.0.0.1"
 
 
 @pytest.mark.parametrize("share, threads", [(1, 1), (0.5, 2), (0.3, 3), (0.25, 4), (0.1, 10)])

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..writer import write_tasks
 from . import _frame
 from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
 from .workflow import check_eps, semantic_dedup
@@ -62,7 +63,8 @@ def dedup_parquet(
         Parquet file(s) or directory with ``embedding_column`` (``list<float32>``), read with
         ``dd.read_parquet(..., dtype_backend="pyarrow")``.
     output_path
-        Output directory (``dask.dataframe.to_parquet``).
+        Output folder: one ``part-NNNNN.parquet`` per partition, written atomically with
+        metadata that plain ``pd.read_parquet`` reads back (:mod:`dask_clip.writer`).
     eps, n_clusters, embedding_column, id_column
         As in :func:`semantic_dedup`. Without ``id_column``, and where the input has no stored
         index, rows are numbered 0, 1, ... in input order; that number is written as the
@@ -99,9 +101,10 @@ def dedup_parquet(
         id_column=id_column, **kwargs,
     )
     out = result[~result["duplicate"]] if drop_duplicates else result
-    write = out.to_parquet(
-        output_path, compute=False, overwrite=overwrite, storage_options=storage_options
-    )
+    # dask_clip's writer: atomic part files whose metadata plain pandas can read back.
+    writes = write_tasks(out, output_path, overwrite=overwrite, storage_options=storage_options)
+    if len(writes) != out.npartitions:
+        raise FileExistsError(f"{output_path!r} already holds part files; pass overwrite=True (--overwrite)")
     stats, sizes = summary_parts(result, summary_eps)
-    _, stats, sizes = dask.compute(write, stats, sizes)
+    _, stats, sizes = dask.compute(writes, stats, sizes)  # one pass: writes and summary
     return summary_frame(stats, sizes, summary_eps)

@@ -43,6 +43,10 @@ def test_round_trip_with_row_numbers(embeddings_dir, planted_df, tmp_path):
     partner_keys = back["key"].to_numpy()[back["duplicate_of"][flagged].to_numpy(dtype=np.int64)]
     assert (partner_keys == direct["duplicate_of"][flagged].to_numpy()).all()
     assert list(summary.index) == [0.001, 0.01, 0.05]
+    # Readable without dtype_backend too (pandas#57411 is worked around when writing).
+    plain = pd.read_parquet(out_dir)
+    assert len(plain) == len(back) and plain["duplicate"].tolist() == back["duplicate"].tolist()
+    assert len(dd.read_parquet(str(out_dir)).compute()) == len(back)
     expect = dedup_summary(direct, [0.001, 0.01, 0.05])
     pd.testing.assert_frame_equal(summary, expect)
 
