@@ -28,22 +28,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def web_jpegs(n: int, seed: int = 0) -> list[bytes]:
-    """n distinct web-size (about 500x375 to 800x600) JPEGs cut from real photos."""
-    from PIL import Image
-    from skimage import data
+    """n distinct web-size (500x375 to 800x600) JPEGs cut from real photos."""
+    from dask_clip.testing import encode_image, photo_crops
 
-    from dask_clip.testing import encode_image
-
-    rng = np.random.default_rng(seed)
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field()]
-    sources = [np.asarray(Image.fromarray(s).resize((1200, 900))) for s in sources]
-    out = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        w, h = int(rng.integers(500, 801)), int(rng.integers(375, 601))
-        x, y = int(rng.integers(0, 1200 - w)), int(rng.integers(0, 900 - h))
-        out.append(encode_image(np.ascontiguousarray(src[y : y + h, x : x + w]), quality=85))
-    return out
+    return [encode_image(crop, quality=85) for crop in photo_crops(n, seed=seed)]
 
 
 def model_only(spec, batch_size: int, n_images: int) -> float:

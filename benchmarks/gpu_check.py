@@ -94,22 +94,12 @@ def sample_photos(n: int, seed: int = 0) -> tuple[list[np.ndarray], str]:
     (images, source)
         uint8 (H, W, 3) images and ``"scikit-image photos"`` or ``"synthetic photo-like"``.
     """
+    from dask_clip.testing import photo_crops
+
     try:
-        from skimage import data
+        return photo_crops(n, seed=seed, min_size=(320, 240)), "scikit-image photos"
     except ImportError:
         return photo_like(n, seed), "synthetic photo-like"
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field()]
-    sources = [np.asarray(Image.fromarray(s).resize((1200, 900))) for s in sources]
-    out = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        w, h = int(rng.integers(320, 801)), int(rng.integers(240, 601))
-        x, y = int(rng.integers(0, 1200 - w)), int(rng.integers(0, 900 - h))
-        out.append(np.ascontiguousarray(src[y : y + h, x : x + w]))
-    return out, "scikit-image photos"
 
 
 def jpeg(image: np.ndarray, quality: int = 90, **save: Any) -> bytes:

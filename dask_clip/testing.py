@@ -11,7 +11,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_MODEL_CFG", "encode_image", "odd_images", "parity", "reference_embeddings", "write_model_dir"]
+__all__ = [
+    "TINY_MODEL_CFG",
+    "encode_image",
+    "odd_images",
+    "parity",
+    "photo_crops",
+    "reference_embeddings",
+    "write_model_dir",
+]
 
 TINY_MODEL_CFG: dict = {
     "embed_dim": 32,
@@ -157,3 +165,44 @@ def odd_images(photos: list) -> dict[str, bytes]:
     }
 
 
+
+
+def photo_crops(
+    n: int, *, seed: int = 0, min_size: tuple[int, int] = (500, 375), max_size: tuple[int, int] = (800, 600)
+) -> list:
+    """n distinct crops of scikit-image's photographs (astronaut, coffee, chelsea, rocket,
+    Hubble deep field), each upscaled to 1200x900 first: web-size test images.
+
+    Parameters
+    ----------
+    n
+        Number of crops.
+    seed
+        Crop sizes and positions.
+    min_size, max_size
+        (width, height) bounds of the crops, inclusive.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        uint8 (H, W, 3), C-contiguous.
+
+    Raises
+    ------
+    ImportError
+        scikit-image is not installed (it is a test dependency).
+    """
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.hubble_deep_field()]
+    sources = [np.asarray(Image.fromarray(s).resize((1200, 900))) for s in sources]
+    crops = []
+    for i in range(n):
+        w = int(rng.integers(min_size[0], max_size[0] + 1))
+        h = int(rng.integers(min_size[1], max_size[1] + 1))
+        x, y = int(rng.integers(0, 1200 - w)), int(rng.integers(0, 900 - h))
+        crops.append(np.ascontiguousarray(sources[i % len(sources)][y : y + h, x : x + w]))
+    return crops
