@@ -261,4 +261,44 @@ def _dedup(
     for key, partner, similarity in scored["pairs"].head(5).itertuples(index=False):
         caption = frame.loc[frame["key"] == key, "caption"].iloc[0]
         echo(f"    {key} duplicates {partner} (cosine {similarity:.5f}): {caption}")
+    if len(scored["pairs"]):
+        images = pd.read_parquet(sample_path(), columns=[SAMPLE_ID_COLUMN, "jpg"])
+        sheet = duplicate_sheet(scored["pairs"], dict(zip(images[SAMPLE_ID_COLUMN], images["jpg"], strict=True)))
+        sheet.save(output / "duplicates.png")
+        echo(f"    the pairs side by side (duplicate | the row it duplicates): {output / 'duplicates.png'}")
     return {k: v for k, v in scored.items() if k != "pairs"}
+
+
+def duplicate_sheet(pairs: pd.DataFrame, images: dict[str, bytes], *, rows: int = 8, tile: int = 160) -> Any:
+    """A picture of duplicate pairs: each line shows a flagged image and the one it duplicates.
+
+    Parameters
+    ----------
+    pairs
+        ``id``, ``duplicate_of``, ``max_similarity`` (as :func:`score_planted` returns).
+    images
+        Encoded image bytes by id.
+    rows, tile
+        At most ``rows`` pairs, each image fitted into a ``tile`` x ``tile`` square.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, (2 * tile + margins) wide.
+    """
+    import io
+
+    from PIL import Image, ImageDraw
+
+    shown = pairs.head(rows)
+    label = 16
+    sheet = Image.new("RGB", (2 * tile + 30, len(shown) * (tile + label + 10) + 10), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (key, partner, similarity) in enumerate(shown.itertuples(index=False)):
+        top = 10 + i * (tile + label + 10)
+        draw.text((10, top), f"{key} ~ {partner}  cos {similarity:.4f}", fill="black")
+        for j, name in enumerate((key, partner)):
+            picture = Image.open(io.BytesIO(images[name])).convert("RGB")
+            picture.thumbnail((tile, tile))
+            sheet.paste(picture, (10 + j * (tile + 10), top + label))
+    return sheet

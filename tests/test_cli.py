@@ -212,6 +212,10 @@ def test_demo_with_random_weights_finds_the_planted_duplicates(tmp_path):
     caught, planted = (int(v) for v in line.split("caught: ")[1].split(";")[0].split(" of "))
     assert planted == 36 and caught >= 30, line
     assert len(pd.read_parquet(tmp_path / "demo" / "embeddings")) == 319
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "demo" / "duplicates.png")  # the pairs, as pictures
+    assert sheet.width > 300 and sheet.height > 8 * 160
 
 
 def test_demo_without_weights_says_what_to_do(capsys):
