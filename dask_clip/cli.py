@@ -449,7 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    if not args.verbose:  # the local scheduler's p2p shuffle logs every shuffle (dedup) at WARNING
+    if not args.verbose:
+        import distributed  # noqa: F401  - it sets its loggers' levels on import; override after
+
+        # A local cluster's scheduler and nanny live in this process and log every client and
+        # worker event at INFO; the p2p shuffle logs every shuffle (dedup) at WARNING.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
         logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
