@@ -27,6 +27,7 @@ __all__ = [
     "as_binary",
     "is_cudf",
     "split_flat_pixels",
+    "embeddings_to_numpy",
 ]
 
 IMAGE_KINDS = ("auto", "bytes", "path", "pixels")
