@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ._backend import is_cudf
+
 __all__ = [
     "byte_rows",
     "dense_rows",
@@ -56,11 +58,6 @@ _MAGIC = (
     b"MM\x00*",
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
 )
-
-
-def is_cudf(obj: object) -> bool:
-    """True for cuDF objects (``cudf.DataFrame``/``Series``/``Index``), without importing cuDF."""
-    return type(obj).__module__.partition(".")[0] == "cudf"
 
 
 def _import_cudf() -> tuple[Any, Any]:

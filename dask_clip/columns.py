@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ._cudf import is_cudf
+from ._backend import is_cudf
 
 __all__ = [
     "IMAGE_KINDS",

@@ -14,8 +14,34 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .._backend import is_cudf
+
 if TYPE_CHECKING:
     import torch
+
+def check_dtype(meta: Any, column: str, arrow_types: tuple, expected: str, hint: str = "") -> None:
+    """TypeError unless ``meta[column]`` is an Arrow type accepted by one of the ``arrow_types``
+    predicates (``pa.types.is_*``) or object; cuDF columns are checked by their own code.
+
+    Parameters
+    ----------
+    meta
+        A partition's meta (pandas or cuDF).
+    column
+        The column to check.
+    arrow_types
+        ``pyarrow.types`` predicates, e.g. ``(pa.types.is_list, pa.types.is_large_list)``.
+    expected, hint
+        What the message says is expected, and what to do about it.
+    """
+    dtype = meta[column].dtype
+    if isinstance(dtype, pd.ArrowDtype):
+        if any(accepts(dtype.pyarrow_dtype) for accepts in arrow_types):
+            return
+    elif pd.api.types.is_object_dtype(dtype):
+        return
+    raise TypeError(f"column {column!r} has dtype {dtype}; expected {expected}{hint}")
+
 
 # A row id packs (partition number, position in partition) as ``partition << ROW_BITS | position``.
 # Its order is the global input order on every partitioning, so it breaks ties the same way
@@ -24,11 +50,6 @@ if TYPE_CHECKING:
 ROW_BITS = 40
 ROW_MASK = (1 << ROW_BITS) - 1
 MAX_PARTITIONS = 1 << (63 - ROW_BITS)
-
-
-def is_cudf(obj: Any) -> bool:
-    """Whether ``obj`` is a cuDF object (checked by module name, so cuDF is never imported)."""
-    return type(obj).__module__.split(".", 1)[0] == "cudf"
 
 
 def row_ids(n: int, partition: int) -> np.ndarray:

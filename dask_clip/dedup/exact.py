@@ -58,18 +58,13 @@ def content_hashes(s: Any) -> Any:
 
 
 def _check_bytes_dtype(meta: Any, column: str) -> None:
-    dtype = meta[column].dtype
     if _frame.is_cudf(meta):
         return
-    if isinstance(dtype, pd.ArrowDtype):
-        t = dtype.pyarrow_dtype
-        if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-            return
-    elif pd.api.types.is_object_dtype(dtype):
-        return
-    raise TypeError(
-        f"column {column!r} has dtype {dtype}; expected image bytes: pd.ArrowDtype(pa.binary()) "
-        "or object bytes"
+    _frame.check_dtype(
+        meta,
+        column,
+        (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary),
+        "image bytes: pd.ArrowDtype(pa.binary()) or object bytes",
     )
 
 

@@ -58,25 +58,20 @@ def check_dask_frame(ddf: Any) -> None:
 
 def check_embedding_dtype(meta: Any, column: str) -> None:
     """TypeError if the embedding column cannot hold lists of floats."""
-    dtype = meta[column].dtype
-    name = str(dtype)
+    name = str(meta[column].dtype)
     if _frame.is_cudf(meta):
         if not name.startswith("list"):
             raise TypeError(f"embedding column {column!r} must be cudf.ListDtype('float32'), not {name}")
         return
-    import pandas as pd
     import pyarrow as pa
 
-    if isinstance(dtype, pd.ArrowDtype):
-        t = dtype.pyarrow_dtype
-        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-            return
-    elif pd.api.types.is_object_dtype(dtype):
-        return
-    raise TypeError(
-        f"embedding column {column!r} has dtype {name}; expected pd.ArrowDtype(pa.list_(pa.float32())) "
-        "(or object arrays). A string dtype here usually means dask's 'dataframe.convert-string' "
-        "turned arrays into strings: read Parquet with dtype_backend='pyarrow'."
+    _frame.check_dtype(
+        meta,
+        column,
+        (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list),
+        "pd.ArrowDtype(pa.list_(pa.float32())) (or object arrays)",
+        ". A string dtype here usually means dask's 'dataframe.convert-string' turned arrays "
+        "into strings: read Parquet with dtype_backend='pyarrow'.",
     )
 
 
