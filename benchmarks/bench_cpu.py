@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument(
-        "--threads-cluster", action="store_true",
+        "--threads-cluster",
+        action="store_true",
         help="LocalCluster(processes=False): the worker runs in this process (default: a worker process)",
     )
     parser.add_argument("--verbose", action="store_true", help="log per-partition images/s on the worker")
@@ -119,7 +120,8 @@ def main() -> None:
             on_worker = client.submit(model_only_on_worker, job.spec, args.batch_size, args.images, pure=False).result()
         after = model_only(embedder.spec, args.batch_size, args.images)
         written = pd.read_parquet(f"{tmp}/embeddings", dtype_backend="pyarrow")
-        assert len(written) == args.images and written["embedding_error"].isna().all()
+        assert len(written) == args.images
+        assert written["embedding_error"].isna().all()
 
     end_to_end = args.images / seconds
     model_img_s = (before + after) / 2

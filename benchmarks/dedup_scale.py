@@ -47,7 +47,7 @@ class PeakRSS:
         self._interval = interval
         self.start = self.peak = 0
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         gc.collect()
         self.start = self.peak = self._proc.memory_info().rss
         self._stop = threading.Event()
@@ -107,13 +107,11 @@ def to_ddf(x: np.ndarray, partition_rows: int):
     import pyarrow as pa
 
     n, d = x.shape
-    col = pa.ListArray.from_arrays(
-        pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)), pa.array(x.reshape(-1))
-    )
+    col = pa.ListArray.from_arrays(pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)), pa.array(x.reshape(-1)))
     from distributed import get_client
 
     pdf = pd.DataFrame({"id": np.arange(n), "embedding": pd.arrays.ArrowExtensionArray(col)})
-    parts = [pdf.iloc[s:s + partition_rows] for s in range(0, n, partition_rows)]
+    parts = [pdf.iloc[s : s + partition_rows] for s in range(0, n, partition_rows)]
     # scatter the partitions instead of embedding them in the graph
     return persist(dd.from_delayed(get_client().scatter(parts), meta=pdf.iloc[:0], verify_meta=False))
 
@@ -124,13 +122,22 @@ def run_size(n: int, d: int, rows_per_cluster: int, partition_rows: int, max_ite
     from dask_clip.dedup.results import dedup_summary
 
     k = max(1, n // rows_per_cluster)
-    rec: dict = {"rows": n, "dim": d, "n_clusters": k, "max_iter": max_iter,
-                 "max_train_rows": kmeans.TRAIN_ROWS_PER_CENTROID * k, "steps": {}}
+    rec: dict = {
+        "rows": n,
+        "dim": d,
+        "n_clusters": k,
+        "max_iter": max_iter,
+        "max_train_rows": kmeans.TRAIN_ROWS_PER_CENTROID * k,
+        "steps": {},
+    }
 
     def step(name: str, meter: PeakRSS, **extra: object) -> None:
-        rec["steps"][name] = {"seconds": round(meter.seconds, 2),
-                              "peak_rss_gib": round(meter.peak / 2**30, 2),
-                              "peak_increase_gib": round((meter.peak - meter.start) / 2**30, 2), **extra}
+        rec["steps"][name] = {
+            "seconds": round(meter.seconds, 2),
+            "peak_rss_gib": round(meter.peak / 2**30, 2),
+            "peak_increase_gib": round((meter.peak - meter.start) / 2**30, 2),
+            **extra,
+        }
         print(f"  {name:<10} {meter.seconds:8.1f} s   peak +{(meter.peak - meter.start) / 2**30:5.2f} GiB", flush=True)
 
     with PeakRSS() as m:
@@ -154,9 +161,15 @@ def run_size(n: int, d: int, rows_per_cluster: int, partition_rows: int, max_ite
     kw = dict(embedding_column="embedding", device=None)
     akw = dict(kw, id_column=None, which_to_keep="hard", seed=seed)
     with PeakRSS() as m:
-        payload = persist(ddf.map_partitions(assign.assign_partition, centroids=centroids, **akw,
-                                             meta=assign.assign_partition(ddf._meta, centroids, **akw),
-                                             enforce_metadata=False))
+        payload = persist(
+            ddf.map_partitions(
+                assign.assign_partition,
+                centroids=centroids,
+                **akw,
+                meta=assign.assign_partition(ddf._meta, centroids, **akw),
+                enforce_metadata=False,
+            )
+        )
     step("assign", m)
     with PeakRSS() as m:
         clustered = persist(payload.shuffle(on="cluster", npartitions=ddf.npartitions))
@@ -165,14 +178,22 @@ def run_size(n: int, d: int, rows_per_cluster: int, partition_rows: int, max_ite
     del payload
     largest = int(sizes.max())
     with PeakRSS() as m:
-        scored = persist(clustered.map_partitions(
-            pairwise.dedup_partition, block_size=pairwise.PAIRWISE_BLOCK_SIZE,
-            meta=pairwise.dedup_partition(clustered._meta), enforce_metadata=False,
-        ))
-    step("pairwise", m, largest_cluster=largest,
-         dense_largest_cluster_gib=round(largest**2 * 4 / 2**30, 3),
-         dense_all_rows_gib=round(n**2 * 4 / 2**30, 1),
-         pairs_compared=int((sizes.astype(np.int64) * (sizes - 1) // 2).sum()))
+        scored = persist(
+            clustered.map_partitions(
+                pairwise.dedup_partition,
+                block_size=pairwise.PAIRWISE_BLOCK_SIZE,
+                meta=pairwise.dedup_partition(clustered._meta),
+                enforce_metadata=False,
+            )
+        )
+    step(
+        "pairwise",
+        m,
+        largest_cluster=largest,
+        dense_largest_cluster_gib=round(largest**2 * 4 / 2**30, 3),
+        dense_all_rows_gib=round(n**2 * 4 / 2**30, 1),
+        pairs_compared=int((sizes.astype(np.int64) * (sizes - 1) // 2).sum()),
+    )
     del clustered
     result = _join.join_back(ddf, scored, workflow._attach, eps=0.01)
     with PeakRSS() as m:  # route results back to the input rows, attach, summarise
@@ -186,18 +207,20 @@ def run_size(n: int, d: int, rows_per_cluster: int, partition_rows: int, max_ite
     with PeakRSS() as m:
         e2e = semantic_dedup(ddf, n_clusters=k, eps=0.01, seed=seed, max_iter=max_iter)
         dedup_summary(e2e, eps=[0.01])
-    rec["end_to_end"] = {"seconds": round(m.seconds, 2), "peak_rss_gib": round(m.peak / 2**30, 2),
-                         "peak_increase_gib": round((m.peak - m.start) / 2**30, 2)}
+    rec["end_to_end"] = {
+        "seconds": round(m.seconds, 2),
+        "peak_rss_gib": round(m.peak / 2**30, 2),
+        "peak_increase_gib": round((m.peak - m.start) / 2**30, 2),
+    }
     print(f"  {'end2end':<10} {m.seconds:8.1f} s   peak +{(m.peak - m.start) / 2**30:5.2f} GiB", flush=True)
 
     dup = result[["duplicate"]].compute()["duplicate"].to_numpy()
     # a planted pair is found when at least one of its two rows is flagged
     found = dup[planted[:, 0]] | dup[planted[:, 1]]
-    rec["planted_pairs"] = int(len(planted))
+    rec["planted_pairs"] = len(planted)
     rec["planted_found_eps_0.01"] = round(float(found.mean()), 5)
     rec["summary"] = summary.reset_index().to_dict(orient="records")
-    rec["total_seconds_excl_generate"] = round(
-        sum(v["seconds"] for s, v in rec["steps"].items() if s != "generate"), 2)
+    rec["total_seconds_excl_generate"] = round(sum(v["seconds"] for s, v in rec["steps"].items() if s != "generate"), 2)
     print(summary.to_string(), flush=True)
     del result, ddf, e2e
     gc.collect()
@@ -207,16 +230,21 @@ def run_size(n: int, d: int, rows_per_cluster: int, partition_rows: int, max_ite
 def table(records: list[dict]) -> str:
     """Seconds and peak process RSS (GiB) per step, end to end, and the planted pairs found."""
     steps = ["sample", "kmeans", "assign", "shuffle", "pairwise", "join_back"]
-    head = (f"{'rows':>9} {'k':>5} {'input GiB':>9} " + " ".join(f"{s:>13}" for s in steps)
-            + f" {'sum s':>7} {'e2e s':>7} {'e2e GiB':>7} {'largest':>8} {'found':>6}")
+    head = (
+        f"{'rows':>9} {'k':>5} {'input GiB':>9} "
+        + " ".join(f"{s:>13}" for s in steps)
+        + f" {'sum s':>7} {'e2e s':>7} {'e2e GiB':>7} {'largest':>8} {'found':>6}"
+    )
     lines = [head, " " * 26 + " ".join(f"{'s / GiB':>13}" for _ in steps)]
     for r in records:
         cells = [f"{r['steps'][s]['seconds']:6.1f} /{r['steps'][s]['peak_rss_gib']:5.2f}" for s in steps]
-        lines.append(f"{r['rows']:>9} {r['n_clusters']:>5} {r['rows'] * r['dim'] * 4 / 2**30:>9.2f} "
-                     + " ".join(f"{c:>13}" for c in cells)
-                     + f" {r['total_seconds_excl_generate']:>7.1f} {r['end_to_end']['seconds']:>7.1f}"
-                     + f" {r['end_to_end']['peak_rss_gib']:>7.2f}"
-                     + f" {r['steps']['pairwise']['largest_cluster']:>8} {r['planted_found_eps_0.01']:>6.3f}")
+        lines.append(
+            f"{r['rows']:>9} {r['n_clusters']:>5} {r['rows'] * r['dim'] * 4 / 2**30:>9.2f} "
+            + " ".join(f"{c:>13}" for c in cells)
+            + f" {r['total_seconds_excl_generate']:>7.1f} {r['end_to_end']['seconds']:>7.1f}"
+            + f" {r['end_to_end']['peak_rss_gib']:>7.2f}"
+            + f" {r['steps']['pairwise']['largest_cluster']:>8} {r['planted_found_eps_0.01']:>6.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -271,16 +299,23 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)  # per-shuffle INFO/WARNING chatter
     torch.set_num_threads(1)  # one torch thread per Dask thread: no oversubscription
     records = []
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=a.threads,
-                      dashboard_address=None) as cluster, Client(cluster):
+    with (
+        LocalCluster(processes=False, n_workers=1, threads_per_worker=a.threads, dashboard_address=None) as cluster,
+        Client(cluster),
+    ):
         for n in a.sizes:
             print(f"rows={n}", flush=True)
             records.append(run_size(n, a.dim, a.rows_per_cluster, a.partition_rows, a.max_iter, a.seed))
     out = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "memory_gib": round(__import__("psutil").virtual_memory().total / 2**30, 1)},
-        "scheduler": (f"distributed LocalCluster(processes=False), 1 worker x {a.threads} threads, P2P "
-                      "shuffle; torch 1 thread per task; faiss OpenMP on all cores (client)"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "memory_gib": round(__import__("psutil").virtual_memory().total / 2**30, 1),
+        },
+        "scheduler": (
+            f"distributed LocalCluster(processes=False), 1 worker x {a.threads} threads, P2P "
+            "shuffle; torch 1 thread per task; faiss OpenMP on all cores (client)"
+        ),
         "note": "shared 2-core machine: other jobs ran at the same time, timings are noisy",
         "memory": "peak process RSS sampled every 20 ms (psutil); increase = peak - RSS before the step",
         "records": records,

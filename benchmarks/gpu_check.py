@@ -178,8 +178,10 @@ class Report:
             with time_budget(budget):
                 yield record
             record["status"] = "ok"
-        except Exception as err:  # noqa: BLE001 - every failure is recorded, the check goes on
-            record.update(status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-3000:])
+        except Exception as err:
+            record.update(
+                status="error", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-3000:]
+            )
             print(f"[gpu_check] {name}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         finally:
             record["seconds"] = round(time.monotonic() - started, 2)
@@ -218,7 +220,7 @@ def environment(cpu: bool) -> dict[str, Any]:
         try:
             module = __import__(name)
             env[name] = getattr(module, "__version__", "installed")
-        except Exception as err:  # noqa: BLE001 - absent or broken: say which
+        except Exception as err:
             env[name] = f"unavailable ({type(err).__name__}: {err})"[:200]
     return env
 
@@ -239,7 +241,14 @@ def run_pytest(record: dict[str, Any], budget: float, dry_run: bool) -> None:
         record.update(result=f"timed out after {budget:.0f} s", output_tail=str(err.stdout or "")[-3000:])
         raise StepTimeout(f"pytest ran past {budget:.0f} s") from None
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    summary = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ (passed|failed|skipped|deselected|error)", line)), "")
+    summary = next(
+        (
+            line.strip("= ")
+            for line in reversed(lines)
+            if re.search(r"\d+ (passed|failed|skipped|deselected|error)", line)
+        ),
+        "",
+    )
     record.update(returncode=proc.returncode, result=summary)
     if proc.returncode not in (0, 5):  # 5: nothing collected/selected
         record["output_tail"] = (proc.stdout + proc.stderr)[-4000:]
@@ -275,7 +284,9 @@ def parity_check(record: dict[str, Any], model: dict[str, Any], device: str, n: 
     # On CUDA, decode_device="auto" is nvJPEG and precision="auto" is bf16 (fp16 without bf16);
     # on CPU both are the reference choices (Pillow, fp32).
     variants = {
-        "decode_device=auto, precision=auto (default)": dataclasses.replace(base, precision="auto", decode_device="auto"),
+        "decode_device=auto, precision=auto (default)": dataclasses.replace(
+            base, precision="auto", decode_device="auto"
+        ),
         "decode_device=auto, precision=fp32": dataclasses.replace(base, decode_device="auto"),
         "decode_device=cpu, precision=auto": dataclasses.replace(base, precision="auto"),
         "decode_device=cpu, precision=fp32 (device resize only)": base,
@@ -313,9 +324,17 @@ def stage_rates(record: dict[str, Any], model: dict[str, Any], device: str, blob
             torch.cuda.synchronize()
 
     decode()
-    for name, work in (("decode_img_s", decode), ("decode_preprocess_img_s", lambda: preprocess_batch(
-        [p if isinstance(p, torch.Tensor) else torch.from_numpy(np.array(p)) for p, _ in decode()],
-        loaded.preprocess, loaded.device))):
+    for name, work in (
+        ("decode_img_s", decode),
+        (
+            "decode_preprocess_img_s",
+            lambda: preprocess_batch(
+                [p if isinstance(p, torch.Tensor) else torch.from_numpy(np.array(p)) for p, _ in decode()],
+                loaded.preprocess,
+                loaded.device,
+            ),
+        ),
+    ):
         sync()
         started, done = time.perf_counter(), 0
         while time.perf_counter() - started < 2.0 or done == 0:
@@ -337,7 +356,10 @@ def model_only(model: dict[str, Any], device: str, batch: int, seconds: float) -
     loaded = get_model(ImageEmbedder(**model["kwargs"], device=device).spec)
     x = torch.randn(batch, 3, *loaded.preprocess.size, device=loaded.device)
     dtype = loaded.autocast_dtype
-    with torch.inference_mode(), torch.autocast(loaded.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with (
+        torch.inference_mode(),
+        torch.autocast(loaded.device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+    ):
         for _ in range(2):
             loaded.model.encode_image(x)
         if loaded.device.type == "cuda":
@@ -401,9 +423,16 @@ class Cluster:
 
         errors = {}
         attempts = [
-            ("dask_clip.local_cluster", lambda: local_cluster(
-                "cpu" if self.cpu else "cuda", n_workers=1, num_gpus_per_worker=self.num_gpus_per_worker,
-                threads_per_worker=self.threads, dashboard_address="127.0.0.1:0")),
+            (
+                "dask_clip.local_cluster",
+                lambda: local_cluster(
+                    "cpu" if self.cpu else "cuda",
+                    n_workers=1,
+                    num_gpus_per_worker=self.num_gpus_per_worker,
+                    threads_per_worker=self.threads,
+                    dashboard_address="127.0.0.1:0",
+                ),
+            ),
         ]
         options = {"n_workers": 1, "threads_per_worker": self.threads, "dashboard_address": "127.0.0.1:0"}
         if not self.cpu:
@@ -413,11 +442,15 @@ class Cluster:
             try:
                 self.cluster = start()
                 break
-            except Exception as err:  # noqa: BLE001 - recorded; the next kind is tried
+            except Exception as err:
                 errors[name] = f"{type(err).__name__}: {err}"[:400]
         if self.cluster is None:
             raise RuntimeError(f"no cluster could start: {errors}")
-        self.info = {"cluster": name, "threads_per_worker": self.threads, **({"cluster_errors": errors} if errors else {})}
+        self.info = {
+            "cluster": name,
+            "threads_per_worker": self.threads,
+            **({"cluster_errors": errors} if errors else {}),
+        }
         self.client = Client(self.cluster)
         return self.client
 
@@ -427,8 +460,16 @@ class Cluster:
                 thing.close()
 
 
-def end_to_end(cluster: Cluster, model: dict[str, Any], device: str, batch: int, parquet: str,
-               images: int, rows_per_partition: int, timeout: float) -> dict[str, Any]:
+def end_to_end(
+    cluster: Cluster,
+    model: dict[str, Any],
+    device: str,
+    batch: int,
+    parquet: str,
+    images: int,
+    rows_per_partition: int,
+    timeout: float,
+) -> dict[str, Any]:
     """Images/s from JPEG bytes in pandas partitions to embeddings on the worker(s)."""
     import dask.dataframe as dd
     import pandas as pd
@@ -441,9 +482,13 @@ def end_to_end(cluster: Cluster, model: dict[str, Any], device: str, batch: int,
     partitions = max(1, images // rows_per_partition)
 
     def job(n_parts: int) -> Any:
-        ddf = dd.from_map(tiled_partition, [parquet] * n_parts, [rows_per_partition] * n_parts, list(range(n_parts)), meta=meta)
+        ddf = dd.from_map(
+            tiled_partition, [parquet] * n_parts, [rows_per_partition] * n_parts, list(range(n_parts)), meta=meta
+        )
         out = embedder(ddf)
-        return out.map_partitions(_summary, embedder.error_column, meta=pd.DataFrame({"rows": [0], "failed": [0]}).iloc[:0])
+        return out.map_partitions(
+            _summary, embedder.error_column, meta=pd.DataFrame({"rows": [0], "failed": [0]}).iloc[:0]
+        )
 
     started = time.perf_counter()
     client.compute(job(1)).result(timeout=timeout)  # loads the model on the worker; not timed
@@ -472,8 +517,13 @@ def _slug(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", "--cpu", dest="dry_run", action="store_true",
-                        help="CPU plumbing check: tiny model, few images, LocalCluster")
+    parser.add_argument(
+        "--dry-run",
+        "--cpu",
+        dest="dry_run",
+        action="store_true",
+        help="CPU plumbing check: tiny model, few images, LocalCluster",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON (default benchmarks/results)")
     parser.add_argument("--budget", type=float, default=None, help="total seconds (default 330; dry run 100)")
     parser.add_argument("--skip-pytest", action="store_true")
@@ -492,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and dry:
         report.data["note"] = "no CUDA device: ran as --dry-run"
     # Past the budget (plus a margin for the last write), leave with what was measured.
-    watchdog = threading.Timer(total + 25, lambda: (report.data.update(watchdog="total budget exceeded; exited"), report.write(), os._exit(3)))
+    watchdog = threading.Timer(
+        total + 25, lambda: (report.data.update(watchdog="total budget exceeded; exited"), report.write(), os._exit(3))
+    )
     watchdog.daemon = True
     watchdog.start()
 
@@ -500,15 +552,19 @@ def main(argv: list[str] | None = None) -> int:
         if dry:
             from dask_clip.testing import write_model_dir
 
-            tiny = {"name": "tiny ViT (dry-run stand-in)", "kwargs": {"model_dir": str(write_model_dir(Path(tmp) / "tiny"))}}
+            tiny = {
+                "name": "tiny ViT (dry-run stand-in)",
+                "kwargs": {"model_dir": str(write_model_dir(Path(tmp) / "tiny"))},
+            }
             runs = [(tiny, 8), (tiny, 16)]
             parity_model, parity_images, e2e_images, rows_per_partition = tiny, 6, 48, 16
         else:
             runs = [({"name": m, "kwargs": {"model": m, "pretrained": None}}, b) for m, b in GPU_RUNS]
             parity_model = {"name": "ViT-B-32", "kwargs": {"model": "ViT-B-32", "pretrained": None}}
             parity_images, e2e_images, rows_per_partition = 32, None, 1024
-        report.data.update(weights="random (pretrained=None): no network", precision="auto (bf16 on GPU)",
-                           num_gpus_per_worker=0.25)
+        report.data.update(
+            weights="random (pretrained=None): no network", precision="auto (bf16 on GPU)", num_gpus_per_worker=0.25
+        )
 
         # The cluster first: dask_clip.local_cluster refuses to start GPU workers once this
         # process has a CUDA context (they would all land on its GPU).
@@ -544,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
 
         pq.write_table(pa.table({"image": pa.array(blobs, type=pa.binary())}), parquet)
         report.data["end_to_end_input"] = {
-            "distinct_jpegs": len(blobs), "image_source": source, "mean_jpeg_kb": round(float(np.mean([len(b) for b in blobs])) / 1024, 1),
+            "distinct_jpegs": len(blobs),
+            "image_source": source,
+            "mean_jpeg_kb": round(float(np.mean([len(b) for b in blobs])) / 1024, 1),
             "mean_pixels": int(np.mean([p.shape[0] * p.shape[1] for p in photos])),
         }
 
@@ -554,7 +612,12 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             for model, batch in runs:
-                run: dict[str, Any] = {"model": model["name"], "batch_size": batch, "model_only_img_s": None, "end_to_end_img_s": None}
+                run: dict[str, Any] = {
+                    "model": model["name"],
+                    "batch_size": batch,
+                    "model_only_img_s": None,
+                    "end_to_end_img_s": None,
+                }
                 report.data["runs"].append(run)
                 with report.step(f"model-only {model['name']} b{batch}", 25 if dry else 60) as record:
                     if _run_body(record):
@@ -564,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
                         if not dry:  # hand the driver's cached activations back for the worker
                             torch.cuda.empty_cache()
                         rate = run["model_only_img_s"] or 1000.0
-                        wanted = e2e_images or int(min(32768, max(4096, rate * 6)) // rows_per_partition * rows_per_partition)
+                        wanted = e2e_images or int(
+                            min(32768, max(4096, rate * 6)) // rows_per_partition * rows_per_partition
+                        )
                         left = min(report.left(), 45 if dry else 90) - 2
                         run.update(end_to_end(cluster, model, device, batch, parquet, wanted, rows_per_partition, left))
                         run.update(cluster.info)
@@ -578,7 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     report.data["total_seconds"] = round(time.monotonic() - report.started, 1)
     report.write()
     watchdog.cancel()
-    print(json.dumps({k: report.data[k] for k in ("device", "parity_rel_dist", "runs", "targets")}, indent=2, default=str))
+    print(
+        json.dumps({k: report.data[k] for k in ("device", "parity_rel_dist", "runs", "targets")}, indent=2, default=str)
+    )
     print(f"[gpu_check] wrote {report.path}")
     failed = [k for k, v in report.data["steps"].items() if v.get("status") == "error"]
     return 1 if failed else 0

@@ -84,7 +84,9 @@ def main() -> None:
                     "median": float(np.median(rel)),
                     "worst_image": names[int(rel.argmax())],
                 }
-                print(f"{model_name:36s} {kind:28s} max {rel.max():.5f} median {np.median(rel):.5f} ({names[int(rel.argmax())]})")
+                print(
+                    f"{model_name:36s} {kind:28s} max {rel.max():.5f} median {np.median(rel):.5f} ({names[int(rel.argmax())]})"
+                )
             result["models"][model_name] = per_kind
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"parity-cpu-{result['date']}.json"

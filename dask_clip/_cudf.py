@@ -115,12 +115,18 @@ def byte_rows(array: pa.Array | pa.ChunkedArray) -> list[memoryview | None]:
     """
     if isinstance(array, pa.ChunkedArray):
         return [row for chunk in array.chunks for row in byte_rows(chunk)]
-    if not (pa.types.is_binary(array.type) or pa.types.is_string(array.type)
-            or pa.types.is_large_binary(array.type) or pa.types.is_large_string(array.type)):
+    if not (
+        pa.types.is_binary(array.type)
+        or pa.types.is_string(array.type)
+        or pa.types.is_large_binary(array.type)
+        or pa.types.is_large_string(array.type)
+    ):
         array = array.cast(pa.binary())  # binary_view/string_view: one copy
     width = np.int64 if pa.types.is_large_binary(array.type) or pa.types.is_large_string(array.type) else np.int32
     validity, offsets_buf, data_buf = array.buffers()[:3]
-    offsets = np.frombuffer(offsets_buf, dtype=width, count=len(array) + 1, offset=array.offset * np.dtype(width).itemsize)
+    offsets = np.frombuffer(
+        offsets_buf, dtype=width, count=len(array) + 1, offset=array.offset * np.dtype(width).itemsize
+    )
     data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
     valid = None if validity is None or array.null_count == 0 else array.is_valid().to_numpy(zero_copy_only=False)
     return rows_from_buffers(offsets, data, valid)
@@ -208,7 +214,9 @@ def detect_image_kind(series: Any) -> str | None:
             return "pixels"
         raise TypeError(f"image column of type {dtype} holds no images; expected list<uint8>")
     if not cudf.api.types.is_string_dtype(dtype):
-        raise TypeError(f"image column of dtype {dtype} holds no images; expected strings (bytes or paths) or list<uint8>")
+        raise TypeError(
+            f"image column of dtype {dtype} holds no images; expected strings (bytes or paths) or list<uint8>"
+        )
     sample = series.dropna().head(1)
     if len(sample) == 0:
         return None
@@ -288,8 +296,13 @@ def embedding_series(embeddings: object, valid: np.ndarray, index: Any) -> Any:
     if not valid.all():
         mask = torch.from_numpy(pack_validity(valid)).to(full.device)
         column = plc.Column(
-            column.type(), column.size(), column.data(), plc.gpumemoryview(mask),
-            int((~valid).sum()), column.offset(), column.children(),
+            column.type(),
+            column.size(),
+            column.data(),
+            plc.gpumemoryview(mask),
+            int((~valid).sum()),
+            column.offset(),
+            column.children(),
         )
     series = cudf.Series.from_pylibcudf(column)
     series.index = index

@@ -16,18 +16,18 @@ import torch
 from ._backend import is_cudf
 
 __all__ = [
-    "IMAGE_KINDS",
+    "BINARY_DTYPE",
     "EMBEDDING_DTYPE",
     "ERROR_DTYPE",
-    "BINARY_DTYPE",
-    "detect_image_kind",
-    "image_rows",
-    "embedding_array",
-    "error_array",
+    "IMAGE_KINDS",
     "as_binary",
+    "detect_image_kind",
+    "embedding_array",
+    "embeddings_to_numpy",
+    "error_array",
+    "image_rows",
     "is_cudf",
     "split_flat_pixels",
-    "embeddings_to_numpy",
 ]
 
 IMAGE_KINDS = ("auto", "bytes", "path", "pixels")
@@ -78,7 +78,9 @@ def detect_image_kind(series: pd.Series) -> str | None:
     if arrow_type is not None:
         kind = _kind_of_arrow_type(arrow_type)
         if kind is None:
-            raise TypeError(f"image column of type {arrow_type} holds no images; expected binary, string or list<uint8>")
+            raise TypeError(
+                f"image column of type {arrow_type} holds no images; expected binary, string or list<uint8>"
+            )
         return kind
     if pd.api.types.is_string_dtype(series.dtype) and series.dtype != object:
         return "path"  # pandas' own string dtypes
@@ -97,9 +99,7 @@ def detect_image_kind(series: pd.Series) -> str | None:
     raise TypeError(f"image column holds {type(value).__name__}; expected bytes, str paths or uint8 arrays")
 
 
-def _pixels_from_flat_lists(
-    array: pa.Array, heights: np.ndarray, widths: np.ndarray
-) -> list[torch.Tensor | None]:
+def _pixels_from_flat_lists(array: pa.Array, heights: np.ndarray, widths: np.ndarray) -> list[torch.Tensor | None]:
     """Views into one Arrow ``list<uint8>`` buffer, shaped (H, W, C) — no per-pixel loop."""
     if isinstance(array, pa.ChunkedArray):  # one chunk: use it as is (combining copies)
         array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
@@ -223,7 +223,9 @@ def as_binary(series: pd.Series) -> pd.Series:
     if is_cudf(series):  # cuDF has no binary dtype: its bytes stay strings
         return series
     values = [None if _is_null(v) else bytes(v) for v in series.tolist()]
-    return pd.Series(pd.arrays.ArrowExtensionArray(pa.array(values, type=pa.binary())), index=series.index, name=series.name)
+    return pd.Series(
+        pd.arrays.ArrowExtensionArray(pa.array(values, type=pa.binary())), index=series.index, name=series.name
+    )
 
 
 def embeddings_to_numpy(series: pd.Series) -> np.ndarray:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DecodeResult", "decode_bytes", "read_paths", "check_pixels"]
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DecodeResult", "check_pixels", "decode_bytes", "read_paths"]
 
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS); 20-megapixel photos pass.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485

@@ -132,7 +132,9 @@ class ImageEmbedder:
         if self.image_kind not in columns.IMAGE_KINDS:
             raise ValueError(f"image_kind={self.image_kind!r}; choose one of {columns.IMAGE_KINDS}")
         if not isinstance(self.model_inference_batch_size, int) or self.model_inference_batch_size < 1:
-            raise ValueError(f"model_inference_batch_size must be a positive int, got {self.model_inference_batch_size!r}")
+            raise ValueError(
+                f"model_inference_batch_size must be a positive int, got {self.model_inference_batch_size!r}"
+            )
         if not 0 < float(self.num_gpus_per_worker) <= 1:
             raise ValueError(f"num_gpus_per_worker must be in (0, 1], got {self.num_gpus_per_worker!r}")
         if self.output_column == self.error_column:
@@ -296,6 +298,9 @@ class ImageEmbedder:
         logger.setLevel(logging.INFO)
         logger.info(
             "dask_clip %s: %d images (%d failed) in %.2fs, %.1f images/s",
-            where, rows, failed, seconds, rows / max(seconds, 1e-9),
+            where,
+            rows,
+            failed,
+            seconds,
+            rows / max(seconds, 1e-9),
         )
-

@@ -77,9 +77,10 @@ def jpeg_on_device(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_P
             with Image.open(io.BytesIO(data)) as image:  # header only; no pixel is decoded
                 width, height = image.size
                 # Adobe transform 0: RGB-coded components, which only libjpeg is sure to honour.
-                ok = (image.format == "JPEG" and image.mode in GPU_DECODE_MODES
-                      and image.info.get("adobe_transform") != 0)
-    except Exception:  # noqa: BLE001 - anything odd is the CPU path's to report
+                ok = (
+                    image.format == "JPEG" and image.mode in GPU_DECODE_MODES and image.info.get("adobe_transform") != 0
+                )
+    except Exception:
         return False
     return ok and (max_pixels is None or width * height <= max_pixels)
 
@@ -99,7 +100,9 @@ def _decode_list(tensors: list[torch.Tensor], device: torch.device) -> list[torc
     return list(out)
 
 
-def decode_jpegs(blobs: Sequence[bytes | bytearray | memoryview], device: torch.device | str) -> list[torch.Tensor | None]:
+def decode_jpegs(
+    blobs: Sequence[bytes | bytearray | memoryview], device: torch.device | str
+) -> list[torch.Tensor | None]:
     """Decode JPEGs in one batched call; on failure, retry one by one.
 
     Parameters
@@ -121,7 +124,7 @@ def decode_jpegs(blobs: Sequence[bytes | bytearray | memoryview], device: torch.
         return []
     try:
         decoded: list[torch.Tensor | None] = _decode_list(tensors, device)
-    except Exception as err:  # noqa: BLE001 - nvJPEG fails the whole batch for one bad image
+    except Exception as err:
         if len(tensors) == 1:
             return [None]
         logger.debug("dask_clip: batched JPEG decode failed (%s); retrying per image", err)
@@ -129,14 +132,12 @@ def decode_jpegs(blobs: Sequence[bytes | bytearray | memoryview], device: torch.
         for tensor in tensors:
             try:
                 decoded.extend(_decode_list([tensor], device))
-            except Exception:  # noqa: BLE001 - Pillow will say why, as on the CPU path
+            except Exception:
                 decoded.append(None)
     return [None if t is None else t.permute(1, 2, 0) for t in decoded]
 
 
-def _decode_routed(
-    rows: Sequence[object], device: torch.device, max_pixels: int | None
-) -> list[DecodeResult]:
+def _decode_routed(rows: Sequence[object], device: torch.device, max_pixels: int | None) -> list[DecodeResult]:
     results: list[DecodeResult | None] = [None] * len(rows)
     on_device = [i for i, data in enumerate(rows) if jpeg_on_device(data, max_pixels=max_pixels)]
     for start in range(0, len(on_device), _DECODE_BATCH):

@@ -77,7 +77,9 @@ def encode_images(
                     raise
                 # min(): another task thread sharing this model may have lowered it already.
                 loaded.batch_size_cap = max(1, min(len(chunk) // 2, loaded.batch_size_cap or len(chunk)))
-                logger.warning("dask_clip: out of memory at batch %d; retrying with %d", len(chunk), loaded.batch_size_cap)
+                logger.warning(
+                    "dask_clip: out of memory at batch %d; retrying with %d", len(chunk), loaded.batch_size_cap
+                )
             else:
                 start += len(chunk)
                 continue

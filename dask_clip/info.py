@@ -112,11 +112,11 @@ def format_info(info: dict[str, Any]) -> str:
     cuda = info["cuda"]
     if cuda["available"]:
         lines.append(f"cuda        torch CUDA {cuda['torch_cuda_version']}, {len(cuda['devices'])} GPU(s)")
-        for d in cuda["devices"]:
-            lines.append(
-                f"  cuda:{d['index']}  {d['name']}, {d['memory_gib']} GiB, compute {d['compute_capability']}, "
-                f"bf16 {'yes' if d['bf16'] else 'no'}"
-            )
+        lines.extend(
+            f"  cuda:{d['index']}  {d['name']}, {d['memory_gib']} GiB, compute {d['compute_capability']}, "
+            f"bf16 {'yes' if d['bf16'] else 'no'}"
+            for d in cuda["devices"]
+        )
     else:
         lines.append(f"cuda        not available (torch built with CUDA {cuda['torch_cuda_version'] or 'none'})")
     lines.append("gpu libraries")

@@ -53,10 +53,8 @@ def guess_image_column(columns: list[str], dtypes: dict[str, Any]) -> str:
     binary = [
         c
         for c in columns
-        if isinstance(dtypes[c], pd.ArrowDtype)
-        and pa.types.is_binary(dtypes[c].pyarrow_dtype)
-        or isinstance(dtypes[c], pd.ArrowDtype)
-        and pa.types.is_large_binary(dtypes[c].pyarrow_dtype)
+        if (isinstance(dtypes[c], pd.ArrowDtype) and pa.types.is_binary(dtypes[c].pyarrow_dtype))
+        or (isinstance(dtypes[c], pd.ArrowDtype) and pa.types.is_large_binary(dtypes[c].pyarrow_dtype))
     ]
     if len(binary) == 1:
         return binary[0]

@@ -17,7 +17,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .models import PreprocessConfig
 
-__all__ = ["resize_crop", "preprocess_batch", "prereduce_factors", "prereduce"]
+__all__ = ["preprocess_batch", "prereduce", "prereduce_factors", "resize_crop"]
 
 # Images longer than this many crops along one axis are centre-cropped before resizing, so
 # a 1 x 50000 strip does not become a 224 x 11-million-pixel intermediate.
@@ -132,9 +132,7 @@ def resize_crop(image: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
         keep = _MAX_ASPECT * min(height, width)
         image = F.center_crop(image, [min(height, keep), min(width, keep)])
         height, width = image.shape[-2:]
-    interpolation = (
-        InterpolationMode.BILINEAR if cfg.interpolation == "bilinear" else InterpolationMode.BICUBIC
-    )
+    interpolation = InterpolationMode.BILINEAR if cfg.interpolation == "bilinear" else InterpolationMode.BICUBIC
     size = _resized_size(height, width, cfg)
     factors = prereduce_factors(height, width, *_output_size(height, width, cfg))
     if factors != (1, 1):
@@ -149,9 +147,7 @@ def resize_crop(image: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     return F.center_crop(resized, list(cfg.size))
 
 
-def preprocess_batch(
-    images: Sequence[torch.Tensor], cfg: PreprocessConfig, device: torch.device
-) -> torch.Tensor:
+def preprocess_batch(images: Sequence[torch.Tensor], cfg: PreprocessConfig, device: torch.device) -> torch.Tensor:
     """Preprocess a batch of decoded images into the model's input.
 
     Parameters

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelSpec", "PRECISIONS", "DEVICES", "WEIGHT_FILE_PATTERNS", "find_weights"]
+__all__ = ["DEVICES", "PRECISIONS", "WEIGHT_FILE_PATTERNS", "ModelSpec", "find_weights"]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -95,7 +96,7 @@ def encode_image(array: object, fmt: str = "JPEG", **save: object) -> bytes:
     return buffer.getvalue()
 
 
-def reference_embeddings(model_dir: str, images: list[bytes]) -> "np.ndarray":
+def reference_embeddings(model_dir: str, images: list[bytes]) -> np.ndarray:
     """open_clip's own pipeline, the parity reference (DESIGN.md): PIL decode ->
     ``convert("RGB")`` -> the model's preprocess transform -> ``encode_image`` -> L2-normalise.
 
@@ -116,7 +117,7 @@ def reference_embeddings(model_dir: str, images: list[bytes]) -> "np.ndarray":
         return torch.nn.functional.normalize(model.encode_image(batch), dim=-1).numpy()
 
 
-def parity(embeddings: "np.ndarray", reference: "np.ndarray") -> "np.ndarray":
+def parity(embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per image: ``||e - e_ref|| / median ||e_ref_i - e_ref_j||`` over pairs of different images.
 
     Parameters
@@ -131,7 +132,9 @@ def parity(embeddings: "np.ndarray", reference: "np.ndarray") -> "np.ndarray":
     """
     import numpy as np
 
-    pairs = [np.linalg.norm(reference[i] - reference[j]) for i in range(len(reference)) for j in range(i + 1, len(reference))]
+    pairs = [
+        np.linalg.norm(reference[i] - reference[j]) for i in range(len(reference)) for j in range(i + 1, len(reference))
+    ]
     return np.linalg.norm(embeddings - reference, axis=1) / np.median(pairs)
 
 
@@ -163,8 +166,6 @@ def odd_images(photos: list) -> dict[str, bytes]:
         "TIFF": encode_image(coffee, "TIFF"),
         "20 megapixel JPEG": encode_image(big, "JPEG", quality=85),
     }
-
-
 
 
 def photo_crops(

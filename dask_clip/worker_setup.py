@@ -30,7 +30,7 @@ import os
 import click
 from distributed import WorkerPlugin
 
-__all__ = ["TORCH_THREADS_ENV", "WorkerSetup", "cpu_count", "default_torch_threads", "configure_worker", "dask_setup"]
+__all__ = ["TORCH_THREADS_ENV", "WorkerSetup", "configure_worker", "cpu_count", "dask_setup", "default_torch_threads"]
 
 logger = logging.getLogger("dask_clip")
 TORCH_THREADS_ENV = "DASK_CLIP_TORCH_THREADS"

@@ -41,7 +41,16 @@ from .progress import Progress
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["MANIFEST", "WriteSummary", "check_output", "count_nonnull", "part_name", "to_arrow", "write_parquet", "write_tasks"]
+__all__ = [
+    "MANIFEST",
+    "WriteSummary",
+    "check_output",
+    "count_nonnull",
+    "part_name",
+    "to_arrow",
+    "write_parquet",
+    "write_tasks",
+]
 
 MANIFEST = "_dask_clip.json"
 _PART = re.compile(r"^part-(\d+)\.parquet$")

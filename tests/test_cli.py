@@ -247,7 +247,7 @@ def test_bad_choices_are_usage_errors(capsys):
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    ("extra", "message"),
     [
         (["--model-dir", "MISSING"], "is not a folder"),
         (["--random-weights", "--model-dir", "MISSING"], "--random-weights contradicts --model-dir"),

@@ -45,7 +45,7 @@ def test_in_process_cpu_cluster_drops_the_host():
     assert plan().options["host"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("share, threads", [(1, 1), (0.5, 2), (0.3, 3), (0.25, 4), (0.1, 10)])
+@pytest.mark.parametrize(("share", "threads"), [(1, 1), (0.5, 2), (0.3, 3), (0.25, 4), (0.1, 10)])
 def test_threads_per_gpu_worker_follow_num_gpus_per_worker(share, threads):
     assert cl.threads_per_gpu_worker(share) == threads
     assert plan(n_gpus=1, dask_cuda_installed=True, num_gpus_per_worker=share).options["threads_per_worker"] == threads
@@ -104,7 +104,7 @@ def test_cpu_cluster_is_few_processes_with_many_torch_threads():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    ("kwargs", "match"),
     [
         ({"kind": "gpu"}, r"kind='gpu'; choose one of \('auto', 'cpu', 'cuda'\)"),
         ({"n_workers": 0}, "n_workers must be a positive int"),

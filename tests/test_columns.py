@@ -20,7 +20,7 @@ from dask_clip.decode import check_pixels, decode_bytes, read_paths
 
 
 @pytest.mark.parametrize(
-    "series, kind",
+    ("series", "kind"),
     [
         (pd.Series([b"x"], dtype=BINARY_DTYPE), "bytes"),
         (pd.Series([b"x"], dtype=object), "bytes"),

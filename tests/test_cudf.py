@@ -16,7 +16,9 @@ from dask_clip.testing import encode_image
 # -- device-agnostic (CPU) ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arrow_type", [pa.binary(), pa.large_binary(), pa.string(), pa.large_string(), pa.binary_view()])
+@pytest.mark.parametrize(
+    "arrow_type", [pa.binary(), pa.large_binary(), pa.string(), pa.large_string(), pa.binary_view()]
+)
 def test_byte_rows_view_arrow_buffers_without_copying(arrow_type):
     values = [b"\xff\xd8\xffjpeg", None, b"", b"\x89PNG\r\n\x1a\nxyz", b"path/a.jpg"]
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
@@ -102,6 +104,7 @@ def test_cudf_detection_needs_no_cudf():
 
 # -- cuDF (GPU) --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cudf():
     return pytest.importorskip("cudf")
@@ -111,7 +114,9 @@ def cudf():
 def jpegs() -> list[bytes]:
     # Not scikit-image's photos: a GPU machine with cuDF may not have scikit-image.
     rng = np.random.default_rng(0)
-    return [encode_image(rng.integers(0, 256, (60 + 9 * i, 80 + 5 * i, 3), dtype=np.uint8), quality=90) for i in range(6)]
+    return [
+        encode_image(rng.integers(0, 256, (60 + 9 * i, 80 + 5 * i, 3), dtype=np.uint8), quality=90) for i in range(6)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +150,12 @@ def test_cudf_partition_embeds_like_pandas(cudf, tiny_model, jpegs):
     from dask_clip import ImageEmbedder
     from dask_clip.columns import embeddings_to_numpy
 
-    frame = pd.DataFrame({"image": pd.Series(jpegs + [b"not an image", None], dtype=pd.ArrowDtype(pa.binary()))})
+    frame = pd.DataFrame({"image": pd.Series([*jpegs, b"not an image", None], dtype=pd.ArrowDtype(pa.binary()))})
     frame.index = frame.index + 100
     embedder = ImageEmbedder(model_dir=tiny_model, device="cuda", precision="fp32", decode_device="cpu")
     expected = embedder.embed_partition(frame)
     # As cuDF reads a Parquet binary column: strings holding the raw bytes (no UTF-8 check).
-    strings = pa.array(jpegs + [b"not an image", None], type=pa.binary()).view(pa.string())
+    strings = pa.array([*jpegs, b"not an image", None], type=pa.binary()).view(pa.string())
     gdf = cudf.DataFrame({"image": cudf.Series(strings)})
     gdf.index = gdf.index + 100
     assert detect_image_kind(gdf["image"]) == "bytes"
@@ -169,8 +174,11 @@ def test_cudf_partition_embeds_like_pandas(cudf, tiny_model, jpegs):
 def test_cudf_pixel_lists_reach_torch_without_a_copy(cudf):
     pixels = [np.full((4, 5, 3), i, np.uint8) for i in range(3)]
     gdf = cudf.DataFrame(
-        {"image": cudf.Series(pa.array([p.reshape(-1) for p in pixels], type=pa.list_(pa.uint8()))),
-         "height": [4, 4, 4], "width": [5, 5, 5]}
+        {
+            "image": cudf.Series(pa.array([p.reshape(-1) for p in pixels], type=pa.list_(pa.uint8()))),
+            "height": [4, 4, 4],
+            "width": [5, 5, 5],
+        }
     )
     rows = _cudf.image_rows(gdf, "image", "pixels", "height", "width")
     leaves_ptr = gdf["image"].list.leaves.values.data.ptr

@@ -166,8 +166,16 @@ def mixed_rows(photos) -> dict[str, object]:
 def test_routing_sends_only_rgb_and_gray_jpegs_to_the_device(mixed_rows):
     routed = {name: gpu_decode.jpeg_on_device(data) for name, data in mixed_rows.items()}
     assert routed == {
-        "jpeg": True, "grayscale jpeg": True, "progressive jpeg": True, "cmyk jpeg": False, "png": False,
-        "truncated jpeg": False, "broken jpeg": True, "null": False, "empty": False, "not bytes": False,
+        "jpeg": True,
+        "grayscale jpeg": True,
+        "progressive jpeg": True,
+        "cmyk jpeg": False,
+        "png": False,
+        "truncated jpeg": False,
+        "broken jpeg": True,
+        "null": False,
+        "empty": False,
+        "not bytes": False,
         "jpeg as memoryview": True,
     }
 
@@ -176,7 +184,7 @@ def test_bomb_limit_is_read_from_the_header_before_decoding(mixed_rows):
     jpeg = mixed_rows["jpeg"]  # 512 x 512
     assert gpu_decode.jpeg_on_device(jpeg, max_pixels=512 * 512)
     assert not gpu_decode.jpeg_on_device(jpeg, max_pixels=512 * 512 - 1)
-    (pixels, reason), = gpu_decode.decode_all([jpeg], "bytes", device="cpu", max_pixels=1000)
+    ((pixels, reason),) = gpu_decode.decode_all([jpeg], "bytes", device="cpu", max_pixels=1000)
     assert pixels is None and reason == decode_bytes(jpeg, max_pixels=1000)[1]
     assert reason.startswith("image too large")
 

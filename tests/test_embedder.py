@@ -100,7 +100,7 @@ def test_empty_partition_has_the_meta_dtypes(model_dir, frame):
 
 
 @pytest.mark.parametrize(
-    "kwargs, error, match",
+    ("kwargs", "error", "match"),
     [
         ({"model": "ViT-Nope-99", "pretrained": None}, ValueError, "unknown open_clip architecture"),
         ({"model": "ViT-B-32", "pretrained": "no-such-tag"}, ValueError, "laion2b_s34b_b79k"),

@@ -101,8 +101,12 @@ def test_cmyk_png_and_other_formats_fall_back_to_pillow_exactly(gpu_photos):
     photo = gpu_photos[0]
     cmyk = io.BytesIO()
     Image.fromarray(photo).convert("CMYK").save(cmyk, format="JPEG", quality=90)
-    rows = [cmyk.getvalue(), encode_image(photo, "PNG"), encode_image(photo, "WEBP", quality=90),
-            encode_image(np.asarray(Image.fromarray(photo).convert("L")), quality=90)]
+    rows = [
+        cmyk.getvalue(),
+        encode_image(photo, "PNG"),
+        encode_image(photo, "WEBP", quality=90),
+        encode_image(np.asarray(Image.fromarray(photo).convert("L")), quality=90),
+    ]
     got = gpu_decode.decode_all(rows, "bytes", device="cuda")
     for data, (pixels, reason) in zip(rows[:3], got[:3]):
         assert reason is None and isinstance(pixels, np.ndarray)  # Pillow's own result

@@ -90,5 +90,8 @@ def test_pretrained_tag_offline_says_what_to_do(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     spec = ModelSpec(model="ViT-B-32", pretrained="laion2b_s34b_b79k", device="cpu")
     spec.validate()  # the tag is known; the download is what fails
-    with pytest.raises(ModelLoadError, match="huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K --local-dir DIR.*model_dir=DIR"):
+    with pytest.raises(
+        ModelLoadError,
+        match="huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K --local-dir DIR.*model_dir=DIR",
+    ):
         get_model(spec)

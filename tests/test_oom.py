@@ -26,7 +26,7 @@ def oom_model_dir(tmp_path_factory) -> str:
     return str(write_model_dir(tmp_path_factory.mktemp("oom-model")))
 
 
-@pytest.fixture()
+@pytest.fixture
 def loaded(oom_model_dir):
     model = get_model(ModelSpec(model_dir=oom_model_dir, device="cpu", precision="fp32"))
     model.batch_size_cap = None
@@ -62,7 +62,10 @@ def images() -> list[torch.Tensor]:
 
 @pytest.mark.parametrize(
     "make_error",
-    [lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), lambda: RuntimeError(RMM_OOM)],
+    [
+        lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        lambda: RuntimeError(RMM_OOM),
+    ],
     ids=["torch-oom", "rmm-bad-alloc"],
 )
 def test_batches_halve_until_they_fit_and_the_size_is_remembered(loaded, images, make_error):
@@ -80,12 +83,16 @@ def test_batches_halve_until_they_fit_and_the_size_is_remembered(loaded, images,
 
 
 def test_out_of_memory_with_one_image_and_other_errors_propagate(loaded, images):
-    oom = lambda: torch.cuda.OutOfMemoryError("CUDA out of memory")
+    def oom():
+        return torch.cuda.OutOfMemoryError("CUDA out of memory")
     with fails_above(loaded, 0, oom), pytest.raises(torch.cuda.OutOfMemoryError):
         encode_images(loaded, images[:3], batch_size=4)
     assert loaded.batch_size_cap == 1
     loaded.batch_size_cap = None
-    with fails_above(loaded, 2, lambda: ValueError("a real bug")) as seen, pytest.raises(ValueError, match="a real bug"):
+    with (
+        fails_above(loaded, 2, lambda: ValueError("a real bug")) as seen,
+        pytest.raises(ValueError, match="a real bug"),
+    ):
         encode_images(loaded, images[:8], batch_size=8)
     assert seen == [8] and loaded.batch_size_cap is None
 

@@ -41,7 +41,10 @@ def test_path_and_url_parity(model_dir, photo_jpegs, tmp_path):
         (tmp_path / f"{i}.jpg").write_bytes(blob)
         paths.append(str(tmp_path / f"{i}.jpg") if i % 2 else f"file://{tmp_path}/{i}.jpg")
     out = ImageEmbedder(model_dir=model_dir).embed_partition(pd.DataFrame({"image": paths}))
-    assert parity(embeddings_to_numpy(out["embedding"]), reference_embeddings(model_dir, photo_jpegs)).max() <= PARITY_LIMIT
+    assert (
+        parity(embeddings_to_numpy(out["embedding"]), reference_embeddings(model_dir, photo_jpegs)).max()
+        <= PARITY_LIMIT
+    )
 
 
 def test_pixel_parity_numpy_and_flat_arrow(model_dir, photos, photo_jpegs):
@@ -67,4 +70,6 @@ def test_pixel_parity_numpy_and_flat_arrow(model_dir, photos, photo_jpegs):
 def test_other_resize_modes_follow_the_model_config(tmp_path, photo_jpegs, resize_mode):
     folder = str(write_model_dir(tmp_path, preprocess_cfg={"resize_mode": resize_mode, "interpolation": "bilinear"}))
     out = ImageEmbedder(model_dir=folder).embed_partition(pd.DataFrame({"image": photo_jpegs}))
-    assert parity(embeddings_to_numpy(out["embedding"]), reference_embeddings(folder, photo_jpegs)).max() <= PARITY_LIMIT
+    assert (
+        parity(embeddings_to_numpy(out["embedding"]), reference_embeddings(folder, photo_jpegs)).max() <= PARITY_LIMIT
+    )

@@ -123,7 +123,7 @@ def _procedural(kind: str, rng: np.random.Generator) -> Image.Image:
     elif kind == "plasma":
         t = np.zeros((h, w), np.float32)
         for _ in range(4):
-            fx, fy, phase = rng.uniform(0.01, 0.08, 2).tolist() + [rng.uniform(0, 6.3)]
+            fx, fy, phase = [*rng.uniform(0.01, 0.08, 2).tolist(), rng.uniform(0, 6.3)]
             t += np.sin(xx * fx + yy * fy + phase)
         t = ((t - t.min()) / max(float(np.ptp(t)), 1e-6))[..., None]
         array = colours[1] * t + colours[3] * (1 - t)

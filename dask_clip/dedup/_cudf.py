@@ -85,8 +85,7 @@ def frame(columns: dict[str, Any], index: Any = None) -> Any:
     """cuDF DataFrame from 1-D columns (Series are taken in order, their index dropped)."""
     import cudf
 
-    data = {k: (v.reset_index(drop=True) if isinstance(v, cudf.Series) else column(v))
-            for k, v in columns.items()}
+    data = {k: (v.reset_index(drop=True) if isinstance(v, cudf.Series) else column(v)) for k, v in columns.items()}
     out = cudf.DataFrame(data)
     if index is not None:
         out.index = index

@@ -19,6 +19,7 @@ from .._backend import is_cudf
 if TYPE_CHECKING:
     import torch
 
+
 def check_dtype(meta: Any, column: str, arrow_types: tuple, expected: str, hint: str = "") -> None:
     """TypeError unless ``meta[column]`` is an Arrow type accepted by one of the ``arrow_types``
     predicates (``pa.types.is_*``) or object; cuDF columns are checked by their own code.
@@ -106,15 +107,18 @@ def embeddings_to_numpy(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         arr = s.array.__arrow_array__().combine_chunks()
         if pa.types.is_large_binary(arr.type):
             return unpack_rows(arr), np.ones(n, bool)
-        if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)
-                or pa.types.is_fixed_size_list(arr.type)):
+        if not (
+            pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type)
+        ):
             raise TypeError(f"embedding column must hold lists of floats, not {arr.type}")
         # a null row counts as length 0; flatten() skips null rows and honours slice offsets
         lengths = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
         flat = arr.flatten().to_numpy(zero_copy_only=False)
     else:
-        rows = [None if v is None or np.ndim(v) == 0 else np.asarray(v, np.float32).ravel()
-                for v in s.to_numpy(dtype=object)]
+        rows = [
+            None if v is None or np.ndim(v) == 0 else np.asarray(v, np.float32).ravel()
+            for v in s.to_numpy(dtype=object)
+        ]
         lengths = np.array([0 if r is None else r.size for r in rows], np.int64)
         flat = np.concatenate([r for r in rows if r is not None and r.size] or [np.empty(0, np.float32)])
     nonnull = lengths > 0
@@ -165,11 +169,11 @@ def unpack_rows(arr: pa.LargeBinaryArray) -> np.ndarray:
     m = len(arr)
     if m == 0:
         return np.empty((0, 0), np.float32)
-    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset: arr.offset + m + 1]
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + m + 1]
     widths = np.diff(offsets)
     if (widths != widths[0]).any() or widths[0] % 4:
         raise ValueError("packed embeddings of different lengths")
-    data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]: offsets[-1]]
+    data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
     x = data.view(np.float32).reshape(m, int(widths[0]) // 4)
     return x if x.flags.writeable else x.copy()
 
@@ -225,8 +229,9 @@ def with_columns(df: Any, columns: dict[str, Any]) -> Any:
         return _cudf.with_columns(df, columns)
     out = df.copy(deep=False)
     for name, values in columns.items():
-        out[name] = pd.Series(values, index=df.index) if not isinstance(values, pd.Series) \
-            else values.set_axis(df.index)
+        out[name] = (
+            pd.Series(values, index=df.index) if not isinstance(values, pd.Series) else values.set_axis(df.index)
+        )
     return out
 
 

@@ -8,13 +8,18 @@ columns travel back, never the input's own columns.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _frame
 
 
 def join_back(
-    ddf: Any, results: Any, attach: Callable[..., Any], *, shuffle_method: str | None = None,
+    ddf: Any,
+    results: Any,
+    attach: Callable[..., Any],
+    *,
+    shuffle_method: str | None = None,
     **kwargs: Any,
 ) -> Any:
     """``attach(partition, its_results, **kwargs)`` for every input partition, lazily.
@@ -31,9 +36,7 @@ def join_back(
     """
     import dask.dataframe as dd
 
-    routed = results.set_index(
-        "_row", divisions=_frame.row_divisions(ddf.npartitions), shuffle_method=shuffle_method
-    )
+    routed = results.set_index("_row", divisions=_frame.row_divisions(ddf.npartitions), shuffle_method=shuffle_method)
     meta = attach(ddf._meta, routed._meta, **kwargs)
     zipped = dd.map_partitions(
         attach,

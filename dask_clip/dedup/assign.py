@@ -61,8 +61,8 @@ def random_keys(x: Any, seed: int) -> Any:
     bits = x.contiguous().view(torch.int32)
     out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     for s in range(0, x.shape[0], ASSIGN_BLOCK_ROWS):  # bounds the (rows, d) int64 temporary
-        h = _mix64((bits[s:s + ASSIGN_BLOCK_ROWS].to(torch.int64) * mult).sum(dim=1) ^ salt)
-        out[s:s + ASSIGN_BLOCK_ROWS] = _shr(h, 11).to(torch.float64) / float(1 << 53)
+        h = _mix64((bits[s : s + ASSIGN_BLOCK_ROWS].to(torch.int64) * mult).sum(dim=1) ^ salt)
+        out[s : s + ASSIGN_BLOCK_ROWS] = _shr(h, 11).to(torch.float64) / float(1 << 53)
     return out
 
 
@@ -93,10 +93,10 @@ def nearest_centroid(x: Any, centroids: Any, *, block_rows: int = ASSIGN_BLOCK_R
     sims = torch.empty(n, dtype=torch.float32, device=x.device)
     c64 = centroids.to(torch.float64)
     for s in range(0, n, block_rows):
-        xb = x[s:s + block_rows]
+        xb = x[s : s + block_rows]
         lab = torch.argmax(xb @ centroids.T, dim=1)
-        labels[s:s + block_rows] = lab.to(torch.int32)
-        sims[s:s + block_rows] = (xb.to(torch.float64) * c64[lab]).sum(dim=1).to(torch.float32)
+        labels[s : s + block_rows] = lab.to(torch.int32)
+        sims[s : s + block_rows] = (xb.to(torch.float64) * c64[lab]).sum(dim=1).to(torch.float32)
     return labels, sims
 
 

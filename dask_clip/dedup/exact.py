@@ -68,9 +68,7 @@ def _check_bytes_dtype(meta: Any, column: str) -> None:
     )
 
 
-def _hash_partition(
-    df: Any, *, column: str, id_column: str | None, partition_info: dict | None = None
-) -> Any:
+def _hash_partition(df: Any, *, column: str, id_column: str | None, partition_info: dict | None = None) -> Any:
     number = partition_info["number"] if partition_info is not None else 0
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
     ids = _frame.nullable(ids)
@@ -171,14 +169,9 @@ def exact_duplicates(
     ddf = _frame.settle_partitions(ddf)
 
     kw = dict(column=column, id_column=id_column)
-    hashed = ddf.map_partitions(
-        _hash_partition, **kw, meta=_hash_partition(ddf._meta, **kw), enforce_metadata=False
-    )
+    hashed = ddf.map_partitions(_hash_partition, **kw, meta=_hash_partition(ddf._meta, **kw), enforce_metadata=False)
     grouped = hashed.shuffle(
         on="content_hash", npartitions=npartitions or ddf.npartitions, shuffle_method=shuffle_method
     )
-    flagged = grouped.map_partitions(
-        _first_occurrence, meta=_first_occurrence(hashed._meta), enforce_metadata=False
-    )
-    return _join.join_back(ddf, flagged, _attach, id_dtype=hashed._meta["_id"].dtype,
-                           shuffle_method=shuffle_method)
+    flagged = grouped.map_partitions(_first_occurrence, meta=_first_occurrence(hashed._meta), enforce_metadata=False)
+    return _join.join_back(ddf, flagged, _attach, id_dtype=hashed._meta["_id"].dtype, shuffle_method=shuffle_method)

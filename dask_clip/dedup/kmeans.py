@@ -41,9 +41,7 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
 
 
-def sample_embeddings(
-    ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0
-) -> np.ndarray:
+def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0) -> np.ndarray:
     """A seeded sample of at most ``max_rows`` embeddings, gathered on the client.
 
     Two passes over ``ddf``: the partition lengths, then the chosen rows of the embedding
@@ -81,7 +79,7 @@ def sample_embeddings(
         chosen = np.arange(total, dtype=np.int64)
     # local positions of the chosen rows, one array per partition (sent with the tasks)
     bounds = np.searchsorted(chosen, offsets)
-    local = [chosen[bounds[p]:bounds[p + 1]] - offsets[p] for p in range(len(lengths))]
+    local = [chosen[bounds[p] : bounds[p + 1]] - offsets[p] for p in range(len(lengths))]
 
     import dask
 
@@ -94,9 +92,7 @@ def sample_embeddings(
     ).compute()
     x, _ = _frame.embedding_tensor(picked[embedding_column], device="cpu")
     if x.shape[0] == 0 and total > max_rows:
-        raise ValueError(
-            f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows"
-        )
+        raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
     return normalize_rows(_frame.to_host(x))
 
 

@@ -115,8 +115,8 @@ def dedup_partition(
         _, counts = torch.unique_consecutive(cluster[order], return_counts=True)
         start = 0
         for size in counts.tolist():
-            sims, arg = max_similarity_to_earlier(xs[start:start + size], block_size=block_size)
-            rows = order[start:start + size]
+            sims, arg = max_similarity_to_earlier(xs[start : start + size], block_size=block_size)
+            rows = order[start : start + size]
             max_sim[rows] = sims
             partner[rows] = torch.where(arg >= 0, order[(start + arg).clamp(min=start)], arg)
             start += size

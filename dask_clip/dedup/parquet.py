@@ -36,9 +36,7 @@ def with_row_numbers(ddf: Any) -> Any:
     lengths = _frame.partition_lengths(ddf)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     meta = _number_rows(ddf._meta, offsets)
-    return ddf.map_partitions(
-        _number_rows, offsets=dask.delayed(offsets, traverse=False), meta=meta
-    )
+    return ddf.map_partitions(_number_rows, offsets=dask.delayed(offsets, traverse=False), meta=meta)
 
 
 def dedup_parquet(
@@ -97,8 +95,12 @@ def dedup_parquet(
     if id_column is None and meta_index.name is None and isinstance(meta_index, pd.RangeIndex):
         ddf = with_row_numbers(ddf)
     result = semantic_dedup(
-        ddf, embedding_column=embedding_column, n_clusters=n_clusters, eps=eps,
-        id_column=id_column, **kwargs,
+        ddf,
+        embedding_column=embedding_column,
+        n_clusters=n_clusters,
+        eps=eps,
+        id_column=id_column,
+        **kwargs,
     )
     out = result[~result["duplicate"]] if drop_duplicates else result
     # dask_clip's writer: atomic part files whose metadata plain pandas can read back.

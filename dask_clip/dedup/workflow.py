@@ -48,8 +48,11 @@ def check_shuffle_method(shuffle_method: Any) -> None:
 
 def check_dask_frame(ddf: Any) -> None:
     """TypeError unless ``ddf`` is a Dask DataFrame."""
-    if not (hasattr(ddf, "map_partitions") and hasattr(ddf, "npartitions")
-            and hasattr(getattr(ddf, "_meta", None), "columns")):
+    if not (
+        hasattr(ddf, "map_partitions")
+        and hasattr(ddf, "npartitions")
+        and hasattr(getattr(ddf, "_meta", None), "columns")
+    ):
         raise TypeError(
             f"expected a dask DataFrame (dask.dataframe or dask_cudf), not {type(ddf).__name__}; "
             "wrap a pandas DataFrame with dask.dataframe.from_pandas"
@@ -218,8 +221,9 @@ def cluster_dedup(
     """The lazy part of :func:`semantic_dedup`, given centroids (arguments already checked)."""
     import dask
 
-    assign_kw = dict(embedding_column=embedding_column, device=device, id_column=id_column,
-                     which_to_keep=which_to_keep, seed=seed)
+    assign_kw = dict(
+        embedding_column=embedding_column, device=device, id_column=id_column, which_to_keep=which_to_keep, seed=seed
+    )
     payload = ddf.map_partitions(
         assign.assign_partition,
         # one graph key for the centroids instead of a copy inside every task
@@ -228,9 +232,7 @@ def cluster_dedup(
         meta=assign.assign_partition(ddf._meta, centroids, **assign_kw),
         enforce_metadata=False,
     )
-    clustered = payload.shuffle(
-        on="cluster", npartitions=npartitions or ddf.npartitions, shuffle_method=shuffle_method
-    )
+    clustered = payload.shuffle(on="cluster", npartitions=npartitions or ddf.npartitions, shuffle_method=shuffle_method)
     step = dict(device=device, block_size=block_size)
     scored = clustered.map_partitions(
         pairwise.dedup_partition,
@@ -239,8 +241,7 @@ def cluster_dedup(
         enforce_metadata=False,
     )
     id_dtype = payload._meta["_id"].dtype
-    return _join.join_back(ddf, scored, _attach, eps=eps, id_dtype=id_dtype,
-                           shuffle_method=shuffle_method)
+    return _join.join_back(ddf, scored, _attach, eps=eps, id_dtype=id_dtype, shuffle_method=shuffle_method)
 
 
 def _attach(df: Any, res: Any, eps: float, id_dtype: Any = None) -> Any:

@@ -26,8 +26,9 @@ class Planted:
     near_misses: np.ndarray  # (m, 2) pairs with cosine about 0.98: duplicates at eps 0.05 only
 
 
-def make_planted(n: int = 3000, d: int = 64, n_centres: int = 12, seed: int = 0,
-                 null_fraction: float = 0.02) -> Planted:
+def make_planted(
+    n: int = 3000, d: int = 64, n_centres: int = 12, seed: int = 0, null_fraction: float = 0.02
+) -> Planted:
     """Clusters (cosine about 0.5 between members) plus planted groups.
 
     60 groups: 40 pairs, 12 triples and 8 exact copies (identical vectors: ties), plus 20
@@ -70,7 +71,7 @@ def make_planted(n: int = 3000, d: int = 64, n_centres: int = 12, seed: int = 0,
 
 def embedding_array(x: np.ndarray) -> pd.arrays.ArrowExtensionArray:
     """``list<float32>`` ArrowExtensionArray; NaN rows become nulls."""
-    n, d = x.shape
+    _n, d = x.shape
     valid = ~np.isnan(x).any(axis=1)
     offsets = np.concatenate([[0], np.cumsum(np.where(valid, d, 0))]).astype(np.int32)
     mask = pa.array(~valid)
@@ -82,8 +83,7 @@ def frame(p: Planted, index: bool = True) -> pd.DataFrame:
     """pandas frame: ``name`` (str ids), ``value`` and ``embedding``; string index ``img-<i>``."""
     n = len(p.x)
     df = pd.DataFrame(
-        {"name": [f"n{i}" for i in range(n)], "value": np.arange(n) * 2,
-         "embedding": embedding_array(p.x)},
+        {"name": [f"n{i}" for i in range(n)], "value": np.arange(n) * 2, "embedding": embedding_array(p.x)},
     )
     if index:
         df.index = pd.Index([f"img-{i}" for i in range(n)], name="key")
@@ -135,9 +135,12 @@ def dedup_client():
     """A real distributed cluster: 2 worker processes, one thread each."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
-    ) as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -146,9 +149,14 @@ def helpers():
     """The helpers above, for test modules (conftest modules are not imported by name)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(make_planted=make_planted, embedding_array=embedding_array,
-                           frame=frame, brute_force=brute_force, all_near_pairs=all_near_pairs,
-                           EPS=EPS)
+    return SimpleNamespace(
+        make_planted=make_planted,
+        embedding_array=embedding_array,
+        frame=frame,
+        brute_force=brute_force,
+        all_near_pairs=all_near_pairs,
+        EPS=EPS,
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import dask  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
 
 from dask_clip.dedup import (  # noqa: E402
-    _cudf,  # noqa: E402
+    _cudf,
     exact_duplicates,
     semantic_dedup,
     train_centroids,
@@ -31,8 +31,11 @@ def to_cudf(df: pd.DataFrame) -> cudf.DataFrame:
 
 
 def test_embedding_tensor_is_a_view_of_the_leaves(planted):
-    df = to_cudf(pd.DataFrame({"embedding": planted.x[:50][planted.valid[:50]].tolist()}).astype(
-        {"embedding": pd.ArrowDtype(pa.list_(pa.float32()))}))
+    df = to_cudf(
+        pd.DataFrame({"embedding": planted.x[:50][planted.valid[:50]].tolist()}).astype(
+            {"embedding": pd.ArrowDtype(pa.list_(pa.float32()))}
+        )
+    )
     s = df["embedding"]
     x, valid = _cudf.embedding_tensor(s)
     assert x.is_cuda and x.dtype == torch.float32 and bool(valid.all())
@@ -41,9 +44,15 @@ def test_embedding_tensor_is_a_view_of_the_leaves(planted):
 
 
 def test_nulls_in_the_list_column(planted):
-    pdf = pd.DataFrame({"embedding": pd.arrays.ArrowExtensionArray(
-        pa.array([None if np.isnan(r).any() else r.tolist() for r in planted.x[:300]],
-                 type=pa.list_(pa.float32())))})
+    pdf = pd.DataFrame(
+        {
+            "embedding": pd.arrays.ArrowExtensionArray(
+                pa.array(
+                    [None if np.isnan(r).any() else r.tolist() for r in planted.x[:300]], type=pa.list_(pa.float32())
+                )
+            )
+        }
+    )
     x, valid = _cudf.embedding_tensor(to_cudf(pdf)["embedding"])
     np.testing.assert_array_equal(valid.cpu().numpy(), planted.valid[:300])
     np.testing.assert_array_equal(x.cpu().numpy(), planted.x[:300][planted.valid[:300]])
@@ -65,8 +74,12 @@ def test_semantic_dedup_matches_pandas(planted_df):
     np.testing.assert_array_equal(got["duplicate"].to_numpy(), ref["duplicate"].to_numpy())
     flagged = ref["duplicate"].to_numpy()
     assert (got["duplicate_of"][flagged].to_numpy() == ref["duplicate_of"][flagged].to_numpy()).all()
-    np.testing.assert_allclose(got["max_similarity"].to_numpy(dtype=np.float64, na_value=np.nan),
-                               ref["max_similarity"].to_numpy(dtype=np.float64), atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(
+        got["max_similarity"].to_numpy(dtype=np.float64, na_value=np.nan),
+        ref["max_similarity"].to_numpy(dtype=np.float64),
+        atol=1e-5,
+        equal_nan=True,
+    )
 
 
 def test_exact_duplicates_cudf():

@@ -42,8 +42,11 @@ def first_occurrence(values: list[bytes | None], labels: list) -> tuple[list[boo
 def test_matches_first_occurrence(kind, npartitions):
     values = blobs()
     labels = [f"k{i}" for i in range(len(values))]
-    col = (pd.array(values, dtype=pd.ArrowDtype(pa.binary())) if kind == "arrow"
-           else pd.Series(values, dtype=object).to_numpy())
+    col = (
+        pd.array(values, dtype=pd.ArrowDtype(pa.binary()))
+        if kind == "arrow"
+        else pd.Series(values, dtype=object).to_numpy()
+    )
     df = pd.DataFrame({"image": col, "v": np.arange(len(values))}, index=pd.Index(labels, dtype=object))
     with dask.config.set({"dataframe.convert-string": False, "scheduler": "threads"}):
         ddf = dd.from_pandas(df, npartitions=npartitions, sort=False)
@@ -61,8 +64,7 @@ def test_matches_first_occurrence(kind, npartitions):
 
 def test_id_column_and_empty_partitions():
     values = [b"a", b"b", b"a", None, b"b", b"a"]
-    df = pd.DataFrame({"image": pd.array(values, dtype=pd.ArrowDtype(pa.binary())),
-                       "id": np.arange(10, 16)})
+    df = pd.DataFrame({"image": pd.array(values, dtype=pd.ArrowDtype(pa.binary())), "id": np.arange(10, 16)})
     with dask.config.set({"dataframe.convert-string": False, "scheduler": "threads"}):
         ddf = dd.from_pandas(df, npartitions=3, sort=False)
         ddf = dd.concat([ddf.partitions[0].head(0, npartitions=1, compute=False), ddf])

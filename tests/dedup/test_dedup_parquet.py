@@ -37,8 +37,11 @@ def test_round_trip_with_row_numbers(embeddings_dir, planted_df, tmp_path):
     assert back["key"].tolist() == planted_df.index.tolist()
     assert back["embedding"].dtype == pd.ArrowDtype(pa.list_(pa.float32()))
     np.testing.assert_array_equal(back["duplicate"].to_numpy(), direct["duplicate"].to_numpy())
-    np.testing.assert_allclose(back["max_similarity"].to_numpy(dtype=np.float64, na_value=np.nan),
-                               direct["max_similarity"].to_numpy(dtype=np.float64), equal_nan=True)
+    np.testing.assert_allclose(
+        back["max_similarity"].to_numpy(dtype=np.float64, na_value=np.nan),
+        direct["max_similarity"].to_numpy(dtype=np.float64),
+        equal_nan=True,
+    )
     flagged = direct["duplicate"].to_numpy()
     partner_keys = back["key"].to_numpy()[back["duplicate_of"][flagged].to_numpy(dtype=np.int64)]
     assert (partner_keys == direct["duplicate_of"][flagged].to_numpy()).all()
@@ -54,8 +57,9 @@ def test_round_trip_with_row_numbers(embeddings_dir, planted_df, tmp_path):
 def test_drop_duplicates_and_id_column(embeddings_dir, tmp_path):
     out_dir = tmp_path / "kept"
     with dask.config.set(scheduler="threads"):
-        summary = dedup_parquet(embeddings_dir, str(out_dir), eps=0.02, id_column="key",
-                                drop_duplicates=True, summary_eps=[0.02], **ARGS)
+        summary = dedup_parquet(
+            embeddings_dir, str(out_dir), eps=0.02, id_column="key", drop_duplicates=True, summary_eps=[0.02], **ARGS
+        )
         back = dd.read_parquet(str(out_dir), dtype_backend="pyarrow").compute()
     assert list(summary.index) == [0.02]
     assert len(back) == summary.loc[0.02, "kept"] and not back["duplicate"].any()

@@ -81,9 +81,11 @@ def check_recall(planted, out, helpers, label, capsys):
     missed = ~(flagged[pairs[:, 0]] | flagged[pairs[:, 1]])
     recall = 1 - missed.mean()
     with capsys.disabled():
-        print(f"\n[dedup {label}] near-duplicate pairs (cos >= 0.99): {len(pairs)}, split across "
-              f"clusters: {int((~same).sum())}, missed (both kept): {int(missed.sum())}, "
-              f"recall: {recall:.4f}")
+        print(
+            f"\n[dedup {label}] near-duplicate pairs (cos >= 0.99): {len(pairs)}, split across "
+            f"clusters: {int((~same).sum())}, missed (both kept): {int(missed.sum())}, "
+            f"recall: {recall:.4f}"
+        )
     assert not (missed & same).any()  # every within-cluster pair loses one of its rows
     # nothing flagged that has no near-duplicate at all
     has_near = np.zeros(len(flagged), bool)
@@ -93,7 +95,7 @@ def check_recall(planted, out, helpers, label, capsys):
 
 
 def test_recall_and_split_pairs(planted, result, helpers, capsys):
-    pairs, same, recall = check_recall(planted, result, helpers, f"k={K}", capsys)
+    pairs, _same, recall = check_recall(planted, result, helpers, f"k={K}", capsys)
     assert len(pairs) >= 60 and recall >= 0.99
     cluster, flagged = result["cluster"].to_numpy(), result["duplicate"].to_numpy()
     for g in planted.groups:  # each planted group (a clique) keeps exactly one row
@@ -133,11 +135,14 @@ def test_nulls(planted, result):
     assert (result["cluster"].to_numpy()[~nulls] >= 0).all()
 
 
-@pytest.mark.parametrize("make", [
-    lambda df: dd.from_pandas(df, npartitions=1, sort=False),
-    lambda df: dd.from_pandas(df, npartitions=9, sort=False),
-    lambda df: dd.from_pandas(df, npartitions=2, sort=False).repartition(npartitions=6),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda df: dd.from_pandas(df, npartitions=1, sort=False),
+        lambda df: dd.from_pandas(df, npartitions=9, sort=False),
+        lambda df: dd.from_pandas(df, npartitions=2, sort=False).repartition(npartitions=6),
+    ],
+)
 def test_same_answer_on_any_partitioning(planted_df, result, make):
     ddf = make(planted_df)
     with dask.config.set(scheduler="threads"):
