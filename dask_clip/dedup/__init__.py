@@ -8,7 +8,7 @@ similarity), :mod:`.workflow` (the Dask graph), :mod:`.results` (keep masks, pai
 
 from __future__ import annotations
 
-from .assign import KEEP_RULES
+from ..validation import KEEP_RULES
 from .exact import exact_duplicates
 from .kmeans import train_centroids
 from .pairwise import max_similarity_to_earlier

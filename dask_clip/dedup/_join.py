@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .. import backends
 from . import _frame
 
 
@@ -59,5 +60,5 @@ def join_back(
 def by_position(df: Any, res: Any) -> Any:
     """``res`` (indexed by ``_row``) reindexed to positions ``0..len(df)-1``; missing rows null."""
     res = res.copy(deep=False)
-    res.index = _frame.local_positions(res.index)
-    return res.reindex(_frame.arange_index(df, len(df)))
+    res.index = backends.local_positions(res.index, _frame.ROW_MASK)
+    return res.reindex(backends.arange_index(df, len(df)))

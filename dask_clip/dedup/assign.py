@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import backends
+from ..validation import KEEP_RULES
 from . import _frame
 
-__all__ = ["KEEP_RULES", "assign_partition", "nearest_centroid", "rank_keys"]
+__all__ = ["assign_partition", "nearest_centroid", "rank_keys"]
 
-KEEP_RULES = ("hard", "easy", "random")
 
 # Rows per matmul against the centroids: bounds the (rows, k) similarity block.
 ASSIGN_BLOCK_ROWS = 8192
@@ -150,15 +151,15 @@ def assign_partition(
     DataFrame
         Same backend, one row per row of ``df`` that has an embedding, columns ``_row`` (int64),
         ``cluster`` (int32), ``_rank`` (float64), ``_id`` (the id's dtype, nullable) and
-        ``_emb`` (the unit-length embeddings, packed by :func:`._frame.pack_rows`), with a
+        ``_emb`` (the unit-length embeddings, packed by :func:`dask_clip.backends.pack_rows`), with a
         default index.
     """
     import torch
 
     number = partition_info["number"] if partition_info is not None else 0
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
-    ids = _frame.nullable(ids)
-    x, valid = _frame.embedding_tensor(df[embedding_column], device=device)
+    ids = backends.nullable(ids)
+    x, valid = backends.embedding_matrix(df[embedding_column], device=device)
     if x.shape[0]:
         x = torch.nn.functional.normalize(x, dim=1)
         c = torch.as_tensor(np.asarray(centroids, np.float32), device=x.device)
@@ -172,13 +173,13 @@ def assign_partition(
         keys = torch.empty(0, dtype=torch.float64)
     pos = torch.nonzero(valid.cpu()).flatten().numpy()
     rows = _frame.row_ids(len(df), number)[pos]
-    return _frame.frame(
+    return backends.new_frame(
         df,
         {
-            "_row": _frame.column(df, rows, "int64"),
-            "cluster": _frame.column(df, labels, "int32"),
-            "_rank": _frame.column(df, keys, "float64"),
-            "_id": _frame.take(ids, pos),
-            "_emb": _frame.pack_rows(df, x, df[embedding_column], pos),
+            "_row": backends.new_column(df, rows, "int64"),
+            "cluster": backends.new_column(df, labels, "int32"),
+            "_rank": backends.new_column(df, keys, "float64"),
+            "_id": backends.take(ids, pos),
+            "_emb": backends.pack_rows(df, x, df[embedding_column], pos),
         },
     )

@@ -7,21 +7,20 @@ the first occurrence in global input order is kept and the others are flagged; o
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
+from .. import backends
+from ..backends.arrow import is_binary_type
+from ..validation import check_int
 from . import _frame, _join
-from .workflow import _check_int, check_dask_frame, check_shuffle_method
+from .workflow import check_dask_frame, check_shuffle_method
 
 __all__ = ["EXACT_COLUMNS", "content_hashes", "exact_duplicates"]
 
 EXACT_COLUMNS = ("content_hash", "exact_duplicate", "exact_duplicate_of")
-# StringDtype("pyarrow") survives distributed's P2P shuffle; ArrowDtype(pa.string()) comes back as object
-_HASH_DTYPE = pd.StringDtype("pyarrow")
 
 
 def content_hashes(s: Any) -> Any:
@@ -38,48 +37,31 @@ def content_hashes(s: Any) -> Any:
     Series
         ``(n,)`` 64-character hex strings, null where the bytes are null; default index.
     """
-    if _frame.is_cudf(s):
-        from . import _cudf
-
-        return _cudf.content_hashes(s)
-    if isinstance(s.dtype, pd.ArrowDtype):
-        values = s.array.__arrow_array__().to_pylist()
-    else:
-        values = s.to_numpy(dtype=object)
-    out = []
-    for v in values:
-        if isinstance(v, (bytes, bytearray, memoryview)):
-            out.append(hashlib.sha256(v).hexdigest())
-        elif v is None or (np.ndim(v) == 0 and pd.isna(v)):
-            out.append(None)
-        else:
-            raise TypeError(f"image bytes expected, got {type(v).__name__}")
-    return pd.Series(out, dtype=_HASH_DTYPE)
+    return backends.content_hashes(s)
 
 
 def _check_bytes_dtype(meta: Any, column: str) -> None:
-    if _frame.is_cudf(meta):
-        return
     _frame.check_dtype(
         meta,
         column,
-        (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary),
+        lambda t: is_binary_type(t) or pa.types.is_fixed_size_binary(t),
         "image bytes: pd.ArrowDtype(pa.binary()) or object bytes",
+        strings_as_binary=True,
     )
 
 
 def _hash_partition(df: Any, *, column: str, id_column: str | None, partition_info: dict | None = None) -> Any:
     number = partition_info["number"] if partition_info is not None else 0
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
-    ids = _frame.nullable(ids)
+    ids = backends.nullable(ids)
     hashes = content_hashes(df[column])
     pos = np.flatnonzero(_frame.to_host(hashes.notna().to_numpy()))
-    return _frame.frame(
+    return backends.new_frame(
         df,
         {
-            "_row": _frame.column(df, _frame.row_ids(len(df), number)[pos], "int64"),
-            "content_hash": _frame.take(hashes, pos),
-            "_id": _frame.take(ids, pos),
+            "_row": backends.new_column(df, _frame.row_ids(len(df), number)[pos], "int64"),
+            "content_hash": backends.take(hashes, pos),
+            "_id": backends.take(ids, pos),
         },
     )
 
@@ -90,7 +72,7 @@ def _first_occurrence(df: Any) -> Any:
     h = df["content_hash"]
     first = h.ne(h.shift()).fillna(True).astype(bool)
     first_id = df["_id"].where(first).ffill()
-    return _frame.frame(
+    return backends.new_frame(
         df,
         {
             "_row": df["_row"],
@@ -101,18 +83,14 @@ def _first_occurrence(df: Any) -> Any:
     )
 
 
-def _attach(df: Any, res: Any, id_dtype: Any = None) -> Any:
+def _attach(df: Any, res: Any, hash_dtype: Any = None, id_dtype: Any = None) -> Any:
     r = _join.by_position(df, res)
-    hashes, firsts = r["content_hash"], r["exact_duplicate_of"]
-    if not _frame.is_cudf(df):  # a shuffle may hand back another string dtype
-        hashes = hashes.astype(_HASH_DTYPE)
-        firsts = firsts if id_dtype is None else firsts.astype(id_dtype)
-    return _frame.with_columns(
+    return backends.with_columns(
         df,
         {
-            "content_hash": hashes,
+            "content_hash": _frame.restore_dtype(r["content_hash"], hash_dtype),
             "exact_duplicate": r["exact_duplicate"].fillna(False).astype(bool),
-            "exact_duplicate_of": firsts,
+            "exact_duplicate_of": _frame.restore_dtype(r["exact_duplicate_of"], id_dtype),
         },
     )
 
@@ -160,7 +138,7 @@ def exact_duplicates(
     if id_column is not None:
         _frame.require_column(ddf._meta, id_column, "id_column")
     _check_bytes_dtype(ddf._meta, column)
-    _check_int("npartitions", npartitions, 1, allow_none=True)
+    check_int("npartitions", npartitions, 1, allow_none=True)
     check_shuffle_method(shuffle_method)
     clash = [c for c in EXACT_COLUMNS if c in ddf._meta.columns]
     if clash:
@@ -174,4 +152,11 @@ def exact_duplicates(
         on="content_hash", npartitions=npartitions or ddf.npartitions, shuffle_method=shuffle_method
     )
     flagged = grouped.map_partitions(_first_occurrence, meta=_first_occurrence(hashed._meta), enforce_metadata=False)
-    return _join.join_back(ddf, flagged, _attach, id_dtype=hashed._meta["_id"].dtype, shuffle_method=shuffle_method)
+    return _join.join_back(
+        ddf,
+        flagged,
+        _attach,
+        hash_dtype=hashed._meta["content_hash"].dtype,
+        id_dtype=hashed._meta["_id"].dtype,
+        shuffle_method=shuffle_method,
+    )

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backends
 from . import _frame
 
 __all__ = ["fit_centroids", "sample_embeddings", "train_centroids"]
@@ -90,7 +91,7 @@ def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: i
         meta=sub._meta,
         enforce_metadata=False,
     ).compute()
-    x, _ = _frame.embedding_tensor(picked[embedding_column], device="cpu")
+    x, _ = backends.embedding_matrix(picked[embedding_column], device="cpu")
     if x.shape[0] == 0 and total > max_rows:
         raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
     return normalize_rows(_frame.to_host(x))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backends
 from . import _frame
 
 __all__ = ["PAIRWISE_BLOCK_SIZE", "dedup_partition", "max_similarity_to_earlier"]
@@ -97,7 +98,7 @@ def dedup_partition(
     """
     import torch
 
-    x, _ = _frame.embedding_tensor(df["_emb"], device=device)
+    x, _ = backends.embedding_matrix(df["_emb"], device=device)
     if x.shape[0] != len(df):
         raise ValueError("the cluster shuffle received rows without an embedding")
     dev = x.device
@@ -106,10 +107,10 @@ def dedup_partition(
     partner = torch.full((n,), -1, dtype=torch.int64, device=dev)
     if n:
         x = torch.nn.functional.normalize(x, dim=1)
-        cluster = _as_tensor(df["cluster"], dev)
+        cluster = backends.numeric_tensor(df["cluster"], dev)
         # lexicographic (cluster, _rank, _row) by stable sorts from the last key to the first
-        order = torch.argsort(_as_tensor(df["_row"], dev), stable=True)
-        order = order[torch.argsort(_as_tensor(df["_rank"], dev)[order], stable=True)]
+        order = torch.argsort(backends.numeric_tensor(df["_row"], dev), stable=True)
+        order = order[torch.argsort(backends.numeric_tensor(df["_rank"], dev)[order], stable=True)]
         order = order[torch.argsort(cluster[order], stable=True)]
         xs = x[order]
         _, counts = torch.unique_consecutive(cluster[order], return_counts=True)
@@ -121,24 +122,13 @@ def dedup_partition(
             partner[rows] = torch.where(arg >= 0, order[(start + arg).clamp(min=start)], arg)
             start += size
     has = (partner >= 0).cpu().numpy()
-    partner_ids = _frame.take(df["_id"], np.where(has, _frame.to_host(partner), 0))
-    return _frame.frame(
+    partner_ids = backends.take(df["_id"], np.where(has, _frame.to_host(partner), 0))
+    return backends.new_frame(
         df,
         {
             "_row": df["_row"].reset_index(drop=True),
             "cluster": df["cluster"].reset_index(drop=True),
-            "max_similarity": _frame.column(df, max_sim, "float32"),
-            "duplicate_of": partner_ids.where(_frame.column(df, torch.from_numpy(has))),
+            "max_similarity": backends.new_column(df, max_sim, "float32"),
+            "duplicate_of": partner_ids.where(backends.new_column(df, torch.from_numpy(has))),
         },
     )
-
-
-def _as_tensor(s: Any, device: Any) -> Any:
-    """A numeric column as a torch tensor on ``device`` (zero-copy where the backend allows)."""
-    import torch
-
-    if _frame.is_cudf(s):
-        from . import _cudf
-
-        return _cudf.numeric_tensor(s).to(device)
-    return torch.tensor(s.to_numpy(), device=device)  # copies: pandas may hand out read-only views

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..validation import check_eps
 from ..writer import write_tasks
 from . import _frame
 from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
-from .workflow import check_eps, semantic_dedup
+from .workflow import semantic_dedup
 
 __all__ = ["ROW_NUMBER", "dedup_parquet", "with_row_numbers"]
 

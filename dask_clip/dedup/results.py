@@ -11,7 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from .workflow import check_eps, is_duplicate
+from ..validation import check_eps
+from .workflow import is_duplicate
 
 __all__ = ["DEFAULT_SUMMARY_EPS", "dedup_summary", "duplicate_pairs", "keep_column", "keep_masks"]
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from .. import backends
+from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int
 from . import _frame, _join, assign, kmeans, pairwise
 
 __all__ = ["OUTPUT_COLUMNS", "is_duplicate", "semantic_dedup"]
@@ -19,31 +21,10 @@ def is_duplicate(max_similarity: Any, eps: float) -> Any:
     return (max_similarity.astype("float64") >= 1.0 - eps).fillna(False)
 
 
-def check_eps(eps: Any) -> float:
-    """Validate one eps: a real number in [0, 1]."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a float in [0, 1], not {type(eps).__name__}")
-    if not 0.0 <= float(eps) <= 1.0:
-        raise ValueError(f"eps must be in [0, 1] (a pair is a duplicate when cosine >= 1 - eps), not {eps}")
-    return float(eps)
-
-
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
-
-
-SHUFFLE_METHODS = ("p2p", "tasks", "disk")
-
-
 def check_shuffle_method(shuffle_method: Any) -> None:
     """ValueError unless ``shuffle_method`` is None or one of Dask's methods."""
-    if shuffle_method is not None and shuffle_method not in SHUFFLE_METHODS:
-        raise ValueError(f"shuffle_method must be None or one of {SHUFFLE_METHODS}, not {shuffle_method!r}")
+    if shuffle_method is not None:
+        check_choice("shuffle_method", shuffle_method, SHUFFLE_METHODS)
 
 
 def check_dask_frame(ddf: Any) -> None:
@@ -61,18 +42,11 @@ def check_dask_frame(ddf: Any) -> None:
 
 def check_embedding_dtype(meta: Any, column: str) -> None:
     """TypeError if the embedding column cannot hold lists of floats."""
-    name = str(meta[column].dtype)
-    if _frame.is_cudf(meta):
-        if not name.startswith("list"):
-            raise TypeError(f"embedding column {column!r} must be cudf.ListDtype('float32'), not {name}")
-        return
-    import pyarrow as pa
-
     _frame.check_dtype(
         meta,
         column,
-        (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list),
-        "pd.ArrowDtype(pa.list_(pa.float32())) (or object arrays)",
+        lambda t: pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t),
+        "list<float32>: pd.ArrowDtype(pa.list_(pa.float32())), cudf.ListDtype('float32') or object arrays",
         ". A string dtype here usually means dask's 'dataframe.convert-string' turned arrays "
         "into strings: read Parquet with dtype_backend='pyarrow'.",
     )
@@ -159,15 +133,14 @@ def semantic_dedup(
     clash = [c for c in OUTPUT_COLUMNS if c in meta.columns]
     if clash:
         raise ValueError(f"input already has output columns {clash}; drop or rename them first")
-    _check_int("n_clusters", n_clusters, 1)
+    check_int("n_clusters", n_clusters, 1)
     eps = check_eps(eps)
-    if which_to_keep not in assign.KEEP_RULES:
-        raise ValueError(f"which_to_keep must be one of {assign.KEEP_RULES}, not {which_to_keep!r}")
-    _check_int("seed", seed, 0)
-    _check_int("max_iter", max_iter, 1)
-    _check_int("max_train_rows", max_train_rows, 1, allow_none=True)
-    _check_int("block_size", block_size, 1)
-    _check_int("npartitions", npartitions, 1, allow_none=True)
+    check_choice("which_to_keep", which_to_keep, KEEP_RULES)
+    check_int("seed", seed, 0)
+    check_int("max_iter", max_iter, 1)
+    check_int("max_train_rows", max_train_rows, 1, allow_none=True)
+    check_int("block_size", block_size, 1)
+    check_int("npartitions", npartitions, 1, allow_none=True)
     check_shuffle_method(shuffle_method)
     if device is not None and not isinstance(device, str):
         raise TypeError(f"device must be a torch device string such as 'cpu' or 'cuda', not {device!r}")
@@ -248,15 +221,12 @@ def _attach(df: Any, res: Any, eps: float, id_dtype: Any = None) -> Any:
     """Input partition plus its rows' results (rows absent from ``res`` have no embedding)."""
     r = _join.by_position(df, res)
     max_sim = r["max_similarity"].astype("float32")
-    partners = r["duplicate_of"]
-    if id_dtype is not None and not _frame.is_cudf(df) and partners.dtype != id_dtype:
-        partners = partners.astype(id_dtype)  # a shuffle may hand back another string dtype
-    return _frame.with_columns(
+    return backends.with_columns(
         df,
         {
             "cluster": r["cluster"].fillna(-1).astype("int32"),
             "max_similarity": max_sim,
             "duplicate": is_duplicate(max_sim, eps),
-            "duplicate_of": partners,
+            "duplicate_of": _frame.restore_dtype(r["duplicate_of"], id_dtype),
         },
     )

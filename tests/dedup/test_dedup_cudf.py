@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 import dask  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
 
+from dask_clip.backends import embedding_matrix  # noqa: E402
 from dask_clip.dedup import (  # noqa: E402
-    _cudf,
     exact_duplicates,
     semantic_dedup,
     train_centroids,
@@ -37,7 +37,7 @@ def test_embedding_tensor_is_a_view_of_the_leaves(planted):
         )
     )
     s = df["embedding"]
-    x, valid = _cudf.embedding_tensor(s)
+    x, valid = embedding_matrix(s)
     assert x.is_cuda and x.dtype == torch.float32 and bool(valid.all())
     np.testing.assert_array_equal(x.cpu().numpy(), planted.x[:50][planted.valid[:50]])
     assert x.data_ptr() == s.list.leaves.values.data.ptr  # zero-copy
@@ -53,7 +53,7 @@ def test_nulls_in_the_list_column(planted):
             )
         }
     )
-    x, valid = _cudf.embedding_tensor(to_cudf(pdf)["embedding"])
+    x, valid = embedding_matrix(to_cudf(pdf)["embedding"])
     np.testing.assert_array_equal(valid.cpu().numpy(), planted.valid[:300])
     np.testing.assert_array_equal(x.cpu().numpy(), planted.x[:300][planted.valid[:300]])
 

@@ -1,0 +1,85 @@
+"""Choices, defaults and range checks shared by the library and the CLI.
+
+Every knob that takes one of a few values has its choices here, once; the CLI builds its
+``choices=`` and defaults from these constants, so the two never drift apart. The checks raise
+``ValueError``/``TypeError`` naming the valid choices, on the client, before a graph is built.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Collection
+
+__all__ = [
+    "CLUSTER_KINDS",
+    "DECODE_DEVICES",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_NUM_GPUS_PER_WORKER",
+    "DEVICES",
+    "KEEP_RULES",
+    "ON_ERROR",
+    "PRECISIONS",
+    "SHUFFLE_METHODS",
+    "check_choice",
+    "check_device",
+    "check_eps",
+    "check_gpu_share",
+    "check_int",
+]
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+ON_ERROR = ("null", "raise")
+DECODE_DEVICES = ("auto", "cpu")
+CLUSTER_KINDS = ("auto", "cpu", "cuda")
+KEEP_RULES = ("hard", "easy", "random")
+SHUFFLE_METHODS = ("p2p", "tasks", "disk")
+# NeMo Curator's ImageEmbeddingStage defaults.
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_NUM_GPUS_PER_WORKER = 0.25
+
+
+def check_choice(name: str, value: object, choices: Collection[object]) -> None:
+    """ValueError unless ``value`` is one of ``choices`` (the message lists them)."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; choose one of {tuple(choices)}")
+
+
+def check_device(value: str) -> None:
+    """A torch device name dask_clip accepts: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not isinstance(value, str) or (value not in DEVICES and not _is_cuda_index(value)):
+        raise ValueError(f"device={value!r}; choose one of {DEVICES} or 'cuda:N'")
+
+
+def _is_cuda_index(value: str) -> bool:
+    prefix, _, index = value.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+def check_int(name: str, value: object, minimum: int, *, allow_none: bool = False) -> None:
+    """TypeError unless ``value`` is an int (not a bool); ValueError if below ``minimum``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, not {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+
+
+def check_gpu_share(value: object, name: str = "num_gpus_per_worker") -> float:
+    """A GPU share of one task, in (0, 1]; returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in (0, 1], not {type(value).__name__}")
+    share = float(value)
+    if not 0 < share <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return share
+
+
+def check_eps(eps: object) -> float:
+    """A dedup threshold: a real number in [0, 1] (duplicate when cosine >= 1 - eps)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float in [0, 1], not {type(eps).__name__}")
+    if not 0.0 <= float(eps) <= 1.0:
+        raise ValueError(f"eps must be in [0, 1] (a pair is a duplicate when cosine >= 1 - eps), not {eps}")
+    return float(eps)
