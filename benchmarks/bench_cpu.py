@@ -60,13 +60,13 @@ def model_only_on_worker(spec, batch_size: int, n_images: int) -> float:
 
 def stage_costs(blobs: list[bytes], spec) -> dict[str, float]:
     """Milliseconds per image of decode and of preprocess, single thread, in this process."""
-    from dask_clip.decode import decode_all
+    from dask_clip.decode import PILLOW
     from dask_clip.models import get_model
     from dask_clip.preprocess import preprocess_batch
 
     cfg = get_model(spec).preprocess
     started = time.perf_counter()
-    decoded = decode_all(blobs, "bytes", max_pixels=None)
+    decoded = PILLOW.decode(blobs, max_pixels=None)
     decode_ms = (time.perf_counter() - started) * 1000 / len(blobs)
     tensors = [torch.from_numpy(p.copy()) for p, _ in decoded]
     started = time.perf_counter()

@@ -305,7 +305,7 @@ def stage_rates(record: dict[str, Any], model: dict[str, Any], device: str, blob
     import torch
 
     from dask_clip import ImageEmbedder
-    from dask_clip.decode import decode_all
+    from dask_clip.decode import PILLOW
     from dask_clip.models import get_model
     from dask_clip.preprocess import preprocess_batch
 
@@ -314,10 +314,10 @@ def stage_rates(record: dict[str, Any], model: dict[str, Any], device: str, blob
 
     def decode() -> list:
         if loaded.device.type == "cuda":
-            from dask_clip.gpu_decode import decode_all as decode_on_device
+            from dask_clip.gpu_decode import NvjpegDecoder
 
-            return decode_on_device(rows, "bytes", device=loaded.device)
-        return decode_all(rows, "bytes", max_pixels=None)
+            return NvjpegDecoder(loaded.device).decode(rows, max_pixels=None)
+        return PILLOW.decode(rows, max_pixels=None)
 
     def sync() -> None:
         if loaded.device.type == "cuda":

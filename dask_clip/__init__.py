@@ -10,12 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .cluster import local_cluster
-    from .embedder import ImageEmbedder
-    from .errors import DaskClipError, ImageDecodeError, ModelLoadError
-    from .io import read_images
-    from .spec import ModelSpec
-    from .writer import write_parquet
+    from .cluster import local_cluster as local_cluster
+    from .columns import embeddings_to_numpy as embeddings_to_numpy
+    from .embedder import ImageEmbedder as ImageEmbedder
+    from .errors import DaskClipError as DaskClipError
+    from .errors import ImageDecodeError as ImageDecodeError
+    from .errors import ModelLoadError as ModelLoadError
+    from .jobs import embed_parquet as embed_parquet
+    from .readers import read_images as read_images
+    from .spec import ModelSpec as ModelSpec
+    from .writer import write_parquet as write_parquet
+
+__version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "DaskClipError": "errors",
@@ -23,12 +29,24 @@ _EXPORTS = {
     "ImageEmbedder": "embedder",
     "ModelLoadError": "errors",
     "ModelSpec": "spec",
+    "embed_parquet": "jobs",
+    "embeddings_to_numpy": "columns",
     "local_cluster": "cluster",
-    "read_images": "io",
+    "read_images": "readers",
     "write_parquet": "writer",
 }
-__all__ = sorted(_EXPORTS)
-__version__ = "0.1.0"
+__all__ = [
+    "DaskClipError",
+    "ImageDecodeError",
+    "ImageEmbedder",
+    "ModelLoadError",
+    "ModelSpec",
+    "embed_parquet",
+    "embeddings_to_numpy",
+    "local_cluster",
+    "read_images",
+    "write_parquet",
+]
 
 
 def __getattr__(name: str) -> Any:

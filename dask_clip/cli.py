@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -296,25 +295,11 @@ def _weights(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "pretrained": None if args.random_weights else args.pretrained}
 
 
-def _location(path: str) -> str:
-    """Local paths made absolute (a resumed run may start elsewhere); URLs kept."""
-    return path if "://" in path else os.path.abspath(path)
-
-
 def _embed(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from .cluster import connect
     from .embedder import ImageEmbedder
-    from .io import read_images
-    from .writer import check_output, count_nonnull, write_parquet
+    from .jobs import prepare_embed, run_embed
 
-    ddf, image_column = read_images(
-        args.input,
-        image_column=args.image_column,
-        partition_size=args.partition_size,
-        split_row_groups=True if args.split_row_groups else "infer",
-    )
     embedder = ImageEmbedder(
         **_weights(args),
         precision=args.precision,
@@ -322,46 +307,30 @@ def _embed(args: argparse.Namespace) -> int:
         model_inference_batch_size=args.batch_size,
         verbose=args.verbose,
         remove_image_data=args.remove_image_data,
-        image_column=image_column,
         image_kind=args.image_kind,
         output_column=args.output_column,
         error_column=args.error_column,
         on_error=args.on_error,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
-    out = embedder(ddf)  # validates everything on the client; lazy
-    # What defines the output: a resumed run must agree (batch size, device, cluster may change).
-    job = {
-        "command": "embed",
-        "input": _location(args.input),
-        "model": asdict(embedder.spec),
-        "columns": [image_column, args.output_column, args.error_column],
-        "remove_image_data": args.remove_image_data,
-        "partition_size": args.partition_size,
-        "split_row_groups": args.split_row_groups,
-    }
-    job["model"].pop("device")
-    if embedder.model_dir is not None:  # the folder decides the architecture
-        job["model"] = {"model_dir": _location(str(embedder.model_dir)), "precision": embedder.precision}
-    todo = check_output(args.output, out.npartitions, job=job, overwrite=args.overwrite)
-    if not todo:
-        print(f"dask-clip embed: all {out.npartitions} partitions of {args.output} are already written; nothing to do")
-        return 0
-    _say(
-        f"{len(todo)} of {out.npartitions} partitions to write"
-        + ("" if len(todo) == out.npartitions else " (resuming)")
+    job = prepare_embed(
+        args.input,
+        args.output,
+        embedder,
+        image_column=args.image_column,
+        partition_size=args.partition_size,
+        split_row_groups=args.split_row_groups,
+        overwrite=args.overwrite,
     )
+    total = job.frame.npartitions
+    if not job.todo:
+        print(f"dask-clip embed: all {total} partitions of {args.output} are already written; nothing to do")
+        return 0
+    _say(f"{len(job.todo)} of {total} partitions to write" + ("" if len(job.todo) == total else " (resuming)"))
     with connect(**_cluster_options(args)) as client:
         _say(f"cluster: {_describe(client)}")
-        summary = write_parquet(
-            out,
-            args.output,
-            overwrite=args.overwrite,
-            job=job,
-            client=client,
-            progress=_progress(args),
-            retries=args.retries,
-            partition_stats=count_nonnull(args.error_column, "errors"),
+        summary = run_embed(
+            job, overwrite=args.overwrite, client=client, progress=_progress(args), retries=args.retries
         )
     print(
         f"dask-clip embed: wrote {summary.written} partitions ({summary.skipped} already there), "

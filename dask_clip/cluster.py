@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .validation import CLUSTER_KINDS, DEFAULT_NUM_GPUS_PER_WORKER, check_choice, check_gpu_share
 from .worker_setup import WorkerSetup, cpu_count
 
 __all__ = [
@@ -33,8 +34,7 @@ __all__ = [
     "threads_per_gpu_worker",
 ]
 
-logger = logging.getLogger("dask_clip")
-CLUSTER_KINDS = ("auto", "cpu", "cuda")
+logger = logging.getLogger(__name__)
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
 # One model per process: on CPU prefer few processes, each with many torch threads.
 CORES_PER_CPU_WORKER = 8
@@ -73,10 +73,7 @@ def cuda_context_exists() -> bool:
 
 def threads_per_gpu_worker(num_gpus_per_worker: float) -> int:
     """Task threads per GPU worker: ``0.25`` GPU per task → 4 tasks sharing the worker's model."""
-    share = float(num_gpus_per_worker)
-    if not 0 < share <= 1:
-        raise ValueError(f"num_gpus_per_worker must be in (0, 1], got {num_gpus_per_worker!r}")
-    return max(1, round(1 / share))
+    return max(1, round(1 / check_gpu_share(num_gpus_per_worker)))
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,7 @@ def plan_local_cluster(
     *,
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
-    num_gpus_per_worker: float = 0.25,
+    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER,
     torch_threads: int | None = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     n_gpus: int | None = None,
@@ -149,8 +146,7 @@ def plan_local_cluster(
     ImportError
         ``kind="cuda"`` without dask-cuda (the message says how to install it).
     """
-    if kind not in CLUSTER_KINDS:
-        raise ValueError(f"kind={kind!r}; choose one of {CLUSTER_KINDS}")
+    check_choice("kind", kind, CLUSTER_KINDS)
     for name, value in (
         ("n_workers", n_workers),
         ("threads_per_worker", threads_per_worker),
@@ -220,7 +216,7 @@ def local_cluster(
     *,
     n_workers: int | None = None,
     threads_per_worker: int | None = None,
-    num_gpus_per_worker: float = 0.25,
+    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER,
     torch_threads: int | None = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     **overrides: Any,

@@ -8,8 +8,10 @@ returns the pixels or a short reason that goes into the error column.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -21,6 +23,23 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 DecodeResult = tuple["np.ndarray | None", "str | None"]
 """(uint8 (H, W, 3) RGB pixels, None) on success, (None, reason) on failure."""
+
+_WARNINGS_SET = threading.Event()
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _quiet_bomb_warnings() -> None:
+    """Silence Pillow's DecompressionBombWarning once per process: we apply our own limit.
+
+    ``warnings.catch_warnings()`` swaps the process-wide filter list and is not thread-safe, so
+    decode threads must not enter it; one global filter, set once, is.
+    """
+    if _WARNINGS_SET.is_set():
+        return
+    with _WARNINGS_LOCK:
+        if not _WARNINGS_SET.is_set():
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            _WARNINGS_SET.set()
 
 
 def decode_bytes(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> DecodeResult:
@@ -45,15 +64,13 @@ def decode_bytes(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
         return None, f"expected image bytes, got {type(data).__name__}"
     if len(data) == 0:
         return None, "empty image bytes"
+    _quiet_bomb_warnings()
     try:
-        with warnings.catch_warnings():
-            # We apply our own limit below; Pillow's warning would only add noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                return None, f"image too large: {width}x{height} pixels > limit {max_pixels} (decompression bomb?)"
-            rgb = image.convert("RGB")  # decodes; first frame of animations
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            return None, f"image too large: {width}x{height} pixels > limit {max_pixels} (decompression bomb?)"
+        rgb = image.convert("RGB")  # decodes; first frame of animations
         return np.asarray(rgb), None
     except Image.DecompressionBombError as err:
         return None, f"image too large (decompression bomb?): {err}"
@@ -151,21 +168,22 @@ def _repeat_gray(pixels: object) -> object:
     return pixels.expand(-1, -1, 3)  # torch: a view
 
 
-def decode_all(items: Iterable[object], kind: str, *, max_pixels: int | None) -> list[DecodeResult]:
-    """Decode a batch of rows of one ``kind`` (``"bytes"``, ``"path"`` or ``"pixels"``).
+class Decoder(Protocol):
+    """Turns encoded images into pixels: Pillow (:class:`PillowDecoder`), or nvJPEG with a Pillow
+    fallback (:class:`dask_clip.gpu_decode.NvjpegDecoder`)."""
 
-    Returns
-    -------
-    list of (pixels or None, reason or None), one per item, in order.
-    """
-    items = list(items)
-    if kind == "pixels":
-        return [check_pixels(p, max_pixels=max_pixels) for p in items]
-    if kind == "path":
-        return [
-            (None, reason) if data is None else decode_bytes(data, max_pixels=max_pixels)
-            for data, reason in read_paths(items)
-        ]
-    if kind == "bytes":
-        return [decode_bytes(b, max_pixels=max_pixels) for b in items]
-    raise ValueError(f"unknown image kind {kind!r}; choose 'bytes', 'path' or 'pixels'")
+    def decode(self, blobs: Sequence[object], *, max_pixels: int | None) -> list[DecodeResult]:
+        """One ``(pixels, reason)`` per blob, in order; never raises for a bad blob."""
+        ...
+
+
+class PillowDecoder:
+    """The reference decoder: Pillow, ``convert("RGB")`` (what open_clip's pipeline does)."""
+
+    def decode(self, blobs: Sequence[object], *, max_pixels: int | None) -> list[DecodeResult]:
+        """:func:`decode_bytes` for each blob; uint8 (H, W, 3) NumPy pixels."""
+        return [decode_bytes(b, max_pixels=max_pixels) for b in blobs]
+
+
+#: The shared Pillow decoder.
+PILLOW = PillowDecoder()

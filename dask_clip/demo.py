@@ -180,7 +180,7 @@ def run_demo(
 
     from .cluster import connect
     from .embedder import ImageEmbedder
-    from .io import read_images
+    from .readers import read_images
     from .writer import count_nonnull, write_parquet
 
     started = time.perf_counter()

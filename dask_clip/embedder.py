@@ -1,44 +1,38 @@
-"""ImageEmbedder: append CLIP image embeddings to a Dask (or pandas) DataFrame."""
+"""ImageEmbedder: append CLIP image embeddings to a Dask (or pandas, or cuDF) DataFrame."""
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
 
-from . import columns
-from .decode import DEFAULT_MAX_IMAGE_PIXELS, decode_all
-from .errors import ImageDecodeError
-from .infer import encode_images
-from .models import apply_torch_threads, get_model
+from . import backends
+from .columns import LIST_FLOAT32, STRING
+from .decode import DEFAULT_MAX_IMAGE_PIXELS
+from .heads import Head
+from .sources import ImageSource, detect_source, get_source, image_kinds
 from .spec import ModelSpec
+from .validation import (
+    DECODE_DEVICES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_NUM_GPUS_PER_WORKER,
+    ON_ERROR,
+    check_choice,
+    check_gpu_share,
+    check_int,
+)
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
 __all__ = ["ImageEmbedder"]
 
-logger = logging.getLogger("dask_clip")
-ON_ERROR = ("null", "raise")
-DECODE_DEVICES = ("auto", "cpu")
-# Rows decoded ahead of the model at once: bounds a partition's decoded pixels in memory.
-_MIN_ROWS_PER_CHUNK = 256
-
-
-def _as_tensor(pixels: object) -> torch.Tensor:
-    """uint8 (H, W, 3) pixels as a CPU tensor without copying where the source allows."""
-    if isinstance(pixels, torch.Tensor):
-        return pixels
-    array = np.asarray(pixels)
-    if not array.flags.writeable:  # torch refuses to alias read-only memory
-        array = array.copy()
-    return torch.from_numpy(array)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,10 +51,13 @@ class ImageEmbedder:
     model_inference_batch_size
         Images per forward pass (NeMo Curator's name). Halved automatically on GPU OOM.
     num_gpus_per_worker
-        GPU share of one task (NeMo Curator's name): ``local_cluster`` runs
-        ``round(1 / num_gpus_per_worker)`` task threads per GPU worker, sharing its one model.
+        GPU share of one task (NeMo Curator's name): at most ``round(1 / num_gpus_per_worker)``
+        tasks of a worker process use its GPU at once, sharing its one model, whatever the
+        worker's thread count (:func:`~dask_clip.local_cluster` also starts that many task
+        threads per GPU worker). No effect on CPU.
     verbose
-        Log per-partition images/s on the workers (logger ``"dask_clip"``).
+        Log per-partition images/s on the workers (logger ``"dask_clip.embedder"``, level INFO;
+        the worker setup plugin and the CLI show it).
     remove_image_data
         Drop the image column from the output.
     image_column, output_column, error_column
@@ -70,9 +67,10 @@ class ImageEmbedder:
         ``"null"``: a bad image gives a null embedding and a reason; ``"raise"``: raise
         :class:`~dask_clip.errors.ImageDecodeError` naming the row.
     image_kind
-        ``"auto"`` (from the column's dtype or values), ``"bytes"`` (encoded images),
-        ``"path"`` (local paths or fsspec URLs) or ``"pixels"`` (uint8 (H, W, 3) arrays, or
-        a flat Arrow ``list<uint8>`` with ``height_column``/``width_column``).
+        ``"auto"`` (from the column's dtype or values) or a registered image source:
+        ``"bytes"`` (encoded images), ``"path"`` (local paths or fsspec URLs) or ``"pixels"``
+        (uint8 (H, W, 3) arrays, or a flat Arrow ``list<uint8>`` with
+        ``height_column``/``width_column``); see :mod:`dask_clip.sources`.
     height_column, width_column
         Shape columns for flat ``list<uint8>`` pixel columns.
     max_image_pixels
@@ -81,12 +79,15 @@ class ImageEmbedder:
         ``"auto"``: when the model runs on CUDA, JPEGs are decoded there with nvJPEG (other
         formats and anything nvJPEG refuses fall back to Pillow); ``"cpu"``: always Pillow,
         the reference decoder (exact parity, slower on GPU workers).
+    heads
+        :class:`~dask_clip.heads.Head` objects run on the embeddings in the same pass, each
+        adding one column.
 
     Examples
     --------
-    >>> embedder = ImageEmbedder(model_dir="/models/clip-vit-l-14")   # doctest: +SKIP
-    >>> ddf = dd.read_parquet("images/", dtype_backend="pyarrow")      # doctest: +SKIP
-    >>> embedder(ddf).to_parquet("embeddings/")                          # doctest: +SKIP
+    >>> embedder = ImageEmbedder(model_dir="/models/clip-vit-l-14", image_column="jpg")   # doctest: +SKIP
+    >>> ddf = dd.read_parquet("images/", dtype_backend="pyarrow")                          # doctest: +SKIP
+    >>> dask_clip.write_parquet(embedder(ddf), "embeddings/")                             # doctest: +SKIP
     """
 
     model: str = "ViT-L-14"
@@ -95,8 +96,8 @@ class ImageEmbedder:
     precision: str = "auto"
     device: str = "auto"
     normalize: bool = True
-    model_inference_batch_size: int = 32
-    num_gpus_per_worker: float = 0.25
+    model_inference_batch_size: int = DEFAULT_BATCH_SIZE
+    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER
     verbose: bool = False
     remove_image_data: bool = False
     image_column: str = "image"
@@ -108,12 +109,38 @@ class ImageEmbedder:
     width_column: str = "width"
     max_image_pixels: int | None = field(default=DEFAULT_MAX_IMAGE_PIXELS)
     decode_device: str = "auto"
+    heads: Sequence[Head] = ()
 
-    @property
+    def __post_init__(self) -> None:
+        if not isinstance(self.heads, tuple):  # hashable and immutable, like the rest
+            object.__setattr__(self, "heads", tuple(self.heads))
+
+    @cached_property
     def spec(self) -> ModelSpec:
         """The model part of the configuration: what workers key their cache by."""
         model_dir = None if self.model_dir is None else str(self.model_dir)
         return ModelSpec(self.model, self.pretrained, model_dir, self.precision, self.device)
+
+    def output_columns(self) -> list[tuple[str, str]]:
+        """The columns this embedder adds, as (name, kind) (kinds: :mod:`dask_clip.columns`)."""
+        return [
+            (self.output_column, LIST_FLOAT32),
+            (self.error_column, STRING),
+            *((head.column, head.kind) for head in self.heads),
+        ]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What defines this embedder's output (for resumable writers): the model, the columns
+        and the heads, not how fast it runs (batch size, device, thread counts)."""
+        model = asdict(self.spec)
+        model.pop("device")
+        return {
+            "model": model,
+            "normalize": self.normalize,
+            "columns": [self.image_column, *(name for name, _ in self.output_columns())],
+            "remove_image_data": self.remove_image_data,
+            "heads": [repr(head) for head in self.heads],
+        }
 
     # -- validation, on the client -------------------------------------------------------
 
@@ -125,80 +152,91 @@ class ImageEmbedder:
         ValueError, TypeError, FileNotFoundError
             With the valid choices in the message.
         """
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error={self.on_error!r}; choose one of {ON_ERROR}")
-        if self.decode_device not in DECODE_DEVICES:
-            raise ValueError(f"decode_device={self.decode_device!r}; choose one of {DECODE_DEVICES}")
-        if self.image_kind not in columns.IMAGE_KINDS:
-            raise ValueError(f"image_kind={self.image_kind!r}; choose one of {columns.IMAGE_KINDS}")
-        if not isinstance(self.model_inference_batch_size, int) or self.model_inference_batch_size < 1:
-            raise ValueError(
-                f"model_inference_batch_size must be a positive int, got {self.model_inference_batch_size!r}"
-            )
-        if not 0 < float(self.num_gpus_per_worker) <= 1:
-            raise ValueError(f"num_gpus_per_worker must be in (0, 1], got {self.num_gpus_per_worker!r}")
-        if self.output_column == self.error_column:
-            raise ValueError("output_column and error_column must differ")
+        check_choice("on_error", self.on_error, ON_ERROR)
+        check_choice("decode_device", self.decode_device, DECODE_DEVICES)
+        check_choice("image_kind", self.image_kind, image_kinds())
+        check_int("model_inference_batch_size", self.model_inference_batch_size, 1)
+        check_gpu_share(self.num_gpus_per_worker)
+        check_int("max_image_pixels", self.max_image_pixels, 1, allow_none=True)
+        outputs = [name for name, _ in self.output_columns()]
+        clashes = sorted({name for name in outputs if outputs.count(name) > 1})
+        if clashes:
+            raise ValueError(f"output columns {clashes} are named twice; give each output its own name")
+        for head in self.heads:
+            if not isinstance(head, Head):
+                raise TypeError(f"heads must be dask_clip.heads.Head objects, got {type(head).__name__}")
+            head.validate()
         self.spec.validate()
+        self._check_head_widths()
         if input_columns is not None:
             names = list(input_columns)
             if self.image_column not in names:
                 raise ValueError(f"image_column={self.image_column!r} not in the columns {names}")
-            for out in (self.output_column, self.error_column):
+            for out in outputs:
                 if out in names:
                     raise ValueError(f"output column {out!r} already exists; pass another name")
+
+    def _check_head_widths(self) -> None:
+        wanted = {head.column: head.input_dim() for head in self.heads if head.input_dim() is not None}
+        if not wanted:
+            return
+        width = self.spec.embed_dim()
+        for column, dim in wanted.items():
+            if width is not None and dim != width:
+                raise ValueError(
+                    f"head {column!r} was made for {dim}-d embeddings, but {self.spec.describe()} gives "
+                    f"{width}-d ones; use the model the head was trained on"
+                )
 
     # -- lazy: Dask ------------------------------------------------------------------------
 
     def __call__(self, ddf: dd.DataFrame) -> dd.DataFrame:
-        """Append the embedding and error columns to a Dask DataFrame, lazily.
+        """Append the embedding, error and head columns to a Dask DataFrame, lazily.
 
         Parameters
         ----------
         ddf
-            A Dask DataFrame with ``image_column``.
+            A Dask DataFrame with ``image_column`` (pandas or cuDF partitions).
 
         Returns
         -------
         dask.dataframe.DataFrame
-            The same rows, index and columns, plus ``output_column`` (``list<float32>``) and
-            ``error_column`` (string). Nothing is computed.
+            The same rows, index and columns, plus ``output_column`` (``list<float32>``),
+            ``error_column`` (string) and one column per head. Nothing is computed.
         """
         self.validate(ddf.columns)
         resolved = replace(self, image_kind=self._resolve_kind(ddf))
-        meta = resolved.output_meta(ddf._meta)
-        return ddf.map_partitions(resolved.embed_partition, meta=meta)
+        return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta))
 
     def _resolve_kind(self, ddf: dd.DataFrame) -> str:
         if self.image_kind != "auto":
             return self.image_kind
-        kind = columns.detect_image_kind(ddf._meta[self.image_column])
-        if kind is None:
+        source = detect_source(ddf._meta[self.image_column])
+        if source is None:
             # An object column: its dtype does not say. Look at a few values of the first
             # non-empty partitions (pass image_kind= to skip this).
             sample = ddf[self.image_column].head(8, npartitions=min(ddf.npartitions, 4))
-            kind = columns.detect_image_kind(sample)
-        return kind or "bytes"
+            source = detect_source(sample)
+        return source.kind if source is not None else "bytes"
 
-    def output_meta(self, meta: pd.DataFrame) -> pd.DataFrame:
+    def _source(self, df: Any) -> ImageSource:
+        if self.image_kind != "auto":
+            return get_source(self.image_kind)
+        return detect_source(df[self.image_column]) or get_source("bytes")
+
+    def output_meta(self, meta: Any) -> Any:
         """The empty output frame for an input ``meta`` (what ``map_partitions`` needs)."""
-        if columns.is_cudf(meta):
-            from . import _cudf
-
-            return _cudf.output_meta(
-                meta, self.image_column, self.output_column, self.error_column, self.remove_image_data
-            )
         out = meta.drop(columns=[self.image_column]) if self.remove_image_data else meta.copy()
-        if not self.remove_image_data and self.image_kind == "bytes" and meta[self.image_column].dtype == object:
-            out[self.image_column] = pd.Series([], dtype=columns.BINARY_DTYPE, index=meta.index[:0])
-        out[self.output_column] = pd.Series([], dtype=columns.EMBEDDING_DTYPE, index=meta.index[:0])
-        out[self.error_column] = pd.Series([], dtype=columns.ERROR_DTYPE, index=meta.index[:0])
+        if not self.remove_image_data:
+            out[self.image_column] = self._source(meta).keep(meta[self.image_column])
+        for name, kind in self.output_columns():
+            out[name] = backends.empty_column(meta, kind)
         return out
 
     # -- eager: one partition ------------------------------------------------------------
 
-    def embed_partition(self, df: pd.DataFrame) -> pd.DataFrame:
-        """Embed one pandas DataFrame eagerly (no Dask needed).
+    def embed_partition(self, df: Any) -> Any:
+        """Embed one pandas or cuDF DataFrame eagerly (no Dask needed).
 
         Parameters
         ----------
@@ -207,84 +245,72 @@ class ImageEmbedder:
 
         Returns
         -------
-        pandas.DataFrame
+        DataFrame
             ``df``'s rows in order with its index and columns, plus the embedding column
-            (``list<float32>``, null where the image failed) and the error column.
+            (``list<float32>``, null where the image failed), the error column and one column
+            per head, of the same library as ``df``.
         """
-        kind = self.image_kind
-        if kind == "auto":
-            kind = columns.detect_image_kind(df[self.image_column]) or "bytes"
-        started = time.perf_counter()
-        rows = columns.image_rows(df, self.image_column, kind, self.height_column, self.width_column)
-        on_gpu_frame = columns.is_cudf(df)
-        # cuDF partitions keep embeddings on the GPU: the column is built from the tensor.
-        embeddings, valid, errors = self._embed_rows(rows, kind, df.index, keep_on_device=on_gpu_frame)
-        out = df.drop(columns=[self.image_column]) if self.remove_image_data else df.copy(deep=False)
-        if not self.remove_image_data and kind == "bytes" and df[self.image_column].dtype == object:
-            out[self.image_column] = columns.as_binary(df[self.image_column])
-        if on_gpu_frame:
-            from . import _cudf
+        from .models import apply_torch_threads, get_head, get_model, gpu_share
+        from .pipeline import embed_rows
 
-            out[self.output_column] = _cudf.embedding_series(embeddings, valid, df.index)
-            out[self.error_column] = _cudf.error_series(errors, df.index)
-        else:
-            out[self.output_column] = columns.embedding_array(embeddings, valid)
-            out[self.error_column] = columns.error_array(errors)
+        started = time.perf_counter()
+        source = self._source(df)
+        rows = source.rows(df, self.image_column, height_column=self.height_column, width_column=self.width_column)
+        model = get_model(self.spec) if len(rows) else None
+        result = None
+        if model is not None:
+            if model.device.type == "cpu":
+                apply_torch_threads()  # this task thread's OpenMP count, as the worker setup asked
+            heads = {head.column: get_head(self.spec, head) for head in self.heads}
+            with gpu_share(model.device, self.num_gpus_per_worker):
+                result = embed_rows(
+                    rows,
+                    source,
+                    model=model,
+                    decoder=self._decoder(model.device, source),
+                    batch_size=self.model_inference_batch_size,
+                    normalize=self.normalize,
+                    on_error=self.on_error,
+                    index=df.index,
+                    heads=heads,
+                    max_pixels=self.max_image_pixels,
+                )
+        out = self._assemble(df, result)
         if self.verbose:
-            self._log_partition(len(df), int((~valid).sum()), time.perf_counter() - started)
+            failed = 0 if result is None else int((~result.valid).sum())
+            self._log_partition(len(df), failed, time.perf_counter() - started)
         return out
 
-    def _embed_rows(
-        self, rows: list[object], kind: str, index: pd.Index, keep_on_device: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        """Decode and embed rows; ``keep_on_device`` returns the (M, D) embeddings as a torch
-        tensor on the model's device instead of a NumPy array."""
-        n = len(rows)
-        errors: list[str | None] = [None] * n
-        valid = np.zeros(n, dtype=bool)
-        if n == 0:
-            return np.zeros((0, 0), np.float32), valid, errors
-        loaded = get_model(self.spec)
-        if loaded.device.type == "cpu":
-            apply_torch_threads()  # this task thread's OpenMP count, as the worker setup asked
-        batch = self.model_inference_batch_size
-        chunk = batch * max(1, _MIN_ROWS_PER_CHUNK // batch)
-        parts: list[torch.Tensor] = []
-        on_device = self.decode_device == "auto" and loaded.device.type == "cuda" and kind in ("bytes", "path")
+    def _decoder(self, device: Any, source: ImageSource) -> Any:
+        from .decode import PILLOW
 
-        def decode(start: int) -> list:
-            if on_device:
-                from .gpu_decode import decode_all as decode_on_device
+        if self.decode_device == "auto" and device.type == "cuda" and source.kind in ("bytes", "path"):
+            from .gpu_decode import NvjpegDecoder
 
-                return decode_on_device(
-                    rows[start : start + chunk], kind, device=loaded.device, max_pixels=self.max_image_pixels
-                )
-            return decode_all(rows[start : start + chunk], kind, max_pixels=self.max_image_pixels)
+            return NvjpegDecoder(device)
+        return PILLOW
 
-        # Decode the next chunk in a thread while the model runs (Pillow releases the GIL).
-        with ThreadPoolExecutor(1, thread_name_prefix="dask-clip-decode") as pool:
-            pending = pool.submit(decode, 0)
-            for start in range(0, n, chunk):
-                decoded = pending.result()
-                if start + chunk < n:
-                    pending = pool.submit(decode, start + chunk)
-                images = []
-                for offset, (pixels, reason) in enumerate(decoded):
-                    if pixels is None:
-                        if self.on_error == "raise":
-                            raise ImageDecodeError(index[start + offset], reason or "unknown")
-                        errors[start + offset] = reason
-                    else:
-                        valid[start + offset] = True
-                        images.append(_as_tensor(pixels))
-                if images:
-                    embedded = encode_images(loaded, images, batch_size=batch, normalize=self.normalize)
-                    parts.append(embedded if keep_on_device else embedded.cpu())
-        if keep_on_device:
-            empty = torch.zeros((0, loaded.embed_dim), dtype=torch.float32, device=loaded.device)
-            return (torch.cat(parts) if parts else empty), valid, errors  # type: ignore[return-value]
-        embeddings = torch.cat(parts).numpy() if parts else np.zeros((0, loaded.embed_dim), np.float32)
-        return embeddings, valid, errors
+    def _assemble(self, df: Any, result: Any) -> Any:
+        """``df`` (minus or with the image column as kept) plus the output columns."""
+        out = df.drop(columns=[self.image_column]) if self.remove_image_data else df.copy(deep=False)
+        if not self.remove_image_data:
+            out[self.image_column] = self._source(df).keep(df[self.image_column])
+        n = len(df)
+        valid = np.zeros(n, dtype=bool) if result is None else result.valid
+        out[self.output_column] = backends.output_column(
+            df, LIST_FLOAT32, np.zeros((0, 0), np.float32) if result is None else result.embeddings, valid
+        )
+        out[self.error_column] = backends.output_column(df, STRING, [None] * n if result is None else result.errors)
+        for head in self.heads:
+            values = [] if result is None else result.head_values(head.column)
+            if head.kind == STRING:  # strings come for the valid rows only: spread them out
+                spread: list[str | None] = [None] * n
+                for row, value in zip(np.flatnonzero(valid).tolist(), values):
+                    spread[row] = value
+                out[head.column] = backends.output_column(df, STRING, spread)
+            else:
+                out[head.column] = backends.output_column(df, head.kind, values, valid)
+        return out
 
     def _log_partition(self, rows: int, failed: int, seconds: float) -> None:
         try:
@@ -293,9 +319,6 @@ class ImageEmbedder:
             where = get_worker().address
         except (ImportError, ValueError):
             where = "local"
-        if not logger.handlers and not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO)
-        logger.setLevel(logging.INFO)
         logger.info(
             "dask_clip %s: %d images (%d failed) in %.2fs, %.1f images/s",
             where,

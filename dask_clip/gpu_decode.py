@@ -1,6 +1,6 @@
 """Batched JPEG decode with nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``).
 
-Same contract as :func:`dask_clip.decode.decode_all`: one ``(pixels, reason)`` per row, in
+Same contract as :class:`dask_clip.decode.PillowDecoder`: one ``(pixels, reason)`` per row, in
 order, never raising for a bad row. Only what nvJPEG decodes like Pillow goes to the GPU:
 
 - baseline or progressive JPEG (Pillow says ``format == "JPEG"``) in mode ``RGB`` or ``L``
@@ -24,22 +24,16 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
 
-from .decode import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    DecodeResult,
-    check_pixels,
-    decode_bytes,
-    read_paths,
-)
+from .decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeResult, decode_bytes
 
-__all__ = ["GPU_DECODE_MODES", "decode_all", "decode_jpegs", "jpeg_on_device"]
+__all__ = ["GPU_DECODE_MODES", "NvjpegDecoder", "decode_jpegs", "jpeg_on_device"]
 
-logger = logging.getLogger("dask_clip")
+logger = logging.getLogger(__name__)
 
 #: Pillow modes of JPEGs that nvJPEG's RGB output matches (CMYK/YCCK go to Pillow).
 GPU_DECODE_MODES = ("RGB", "L")
@@ -149,14 +143,8 @@ def _decode_routed(rows: Sequence[object], device: torch.device, max_pixels: int
     return [r if r is not None else decode_bytes(rows[i], max_pixels=max_pixels) for i, r in enumerate(results)]
 
 
-def decode_all(
-    items: Iterable[object],
-    kind: str,
-    *,
-    device: torch.device | str,
-    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
-) -> list[DecodeResult]:
-    """Decode a chunk of rows, JPEGs on ``device``; a drop-in for :func:`dask_clip.decode.decode_all`.
+class NvjpegDecoder:
+    """A :class:`~dask_clip.decode.Decoder`: JPEGs on ``device`` (nvJPEG on CUDA), the rest with Pillow.
 
     On CUDA the decode runs on a side stream that is synchronised before returning (the
     caller's thread, decoding ahead of the model, blocks; the model's stream does not), and
@@ -164,44 +152,25 @@ def decode_all(
 
     Parameters
     ----------
-    items
-        One row each: encoded bytes (``kind="bytes"``), a path/URL (``"path"``) or pixels
-        (``"pixels"``, passed to :func:`dask_clip.decode.check_pixels` unchanged).
-    kind
-        ``"bytes"``, ``"path"`` or ``"pixels"``.
     device
-        Where JPEGs are decoded.
-    max_pixels
-        Decompression-bomb limit, applied from the header before any decode.
-
-    Returns
-    -------
-    list of (pixels or None, reason or None)
-        One per item, in order. Pixels are uint8 (H, W, 3): torch tensors on ``device`` for
-        JPEGs nvJPEG decoded, NumPy arrays for the Pillow fallbacks.
+        Where JPEGs are decoded: ``cuda[:N]``, or ``cpu`` (torchvision's libjpeg, which is how
+        the routing, fallback and row alignment are tested without a GPU).
     """
-    items = list(items)
-    device = torch.device(device)
-    if kind == "pixels":
-        return [check_pixels(p, max_pixels=max_pixels) for p in items]
-    if kind == "path":
-        fetched = read_paths(items)
-        rows: list[object] = [data for data, _ in fetched]
-    elif kind == "bytes":
-        rows, fetched = items, []
-    else:
-        raise ValueError(f"unknown image kind {kind!r}; choose 'bytes', 'path' or 'pixels'")
-    if device.type != "cuda":
-        results = _decode_routed(rows, device, max_pixels)
-    else:
-        stream = torch.cuda.Stream(device)
-        consumer = torch.cuda.default_stream(device)
-        with torch.cuda.device(device), torch.cuda.stream(stream):
-            results = _decode_routed(rows, device, max_pixels)
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+
+    def decode(self, blobs: Sequence[object], *, max_pixels: int | None) -> list[DecodeResult]:
+        """One ``(pixels, reason)`` per blob, in order: uint8 (H, W, 3) torch tensors on
+        ``device`` for JPEGs nvJPEG decoded, NumPy arrays for the Pillow fallbacks."""
+        if self.device.type != "cuda":
+            return _decode_routed(blobs, self.device, max_pixels)
+        stream = torch.cuda.Stream(self.device)
+        consumer = torch.cuda.default_stream(self.device)
+        with torch.cuda.device(self.device), torch.cuda.stream(stream):
+            results = _decode_routed(blobs, self.device, max_pixels)
         stream.synchronize()
         for pixels, _ in results:
             if isinstance(pixels, torch.Tensor) and pixels.is_cuda:
                 pixels.record_stream(consumer)  # allocated on `stream`, freed after `consumer` uses it
-    if kind == "path":  # a path that could not be read keeps the reader's reason
-        results = [(None, reason) if data is None else r for (data, reason), r in zip(fetched, results)]
-    return results
+        return results

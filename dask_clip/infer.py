@@ -12,7 +12,7 @@ from .preprocess import preprocess_batch
 
 __all__ = ["encode_images", "is_out_of_memory"]
 
-logger = logging.getLogger("dask_clip")
+logger = logging.getLogger(__name__)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -9,79 +9,45 @@ cache, and the same code serves plain Python without Dask.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import ModelLoadError
+from .preprocess import PreprocessConfig
 from .spec import ModelSpec, find_weights
+
+if TYPE_CHECKING:
+    from .heads import Head, HeadFunction
 
 __all__ = [
     "LoadedModel",
     "apply_torch_threads",
     "clear_cache",
+    "get_head",
     "get_model",
+    "gpu_share",
     "load_counts",
     "resolve_device",
     "set_torch_threads",
 ]
 
-logger = logging.getLogger("dask_clip")
+logger = logging.getLogger(__name__)
 
 _CACHE: dict[ModelSpec, LoadedModel] = {}
+_HEADS: dict[tuple[ModelSpec, Head], HeadFunction] = {}
 _LOCK = threading.Lock()
 _LOAD_COUNTS: collections.Counter[ModelSpec] = collections.Counter()
+# Per GPU: how many tasks may run on it at once in this process, and the semaphore enforcing it.
+_GPU_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 RANDOM_WEIGHTS_SEED = 0
 _TORCH_THREADS: int | None = None
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """The eval-time preprocessing of one model, as open_clip configured it.
-
-    Attributes
-    ----------
-    size : tuple of int
-        Output (height, width).
-    mean, std : tuple of float
-        Per-channel normalisation, RGB.
-    interpolation : str
-        ``"bicubic"`` or ``"bilinear"``.
-    resize_mode : str
-        ``"shortest"`` (resize shortest side, centre crop), ``"longest"`` (resize longest
-        side, centre pad) or ``"squash"`` (resize to ``size`` ignoring aspect).
-    fill_color : int
-        Padding value for ``"longest"``.
-    """
-
-    size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-    fill_color: int = 0
-
-    @classmethod
-    def from_model(cls, model: torch.nn.Module) -> PreprocessConfig:
-        """Read the config open_clip attached to ``model`` (``get_model_preprocess_cfg``)."""
-        from open_clip import get_model_preprocess_cfg
-        from open_clip.transform import PreprocessCfg
-
-        cfg = PreprocessCfg(**get_model_preprocess_cfg(model))
-        size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
-        # open_clip evaluates "random" interpolation as bicubic.
-        interpolation = "bilinear" if cfg.interpolation == "bilinear" else "bicubic"
-        return cls(
-            size=(int(size[0]), int(size[1])),
-            mean=tuple(float(m) for m in cfg.mean),
-            std=tuple(float(s) for s in cfg.std),
-            interpolation=interpolation,
-            resize_mode=cfg.resize_mode,
-            fill_color=int(cfg.fill_color),
-        )
 
 
 @dataclass
@@ -199,6 +165,45 @@ def get_model(spec: ModelSpec) -> LoadedModel:
     return loaded
 
 
+def get_head(spec: ModelSpec, head: Head) -> HeadFunction:
+    """The process's loaded ``head`` for the model of ``spec`` (loaded once, thread-safe).
+
+    Returns
+    -------
+    HeadFunction
+        ``HeadInputs -> values``, on the model's device.
+    """
+    key = (spec, head)
+    loaded = _HEADS.get(key)
+    if loaded is None:
+        model = get_model(spec)
+        with _LOCK:
+            loaded = _HEADS.get(key)
+            if loaded is None:
+                loaded = head.load(model)
+                _HEADS[key] = loaded
+    return loaded
+
+
+@contextlib.contextmanager
+def gpu_share(device: torch.device, share: float) -> Iterator[None]:
+    """Hold one of ``round(1 / share)`` slots of ``device`` while the block runs (NeMo Curator's
+    ``num_gpus_per_worker``): at most that many tasks of this process use the GPU at once,
+    however many task threads the worker has. A no-op on CPU devices.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    slots = max(1, round(1 / share))
+    key = (str(device), slots)
+    semaphore = _GPU_SLOTS.get(key)
+    if semaphore is None:
+        with _LOCK:
+            semaphore = _GPU_SLOTS.setdefault(key, threading.BoundedSemaphore(slots))
+    with semaphore:
+        yield
+
+
 def set_torch_threads(threads: int) -> None:
     """Use ``threads`` torch CPU threads in this process, including in Dask's task threads.
 
@@ -226,5 +231,6 @@ def clear_cache() -> None:
     """Drop this process's models (they are loaded again on next use)."""
     with _LOCK:
         _CACHE.clear()
+        _HEADS.clear()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,7 +1,7 @@
 """Batched CLIP preprocessing in torch — the same code on CPU and GPU tensors.
 
 It mirrors open_clip's eval transform (``open_clip.transform.image_transform``) for the
-model's own :class:`~dask_clip.models.PreprocessConfig`: antialiased resize (bicubic or
+model's own :class:`PreprocessConfig`: antialiased resize (bicubic or
 bilinear) computed as Pillow computes it on uint8, centre crop (or centre pad for
 ``resize_mode="longest"``), then scaling to [0, 1] and per-channel normalisation.
 """
@@ -10,14 +10,60 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from .models import PreprocessConfig
+__all__ = ["PreprocessConfig", "preprocess_batch", "prereduce", "prereduce_factors", "resize_crop"]
 
-__all__ = ["preprocess_batch", "prereduce", "prereduce_factors", "resize_crop"]
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The eval-time preprocessing of one model, as open_clip configured it.
+
+    Attributes
+    ----------
+    size : tuple of int
+        Output (height, width).
+    mean, std : tuple of float
+        Per-channel normalisation, RGB.
+    interpolation : str
+        ``"bicubic"`` or ``"bilinear"``.
+    resize_mode : str
+        ``"shortest"`` (resize shortest side, centre crop), ``"longest"`` (resize longest
+        side, centre pad) or ``"squash"`` (resize to ``size`` ignoring aspect).
+    fill_color : int
+        Padding value for ``"longest"``.
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> PreprocessConfig:
+        """Read the config open_clip attached to ``model`` (``get_model_preprocess_cfg``)."""
+        from open_clip import get_model_preprocess_cfg
+        from open_clip.transform import PreprocessCfg
+
+        cfg = PreprocessCfg(**get_model_preprocess_cfg(model))
+        size = cfg.size if isinstance(cfg.size, (tuple, list)) else (cfg.size, cfg.size)
+        # open_clip evaluates "random" interpolation as bicubic.
+        interpolation = "bilinear" if cfg.interpolation == "bilinear" else "bicubic"
+        return cls(
+            size=(int(size[0]), int(size[1])),
+            mean=tuple(float(m) for m in cfg.mean),
+            std=tuple(float(s) for s in cfg.std),
+            interpolation=interpolation,
+            resize_mode=cfg.resize_mode,
+            fill_color=int(cfg.fill_color),
+        )
+
 
 # Images longer than this many crops along one axis are centre-cropped before resizing, so
 # a 1 x 50000 strip does not become a 224 x 11-million-pixel intermediate.

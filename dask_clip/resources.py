@@ -18,6 +18,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from .validation import DEFAULT_NUM_GPUS_PER_WORKER, check_gpu_share
+
 __all__ = ["compute", "gpu_annotation", "gpu_resources"]
 
 
@@ -34,10 +36,7 @@ def gpu_resources(num_gpus_per_worker: float) -> dict[str, float]:
     ValueError
         Outside (0, 1].
     """
-    share = float(num_gpus_per_worker)
-    if not 0 < share <= 1:
-        raise ValueError(f"num_gpus_per_worker must be in (0, 1], got {num_gpus_per_worker!r}")
-    return {"GPU": share}
+    return {"GPU": check_gpu_share(num_gpus_per_worker)}
 
 
 @contextlib.contextmanager
@@ -50,7 +49,9 @@ def gpu_annotation(num_gpus_per_worker: float) -> Iterator[None]:
         yield
 
 
-def compute(client: Any, *collections: Any, num_gpus_per_worker: float = 0.25, **kwargs: Any) -> Any:
+def compute(
+    client: Any, *collections: Any, num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER, **kwargs: Any
+) -> Any:
     """``client.compute(...)`` with every task asking for ``num_gpus_per_worker`` GPUs.
 
     Parameters

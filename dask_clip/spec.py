@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEVICES", "PRECISIONS", "WEIGHT_FILE_PATTERNS", "ModelSpec", "find_weights"]
+from .validation import PRECISIONS, check_choice, check_device
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
+__all__ = ["WEIGHT_FILE_PATTERNS", "ModelSpec", "find_weights"]
+
 # open_clip's `local-dir:` loader looks for these (open_clip.factory._find_checkpoint_in_dir).
 WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pth")
 
@@ -75,10 +75,8 @@ class ModelSpec:
         """
         import open_clip  # lazily: importing open_clip pulls in timm and friends
 
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}; choose one of {PRECISIONS}")
-        if self.device not in DEVICES and not self.device.startswith("cuda:"):
-            raise ValueError(f"device={self.device!r}; choose one of {DEVICES} or 'cuda:N'")
+        check_choice("precision", self.precision, PRECISIONS)
+        check_device(self.device)
         if self.model_dir is not None:
             self._validate_model_dir()
             return
@@ -125,3 +123,24 @@ class ModelSpec:
     def random_weights(self) -> bool:
         """True when the user asked for seeded random weights."""
         return self.model_dir is None and self.pretrained is None
+
+    def describe(self) -> str:
+        """A short name for messages: the architecture, or the model folder."""
+        return f"model_dir {self.model_dir!r}" if self.model_dir is not None else f"model {self.model!r}"
+
+    def model_config(self) -> dict | None:
+        """open_clip's ``model_cfg`` of this spec, read without building the model (None if unknown)."""
+        if self.model_dir is not None:
+            config = Path(self.model_dir).expanduser() / "open_clip_config.json"
+            try:
+                return json.loads(config.read_text()).get("model_cfg")
+            except (OSError, ValueError):
+                return None
+        import open_clip
+
+        return open_clip.get_model_config(self.model)
+
+    def embed_dim(self) -> int | None:
+        """Width D of the embeddings, from the model config (None if it does not say)."""
+        cfg = self.model_config()
+        return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else None

@@ -60,10 +60,11 @@ def check_int(name: str, value: object, minimum: int, *, allow_none: bool = Fals
     """TypeError unless ``value`` is an int (not a bool); ValueError if below ``minimum``."""
     if value is None and allow_none:
         return
+    what = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, not {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__} {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+        raise ValueError(f"{name} must be {what}, got {value}")
 
 
 def check_gpu_share(value: object, name: str = "num_gpus_per_worker") -> float:

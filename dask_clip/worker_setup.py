@@ -32,7 +32,7 @@ from distributed import WorkerPlugin
 
 __all__ = ["TORCH_THREADS_ENV", "WorkerSetup", "configure_worker", "cpu_count", "dask_setup", "default_torch_threads"]
 
-logger = logging.getLogger("dask_clip")
+logger = logging.getLogger(__name__)
 TORCH_THREADS_ENV = "DASK_CLIP_TORCH_THREADS"
 
 
@@ -81,8 +81,24 @@ def configure_worker(worker: object | None, torch_threads: int | None = None) ->
         torch_threads = default_torch_threads(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1) or 1)
     # Remembered for the task threads too (OpenMP's setting is per thread; see models.py).
     set_torch_threads(int(torch_threads))
+    _log_to_stderr()
     logger.debug("dask_clip worker setup: torch threads=%d", torch_threads)
     return int(torch_threads)
+
+
+def _log_to_stderr() -> None:
+    """Show dask_clip's INFO lines (``ImageEmbedder(verbose=True)``) in the worker's log.
+
+    Worker processes configure only distributed's own loggers; without a handler here the
+    per-partition lines of a verbose embedder would go nowhere.
+    """
+    package = logging.getLogger("dask_clip")
+    package.setLevel(logging.INFO)
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+        package.addHandler(handler)
+        package.propagate = False  # a root handler added later must not print the lines twice
 
 
 class WorkerSetup(WorkerPlugin):

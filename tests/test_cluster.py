@@ -126,7 +126,7 @@ def test_refuses_a_gpu_cluster_after_a_cuda_context(monkeypatch):
 
 def test_importing_and_planning_touch_no_gpu():
     code = (
-        "import sys, dask_clip, dask_clip.cli, dask_clip.cluster, dask_clip.worker_setup, dask_clip.io\n"
+        "import sys, dask_clip, dask_clip.cli, dask_clip.cluster, dask_clip.worker_setup, dask_clip.readers\n"
         "from dask_clip.cluster import cuda_context_exists, plan_local_cluster\n"
         "import torch\n"
         "assert not cuda_context_exists()\n"

@@ -18,8 +18,9 @@ from torchvision.transforms.v2 import functional as F
 
 from dask_clip import ImageEmbedder, gpu_decode, models, preprocess
 from dask_clip.columns import embeddings_to_numpy
-from dask_clip.decode import decode_bytes
-from dask_clip.models import PreprocessConfig
+from dask_clip.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
+from dask_clip.preprocess import PreprocessConfig
+from dask_clip.sources import get_source
 from dask_clip.testing import encode_image, parity
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io: "use TorchCodec"
@@ -184,14 +185,14 @@ def test_bomb_limit_is_read_from_the_header_before_decoding(mixed_rows):
     jpeg = mixed_rows["jpeg"]  # 512 x 512
     assert gpu_decode.jpeg_on_device(jpeg, max_pixels=512 * 512)
     assert not gpu_decode.jpeg_on_device(jpeg, max_pixels=512 * 512 - 1)
-    ((pixels, reason),) = gpu_decode.decode_all([jpeg], "bytes", device="cpu", max_pixels=1000)
+    ((pixels, reason),) = gpu_decode.NvjpegDecoder("cpu").decode([jpeg], max_pixels=1000)
     assert pixels is None and reason == decode_bytes(jpeg, max_pixels=1000)[1]
     assert reason.startswith("image too large")
 
 
 def test_device_decode_keeps_rows_errors_and_pixels_of_the_cpu_path(mixed_rows):
     names, rows = list(mixed_rows), list(mixed_rows.values())
-    got = gpu_decode.decode_all(rows, "bytes", device="cpu")
+    got = gpu_decode.NvjpegDecoder("cpu").decode(rows, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     assert len(got) == len(rows)
     for name, data, (pixels, reason) in zip(names, rows, got):
         ref_pixels, ref_reason = decode_bytes(data)
@@ -212,7 +213,8 @@ def test_a_failed_batch_is_retried_per_image():
 
 def test_path_rows_keep_the_readers_reason(tmp_path, mixed_rows):
     (tmp_path / "a.jpg").write_bytes(mixed_rows["jpeg"])
-    got = gpu_decode.decode_all([str(tmp_path / "a.jpg"), str(tmp_path / "missing.jpg"), None], "path", device="cpu")
+    paths = [str(tmp_path / "a.jpg"), str(tmp_path / "missing.jpg"), None]
+    got = get_source("path").decode(paths, gpu_decode.NvjpegDecoder("cpu"), max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     assert got[0][0] is not None and got[0][1] is None
     assert got[1] == (None, f"file not found: {tmp_path / 'missing.jpg'}")
     assert got[2] == (None, "missing path (null)")

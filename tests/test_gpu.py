@@ -23,10 +23,10 @@ from PIL import Image
 
 from dask_clip import ImageEmbedder, gpu_decode
 from dask_clip.columns import embeddings_to_numpy
-from dask_clip.decode import decode_bytes
+from dask_clip.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
 from dask_clip.infer import encode_images
-from dask_clip.models import PreprocessConfig, get_model
-from dask_clip.preprocess import preprocess_batch
+from dask_clip.models import get_model
+from dask_clip.preprocess import PreprocessConfig, preprocess_batch
 from dask_clip.spec import ModelSpec
 from dask_clip.testing import (
     encode_image,
@@ -70,7 +70,7 @@ def _broken_sampling(jpeg: bytes) -> bytes:
 @pytest.mark.parametrize("subsampling", [0, 2], ids=["4:4:4", "4:2:0"])
 def test_nvjpeg_matches_pillow_on_photos(gpu_photos, subsampling):
     blobs = [encode_image(p, quality=90, subsampling=subsampling) for p in gpu_photos]
-    got = gpu_decode.decode_all(blobs, "bytes", device="cuda")
+    got = gpu_decode.NvjpegDecoder("cuda").decode(blobs, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     for blob, (pixels, reason) in zip(blobs, got):
         assert reason is None and isinstance(pixels, torch.Tensor) and pixels.is_cuda and pixels.dtype == torch.uint8
         ref = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")).astype(np.int16)
@@ -86,7 +86,7 @@ def test_a_corrupt_jpeg_in_the_batch_falls_back_per_image(gpu_photos):
     broken = _broken_sampling(good[0])
     truncated = good[1][: len(good[1]) // 3]
     rows = [good[0], broken, good[2], None, truncated, good[3], b"garbage", good[4]]
-    got = gpu_decode.decode_all(rows, "bytes", device="cuda")
+    got = gpu_decode.NvjpegDecoder("cuda").decode(rows, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     assert len(got) == len(rows)
     for data, (pixels, reason) in zip(rows, got):
         ref_pixels, ref_reason = decode_bytes(data)
@@ -107,7 +107,7 @@ def test_cmyk_png_and_other_formats_fall_back_to_pillow_exactly(gpu_photos):
         encode_image(photo, "WEBP", quality=90),
         encode_image(np.asarray(Image.fromarray(photo).convert("L")), quality=90),
     ]
-    got = gpu_decode.decode_all(rows, "bytes", device="cuda")
+    got = gpu_decode.NvjpegDecoder("cuda").decode(rows, max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
     for data, (pixels, reason) in zip(rows[:3], got[:3]):
         assert reason is None and isinstance(pixels, np.ndarray)  # Pillow's own result
         assert np.array_equal(pixels, decode_bytes(data)[0])

@@ -85,6 +85,7 @@ def test_batches_halve_until_they_fit_and_the_size_is_remembered(loaded, images,
 def test_out_of_memory_with_one_image_and_other_errors_propagate(loaded, images):
     def oom():
         return torch.cuda.OutOfMemoryError("CUDA out of memory")
+
     with fails_above(loaded, 0, oom), pytest.raises(torch.cuda.OutOfMemoryError):
         encode_images(loaded, images[:3], batch_size=4)
     assert loaded.batch_size_cap == 1

@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from dask_clip.columns import EMBEDDING_DTYPE, embeddings_to_numpy
-from dask_clip.progress import Progress
 from dask_clip.writer import MANIFEST, check_output, count_nonnull, part_name, to_arrow, write_parquet
 
 LIST_F32 = pa.list_(pa.float32())
@@ -163,17 +162,3 @@ def test_progress_bar_on_a_distributed_client(tmp_path, capsys):
     assert (summary.written, summary.rows) == (8, 40)
     err = capsys.readouterr().err
     assert "8/8" in err and "40 images" in err and "images/s" in err
-
-
-def test_plain_text_progress_without_tqdm(monkeypatch, capsys):
-    monkeypatch.setitem(__import__("sys").modules, "tqdm", None)  # import fails
-    with Progress(3, desc="out", min_interval=0) as bar:
-        for rows in (5, 0, 7):
-            bar.update(rows)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3
-    assert (
-        lines[-1].startswith("out: 3/3 partitions, 12 images,")
-        and "images/s" in lines[-1]
-        and "ETA 0:00:00" in lines[-1]
-    )

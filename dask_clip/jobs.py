@@ -1,0 +1,192 @@
+"""Whole jobs, input folder to output folder: what ``dask-clip embed`` runs, for Python users too.
+
+:func:`embed_parquet` reads an image input (:func:`~dask_clip.readers.read_images`), embeds it
+and writes one Parquet file per partition through :mod:`dask_clip.writer`, with the job's
+fingerprint in the output folder's manifest: a rerun resumes, and a different job (another
+model, input, column names or partitioning) into the same folder is refused instead of mixed in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from .embedder import ImageEmbedder
+from .readers import read_images
+from .writer import WriteSummary, check_output, count_nonnull, write_parquet
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+
+__all__ = ["EmbedJob", "embed_parquet", "location", "prepare_embed"]
+
+
+def location(path: str | os.PathLike) -> str:
+    """Local paths made absolute (a resumed run may start elsewhere); URLs kept."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
+
+
+@dataclass
+class EmbedJob:
+    """An embedding job, checked and ready to run (nothing computed yet).
+
+    Attributes
+    ----------
+    frame : dask.dataframe.DataFrame
+        The lazy output: the input's rows plus the embedder's columns.
+    embedder : ImageEmbedder
+        The embedder, with its image column resolved for this input.
+    output : str
+        The output folder.
+    fingerprint : dict
+        What defines the output; recorded in the folder's manifest.
+    todo : list of int
+        Partitions whose file is still missing.
+    """
+
+    frame: dd.DataFrame
+    embedder: ImageEmbedder
+    output: str
+    fingerprint: dict[str, Any]
+    todo: list[int]
+
+
+def prepare_embed(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    embedder: ImageEmbedder,
+    *,
+    image_column: str | None = None,
+    partition_size: int = 256,
+    split_row_groups: bool = False,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> EmbedJob:
+    """Read the input lazily, validate everything on the client, and check the output folder.
+
+    Parameters
+    ----------
+    input_path, output_path, embedder, image_column, partition_size, split_row_groups, overwrite, storage_options
+        As for :func:`embed_parquet`.
+
+    Returns
+    -------
+    EmbedJob
+
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        Bad configuration, or an output folder holding another job's files.
+    """
+    ddf, guessed = read_images(
+        input_path,
+        image_column=image_column,
+        partition_size=partition_size,
+        split_row_groups=True if split_row_groups else "infer",
+        storage_options=storage_options,
+    )
+    column = image_column or (embedder.image_column if embedder.image_column in ddf.columns else guessed)
+    embedder = replace(embedder, image_column=column)
+    frame = embedder(ddf)  # validates everything on the client; lazy
+    fingerprint = {
+        "command": "embed",
+        "input": location(input_path),
+        **embedder.fingerprint(),
+        "partition_size": partition_size,
+        "split_row_groups": split_row_groups,
+    }
+    if embedder.model_dir is not None:  # the folder decides the architecture
+        fingerprint["model"] = {"model_dir": location(embedder.model_dir), "precision": embedder.precision}
+    output = os.fspath(output_path)
+    todo = check_output(
+        output, frame.npartitions, job=fingerprint, overwrite=overwrite, storage_options=storage_options
+    )
+    return EmbedJob(frame=frame, embedder=embedder, output=output, fingerprint=fingerprint, todo=todo)
+
+
+def embed_parquet(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    embedder: ImageEmbedder,
+    *,
+    image_column: str | None = None,
+    partition_size: int = 256,
+    split_row_groups: bool = False,
+    overwrite: bool = False,
+    client: Any = None,
+    progress: bool = False,
+    retries: int = 0,
+    storage_options: dict | None = None,
+) -> WriteSummary:
+    """Embed an image input into a folder of Parquet files, resuming an interrupted run.
+
+    Parameters
+    ----------
+    input_path
+        Parquet file, folder, glob or fsspec URL (img2dataset output), or a folder of image
+        files; see :func:`~dask_clip.readers.read_images`.
+    output_path
+        Output folder (local or fsspec URL): ``part-NNNNN.parquet`` per partition and a
+        ``_dask_clip.json`` manifest.
+    embedder
+        What to compute. Its ``image_column`` is used where the input has it; otherwise
+        ``image_column`` or the input's image column (``jpg``, ``image``, ..., ``path``).
+    image_column
+        The image column, overriding both.
+    partition_size
+        Image files per partition, for a folder of images.
+    split_row_groups
+        One partition per Parquet row group.
+    overwrite
+        Start over: remove this folder's part files first. Otherwise finished files are kept
+        and only the missing partitions are computed.
+    client
+        A ``distributed.Client``; default: the current one, else Dask's local scheduler.
+    progress
+        A progress bar on stderr.
+    retries
+        Retries of a failed partition.
+    storage_options
+        fsspec options for remote input and output.
+
+    Returns
+    -------
+    WriteSummary
+        ``counts["errors"]`` is the number of rows without an embedding.
+    """
+    job = prepare_embed(
+        input_path,
+        output_path,
+        embedder,
+        image_column=image_column,
+        partition_size=partition_size,
+        split_row_groups=split_row_groups,
+        overwrite=overwrite,
+        storage_options=storage_options,
+    )
+    return run_embed(job, overwrite=overwrite, client=client, progress=progress, retries=retries)
+
+
+def run_embed(
+    job: EmbedJob,
+    *,
+    overwrite: bool = False,
+    client: Any = None,
+    progress: bool = False,
+    retries: int = 0,
+    storage_options: dict | None = None,
+) -> WriteSummary:
+    """Compute and write a prepared :class:`EmbedJob` (the partitions still missing)."""
+    return write_parquet(
+        job.frame,
+        job.output,
+        overwrite=overwrite,
+        job=job.fingerprint,
+        client=client,
+        progress=progress,
+        retries=retries,
+        partition_stats=count_nonnull(job.embedder.error_column, "errors"),
+        storage_options=storage_options,
+    )

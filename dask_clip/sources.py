@@ -1,0 +1,203 @@
+"""Image sources: what an image column holds, as a registry of small objects.
+
+Each kind of image column — encoded bytes, paths/URLs, decoded pixels — is one
+:class:`ImageSource` that knows which column types it matches, how to turn a partition into one
+Python object per row (through :mod:`dask_clip.backends`, so pandas and cuDF share it), how its
+rows are decoded, and whether a kept image column is rewritten in the output. Adding a kind is
+one subclass plus :func:`register_source`; the embedder, the CLI's ``--image-kind`` choices and
+the detection of ``image_kind="auto"`` pick it up from the registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from . import backends
+from .backends.arrow import is_binary_type, is_string_type, is_uint8_list_type, split_flat_pixels
+from .decode import Decoder, DecodeResult, check_pixels, read_paths
+
+__all__ = [
+    "SOURCES",
+    "BytesSource",
+    "ImageSource",
+    "PathSource",
+    "PixelSource",
+    "detect_source",
+    "get_source",
+    "image_kinds",
+    "register_source",
+]
+
+
+class ImageSource(ABC):
+    """One kind of image column. Stateless: instances are shared and picklable.
+
+    Attributes
+    ----------
+    kind : str
+        The name users pass as ``image_kind`` (``"bytes"``, ``"path"``, ``"pixels"``, ...).
+    """
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def matches_type(self, arrow_type: pa.DataType) -> bool:
+        """Whether a column storing ``arrow_type`` holds this kind."""
+
+    @abstractmethod
+    def matches_value(self, value: object) -> bool:
+        """Whether one non-null value (of an object column) is of this kind."""
+
+    @abstractmethod
+    def rows(self, df: Any, column: str, *, height_column: str, width_column: str) -> list[object]:
+        """One Python object per row of ``df[column]`` (None for nulls), in order."""
+
+    @abstractmethod
+    def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
+        """Each row as uint8 (H, W, 3) pixels, or None and a reason; never raises for a row."""
+
+    def keep(self, series: Any) -> Any:
+        """The image column as it goes into the output when kept (default: unchanged)."""
+        return series
+
+
+class BytesSource(ImageSource):
+    """Encoded images (JPEG, PNG, WebP, GIF, BMP, TIFF, ...): Arrow binary or object bytes."""
+
+    kind = "bytes"
+
+    def matches_type(self, arrow_type: pa.DataType) -> bool:
+        return is_binary_type(arrow_type)
+
+    def matches_value(self, value: object) -> bool:
+        return isinstance(value, (bytes, bytearray, memoryview))
+
+    def rows(self, df: Any, column: str, *, height_column: str, width_column: str) -> list[object]:
+        return backends.byte_rows(df[column])
+
+    def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
+        return decoder.decode(rows, max_pixels=max_pixels)
+
+    def keep(self, series: Any) -> Any:
+        # Dask cannot write an object column of bytes to Parquet; Arrow binary it can.
+        return backends.as_binary(series)
+
+
+class PathSource(ImageSource):
+    """Local paths or fsspec URLs (strings), read then decoded like bytes."""
+
+    kind = "path"
+
+    def matches_type(self, arrow_type: pa.DataType) -> bool:
+        return is_string_type(arrow_type)
+
+    def matches_value(self, value: object) -> bool:
+        return isinstance(value, str)
+
+    def rows(self, df: Any, column: str, *, height_column: str, width_column: str) -> list[object]:
+        return backends.string_rows(df[column])
+
+    def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
+        fetched = read_paths(rows)
+        decoded = decoder.decode([data for data, _ in fetched], max_pixels=max_pixels)
+        # a path that could not be read keeps the reader's reason
+        return [(None, reason) if data is None else result for (data, reason), result in zip(fetched, decoded)]
+
+
+class PixelSource(ImageSource):
+    """Decoded uint8 (H, W, 3) pixels: arrays in an object column, or a flat Arrow ``list<uint8>``
+    with height and width columns (viewed through DLPack, no copy)."""
+
+    kind = "pixels"
+
+    def matches_type(self, arrow_type: pa.DataType) -> bool:
+        return is_uint8_list_type(arrow_type)
+
+    def matches_value(self, value: object) -> bool:
+        return hasattr(value, "shape") and hasattr(value, "dtype")
+
+    def rows(self, df: Any, column: str, *, height_column: str, width_column: str) -> list[object]:
+        series = df[column]
+        arrow_type = backends.column_type(series)
+        if arrow_type is None:  # an object column of arrays
+            return backends.object_rows(series)
+        missing = [c for c in (height_column, width_column) if c not in df.columns]
+        if missing:
+            raise ValueError(f"a list<uint8> pixel column needs height/width columns; missing {missing}")
+        flat, offsets, valid = backends.flat_uint8_rows(series)
+        heights, widths = backends.host_floats(df[height_column]), backends.host_floats(df[width_column])
+        return split_flat_pixels(flat, offsets, valid, heights, widths)  # type: ignore[return-value]
+
+    def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
+        return [check_pixels(p, max_pixels=max_pixels) for p in rows]
+
+
+#: The registry, in detection order.
+SOURCES: dict[str, ImageSource] = {}
+
+
+def register_source(source: ImageSource) -> ImageSource:
+    """Add (or replace) an image kind; returns it."""
+    SOURCES[source.kind] = source
+    return source
+
+
+for _source in (BytesSource(), PathSource(), PixelSource()):
+    register_source(_source)
+
+
+def image_kinds() -> tuple[str, ...]:
+    """The values ``image_kind`` accepts: ``"auto"`` and every registered kind."""
+    return ("auto", *SOURCES)
+
+
+def get_source(kind: str) -> ImageSource:
+    """The registered source of ``kind``.
+
+    Raises
+    ------
+    ValueError
+        Unknown kind (the message lists the registered ones).
+    """
+    try:
+        return SOURCES[kind]
+    except KeyError:
+        raise ValueError(f"image_kind={kind!r}; choose one of {image_kinds()}") from None
+
+
+def detect_source(series: Any) -> ImageSource | None:
+    """The source an image column's type (or, for object columns, first value) says it holds.
+
+    Parameters
+    ----------
+    series
+        The image column (pandas or cuDF, possibly empty).
+
+    Returns
+    -------
+    ImageSource or None
+        None when the type does not say and the column has no non-null value to look at.
+
+    Raises
+    ------
+    TypeError
+        The column's type or values cannot hold images.
+    """
+    arrow_type = backends.column_type(series)
+    ambiguous = arrow_type is not None and pa.types.is_string(arrow_type) and backends.binary_as_string(series)
+    if arrow_type is not None and not ambiguous:
+        for source in SOURCES.values():
+            if source.matches_type(arrow_type):
+                return source
+        raise TypeError(f"image column of dtype {series.dtype} holds no images; expected binary, string or list<uint8>")
+    values = backends.sample_values(series, 1)
+    if not values:
+        return None
+    for source in SOURCES.values():
+        if source.matches_value(values[0]):
+            return source
+    raise TypeError(f"image column holds {type(values[0]).__name__}; expected bytes, str paths or uint8 arrays")
