@@ -158,14 +158,14 @@ class ImageEmbedder:
         check_int("model_inference_batch_size", self.model_inference_batch_size, 1)
         check_gpu_share(self.num_gpus_per_worker)
         check_int("max_image_pixels", self.max_image_pixels, 1, allow_none=True)
-        outputs = [name for name, _ in self.output_columns()]
-        clashes = sorted({name for name in outputs if outputs.count(name) > 1})
-        if clashes:
-            raise ValueError(f"output columns {clashes} are named twice; give each output its own name")
         for head in self.heads:
             if not isinstance(head, Head):
                 raise TypeError(f"heads must be dask_clip.heads.Head objects, got {type(head).__name__}")
             head.validate()
+        outputs = [name for name, _ in self.output_columns()]
+        clashes = sorted({name for name in outputs if outputs.count(name) > 1})
+        if clashes:
+            raise ValueError(f"output columns {clashes} are named twice; give each output its own name")
         self.spec.validate()
         self._check_head_widths()
         if input_columns is not None:

@@ -7,13 +7,21 @@ Used by the tests and the offline demo: they load through exactly the path real 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from .heads import Head, HeadFunction, HeadInputs
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
+
 __all__ = [
     "TINY_MODEL_CFG",
+    "ProjectionHead",
     "encode_image",
     "odd_images",
     "parity",
@@ -207,3 +215,41 @@ def photo_crops(
         x, y = int(rng.integers(0, 1200 - w)), int(rng.integers(0, 900 - h))
         crops.append(np.ascontiguousarray(sources[i % len(sources)][y : y + h, x : x + w]))
     return crops
+
+
+@dataclass(frozen=True)
+class ProjectionHead(Head):
+    """A head for tests and examples: each embedding's dot product with a seeded random vector.
+
+    Proves the heads seam end to end (configuration in the graph, loaded once per worker on the
+    model's device, one float32 column) with an answer a test can compute from the embedding
+    column itself: ``embeddings @ ProjectionHead.weights(D)``.
+
+    Parameters
+    ----------
+    column
+        Output column.
+    seed
+        Seed of the random direction.
+    dim
+        The embedding width it accepts (None: any); a mismatch is refused on the client.
+    """
+
+    column: str = "projection"
+    seed: int = 0
+    dim: int | None = None
+
+    def input_dim(self) -> int | None:
+        return self.dim
+
+    def weights(self, dim: int) -> np.ndarray:
+        """The direction: float32 (dim,)."""
+        return np.random.default_rng(self.seed).standard_normal(dim).astype(np.float32)
+
+    def load(self, model: LoadedModel) -> HeadFunction:
+        direction = torch.from_numpy(self.weights(model.embed_dim)).to(model.device)
+
+        def project(inputs: HeadInputs) -> torch.Tensor:
+            return inputs.image @ direction
+
+        return project

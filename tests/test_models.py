@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -10,7 +13,7 @@ import torch
 
 from dask_clip import ImageEmbedder, ModelLoadError, ModelSpec
 from dask_clip.columns import BINARY_DTYPE, embeddings_to_numpy
-from dask_clip.models import get_model, load_counts
+from dask_clip.models import get_model, gpu_share, load_counts
 from dask_clip.testing import TINY_MODEL_CFG, write_model_dir
 
 
@@ -95,3 +98,25 @@ def test_pretrained_tag_offline_says_what_to_do(monkeypatch):
         match="huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K --local-dir DIR.*model_dir=DIR",
     ):
         get_model(spec)
+
+
+@pytest.mark.parametrize(("device", "share", "most"), [("cuda:0", 0.5, 2), ("cuda:0", 0.25, 4), ("cpu", 0.5, 6)])
+def test_num_gpus_per_worker_bounds_the_tasks_on_one_gpu(device, share, most):
+    """``gpu_share`` is what ``ImageEmbedder(num_gpus_per_worker=...)`` holds around its GPU work."""
+    lock, running = threading.Lock(), {"now": 0, "max": 0}
+
+    def task() -> None:
+        with gpu_share(torch.device(device), share):
+            with lock:
+                running["now"] += 1
+                running["max"] = max(running["max"], running["now"])
+            time.sleep(0.1)
+            with lock:
+                running["now"] -= 1
+
+    threads = [threading.Thread(target=task) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert running["max"] == most  # CPU devices are not limited
