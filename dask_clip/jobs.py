@@ -14,18 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from .embedder import ImageEmbedder
 from .readers import read_images
-from .writer import WriteSummary, check_output, count_nonnull, write_parquet
+from .writer import WriteSummary, check_output, count_nonnull, location, write_parquet
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["EmbedJob", "embed_parquet", "location", "prepare_embed"]
-
-
-def location(path: str | os.PathLike) -> str:
-    """Local paths made absolute (a resumed run may start elsewhere); URLs kept."""
-    path = os.fspath(path)
-    return path if "://" in path else os.path.abspath(path)
+__all__ = ["EmbedJob", "embed_parquet", "prepare_embed", "run_embed"]
 
 
 @dataclass

@@ -46,6 +46,7 @@ __all__ = [
     "WriteSummary",
     "check_output",
     "count_nonnull",
+    "location",
     "part_name",
     "to_arrow",
     "write_parquet",
@@ -55,6 +56,12 @@ __all__ = [
 MANIFEST = "_dask_clip.json"
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 _TEMP = re.compile(r"^\.part-\d+\.parquet\..*\.tmp$")
+
+
+def location(path: str | os.PathLike) -> str:
+    """Local paths made absolute (a resumed run may start elsewhere); URLs kept."""
+    path = os.fspath(path)
+    return path if "://" in path else os.path.abspath(path)
 
 
 def part_name(index: int, npartitions: int) -> str:

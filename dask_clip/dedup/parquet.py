@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from fsspec.core import url_to_fs
 
 from ..validation import check_eps
-from ..writer import write_tasks
+from ..writer import location, write_tasks
 from . import _frame
 from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
 from .workflow import semantic_dedup
 
-__all__ = ["ROW_NUMBER", "dedup_parquet", "with_row_numbers"]
+__all__ = ["ROW_NUMBER", "SUMMARY_FILE", "dedup_parquet", "with_row_numbers"]
 
 ROW_NUMBER = "row"
+#: The summary of a finished run, next to its part files (read back by a rerun).
+SUMMARY_FILE = "_dedup_summary.json"
+# How the work is done, not what it gives: a rerun may change these.
+_NOT_IN_JOB = ("npartitions", "device", "shuffle_method", "block_size")
 
 
 def _number_rows(df: pd.DataFrame, offsets: np.ndarray, partition_info: dict | None = None) -> Any:
@@ -104,10 +111,29 @@ def dedup_parquet(
         **kwargs,
     )
     out = result[~result["duplicate"]] if drop_duplicates else result
-    # dask_clip's writer: atomic part files whose metadata plain pandas can read back.
-    writes = write_tasks(out, output_path, overwrite=overwrite, storage_options=storage_options)
-    if len(writes) != out.npartitions:
-        raise FileExistsError(f"{output_path!r} already holds part files; pass overwrite=True (--overwrite)")
+    # What defines the output: a rerun into the same folder must agree, or it is refused.
+    inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
+    job = {
+        "command": "dedup",
+        "input": [location(p) for p in inputs],
+        "eps": eps,
+        "n_clusters": n_clusters,
+        "embedding_column": embedding_column,
+        "id_column": id_column,
+        "drop_duplicates": drop_duplicates,
+        "summary_eps": summary_eps,
+        **{k: v for k, v in kwargs.items() if k not in _NOT_IN_JOB},
+    }
+    # dask_clip's writer: atomic part files whose metadata plain pandas can read back; a rerun
+    # writes only the files still missing (the dedup itself is recomputed: it needs every row).
+    writes = write_tasks(out, output_path, overwrite=overwrite, job=job, storage_options=storage_options)
+    fs, root = url_to_fs(os.fspath(output_path), **(storage_options or {}))
+    summary_file = f"{root.rstrip('/')}/{SUMMARY_FILE}"
+    if not writes and fs.exists(summary_file):
+        return pd.read_json(io.StringIO(fs.cat_file(summary_file).decode()), orient="table")
     stats, sizes = summary_parts(result, summary_eps)
     _, stats, sizes = dask.compute(writes, stats, sizes)  # one pass: writes and summary
-    return summary_frame(stats, sizes, summary_eps)
+    summary = summary_frame(stats, sizes, summary_eps)
+    with fs.open(summary_file, "w") as f:
+        f.write(summary.to_json(orient="table"))
+    return summary

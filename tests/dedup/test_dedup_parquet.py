@@ -100,3 +100,21 @@ def test_output_combines_with_itself(embeddings_dir):
             assert kept["key"].tolist() == full.loc[~full["duplicate"].to_numpy(), "key"].tolist()
         both = out.assign(twice=out["max_similarity"] * 2).compute()
         np.testing.assert_array_equal(both["twice"].to_numpy(), full["max_similarity"].to_numpy() * 2)
+
+
+def test_a_rerun_resumes_and_another_job_is_refused(embeddings_dir, tmp_path):
+    out_dir = tmp_path / "dedup"
+    with dask.config.set(scheduler="threads"):
+        first = dedup_parquet(embeddings_dir, str(out_dir), eps=0.01, **ARGS)
+        parts = sorted(out_dir.glob("part-*.parquet"))
+        stamps = [p.stat().st_mtime_ns for p in parts]
+        again = dedup_parquet(embeddings_dir, str(out_dir), eps=0.01, **ARGS)  # all there: nothing rewritten
+        assert [p.stat().st_mtime_ns for p in parts] == stamps
+        pd.testing.assert_frame_equal(again, first)
+        parts[1].unlink()  # an interrupted run: one file missing
+        resumed = dedup_parquet(embeddings_dir, str(out_dir), eps=0.01, **ARGS)
+        assert parts[1].exists() and [p.stat().st_mtime_ns for p in (parts[0], parts[2])] == [stamps[0], stamps[2]]
+        pd.testing.assert_frame_equal(resumed, first)
+        with pytest.raises(ValueError, match=r"different job \(eps: 0.01 there, 0.05 now.*--overwrite"):
+            dedup_parquet(embeddings_dir, str(out_dir), eps=0.05, **ARGS)
+        dedup_parquet(embeddings_dir, str(out_dir), eps=0.05, overwrite=True, **ARGS)

@@ -1,0 +1,72 @@
+"""``dask-clip``: the command line, a thin layer over the public API.
+
+::
+
+    dask-clip embed INPUT OUTPUT [--model-dir DIR | --model M --pretrained TAG] [...]
+    dask-clip dedup INPUT OUTPUT --eps 0.01 --n-clusters K [...]
+    dask-clip demo --random-weights
+    dask-clip info
+
+One module per subcommand (``add_parser`` + ``run``), registered in :data:`SUBCOMMANDS`; each
+parses its arguments into the same objects a Python user would build
+(:class:`~dask_clip.ImageEmbedder`, :func:`~dask_clip.local_cluster` options) and calls the
+public functions. See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+#: Subcommand modules of this package, in the order ``--help`` lists them.
+SUBCOMMANDS = ("embed", "dedup", "demo", "info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dask-clip`` argument parser."""
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="dask-clip", description="CLIP image embeddings for Dask DataFrames.")
+    parser.add_argument("--version", action="version", version=f"dask-clip {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log per-partition images/s on the workers, and more"
+    )
+    # Also accepted after the subcommand; SUPPRESS keeps a subparser from resetting the global flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f".{name}", __name__).add_parser(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``dask-clip``; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    from ..errors import DaskClipError
+    from .options import say
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    if not args.verbose:
+        import distributed  # noqa: F401  - it sets its loggers' levels on import; override after
+
+        # A local cluster's scheduler and nanny live in this process and log every client and
+        # worker event at INFO; the p2p shuffle logs every shuffle (dedup) at WARNING.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        say("interrupted; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, ImportError, DaskClipError) as err:
+        print(f"dask-clip {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR

@@ -1,0 +1,66 @@
+"""``dask-clip dedup INPUT OUTPUT``: semantic dedup (SemDeDup) of an embeddings folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..validation import KEEP_RULES
+from . import options
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "dedup",
+        parents=[common],
+        help="semantic dedup (SemDeDup) of an embeddings Parquet dataset",
+        description="Flag near-duplicates: k-means, then cosine similarity within clusters. "
+        "Run the same command again to resume: finished files are kept.",
+    )
+    parser.add_argument(
+        "input", metavar="INPUT", help="Parquet with an embedding column (the output of `dask-clip embed`)"
+    )
+    parser.add_argument("output", metavar="OUTPUT", help="output folder")
+    parser.add_argument(
+        "--eps", type=float, default=0.01, help="duplicate when cosine similarity >= 1 - eps (default: 0.01)"
+    )
+    parser.add_argument(
+        "--n-clusters", type=options.positive_int, default=1000, metavar="K", help="k-means clusters (default: 1000)"
+    )
+    parser.add_argument("--embedding-column", default="embedding", metavar="NAME")
+    parser.add_argument(
+        "--id-column", metavar="NAME", help="column naming rows in duplicate_of (default: the row number)"
+    )
+    parser.add_argument("--which-to-keep", choices=KEEP_RULES, default="hard")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--drop-duplicates", action="store_true", help="write only the rows kept")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    options.add_cluster_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cluster import connect
+
+    try:
+        from ..dedup import dedup_parquet
+    except ImportError as err:
+        raise ImportError(f"dask-clip dedup needs the dedup extra ({err}): pip install 'dask-clip[dedup]'") from err
+    with connect(**options.cluster_options(args)) as client:
+        options.say(f"cluster: {options.describe(client)}")
+        summary = dedup_parquet(
+            args.input,
+            args.output,
+            eps=args.eps,
+            n_clusters=args.n_clusters,
+            embedding_column=args.embedding_column,
+            id_column=args.id_column,
+            drop_duplicates=args.drop_duplicates,
+            overwrite=args.overwrite,
+            which_to_keep=args.which_to_keep,
+            seed=args.seed,
+        )
+    print(f"dask-clip dedup: -> {args.output}")
+    print(summary.to_string())
+    return 0

@@ -1,0 +1,109 @@
+"""``dask-clip embed INPUT OUTPUT``: append CLIP embeddings and write Parquet, resumably."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..sources import image_kinds
+from . import options
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "embed",
+        parents=[common],
+        help="append CLIP embeddings to images, write Parquet (resumable)",
+        description="Embed INPUT's images and write OUTPUT/part-NNNNN.parquet, one file per partition. "
+        "Run the same command again to resume: finished files are kept.",
+    )
+    parser.add_argument(
+        "input",
+        metavar="INPUT",
+        help="Parquet file, folder, glob or fsspec URL (img2dataset output), or a folder of images",
+    )
+    parser.add_argument("output", metavar="OUTPUT", help="output folder (local or fsspec URL)")
+    options.add_model_options(parser, default_model="ViT-L-14", default_pretrained="openai")
+    cols = parser.add_argument_group("columns")
+    cols.add_argument(
+        "--image-column",
+        metavar="NAME",
+        help="column with the images (default: jpg, image, ... or the only binary column; 'path' for image files)",
+    )
+    cols.add_argument("--image-kind", choices=image_kinds(), default="auto")
+    cols.add_argument(
+        "--output-column",
+        default="embedding",
+        metavar="NAME",
+        help="list<float32> embedding column (default: embedding)",
+    )
+    cols.add_argument(
+        "--error-column",
+        default="embedding_error",
+        metavar="NAME",
+        help="why a row has no embedding, else null (default: embedding_error)",
+    )
+    cols.add_argument("--remove-image-data", action="store_true", help="drop the image column from the output")
+    options.add_on_error(cols)
+    part = parser.add_argument_group("partitions and output")
+    part.add_argument(
+        "--partition-size",
+        type=options.positive_int,
+        default=256,
+        metavar="N",
+        help="image files per partition, for a folder of images",
+    )
+    part.add_argument("--split-row-groups", action="store_true", help="one partition per Parquet row group")
+    part.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
+    part.add_argument(
+        "--retries", type=options.nonnegative_int, default=0, metavar="N", help="retries of a failed partition"
+    )
+    options.add_progress(parser)
+    options.add_cluster_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cluster import connect
+    from ..embedder import ImageEmbedder
+    from ..jobs import prepare_embed, run_embed
+
+    embedder = ImageEmbedder(
+        **options.weights(args),
+        precision=args.precision,
+        device=args.device,
+        model_inference_batch_size=args.batch_size,
+        verbose=args.verbose,
+        remove_image_data=args.remove_image_data,
+        image_kind=args.image_kind,
+        output_column=args.output_column,
+        error_column=args.error_column,
+        on_error=args.on_error,
+        **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
+    )
+    job = prepare_embed(
+        args.input,
+        args.output,
+        embedder,
+        image_column=args.image_column,
+        partition_size=args.partition_size,
+        split_row_groups=args.split_row_groups,
+        overwrite=args.overwrite,
+    )
+    total = job.frame.npartitions
+    if not job.todo:
+        print(f"dask-clip embed: all {total} partitions of {args.output} are already written; nothing to do")
+        return 0
+    options.say(f"{len(job.todo)} of {total} partitions to write" + ("" if len(job.todo) == total else " (resuming)"))
+    with connect(**options.cluster_options(args)) as client:
+        options.say(f"cluster: {options.describe(client)}")
+        summary = run_embed(
+            job, overwrite=args.overwrite, client=client, progress=options.progress(args), retries=args.retries
+        )
+    print(
+        f"dask-clip embed: wrote {summary.written} partitions ({summary.skipped} already there), "
+        f"{summary.rows} images, {summary.counts.get('errors', 0)} errors, {summary.seconds:.1f}s, "
+        f"{summary.rows_per_second:.1f} images/s -> {args.output}"
+    )
+    return 0
