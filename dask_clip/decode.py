@@ -11,7 +11,7 @@ import io
 import threading
 import warnings
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -21,8 +21,9 @@ __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DecodeResult", "check_pixels", "decode_b
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS); 20-megapixel photos pass.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
-DecodeResult = tuple["np.ndarray | None", "str | None"]
-"""(uint8 (H, W, 3) RGB pixels, None) on success, (None, reason) on failure."""
+DecodeResult = tuple[Any, "str | None"]
+"""(uint8 (H, W, 3) RGB pixels — a NumPy array or torch tensor — and None) on success,
+(None, reason) on failure."""
 
 _WARNINGS_SET = threading.Event()
 _WARNINGS_LOCK = threading.Lock()
@@ -127,7 +128,7 @@ def read_paths(paths: Sequence[object]) -> list[tuple[bytes | None, str | None]]
     return results
 
 
-def check_pixels(pixels: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> DecodeResult:
+def check_pixels(pixels: Any, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> DecodeResult:
     """Validate one decoded image: uint8 (H, W, 3) RGB; (H, W) and (H, W, 1) gray and
     (H, W, 4) RGBA are mapped to RGB as Pillow's ``convert("RGB")`` would (alpha dropped).
 
@@ -162,7 +163,7 @@ def check_pixels(pixels: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_P
     return pixels, None
 
 
-def _repeat_gray(pixels: object) -> object:
+def _repeat_gray(pixels: Any) -> Any:
     if isinstance(pixels, np.ndarray):
         return np.repeat(pixels, 3, axis=2)
     return pixels.expand(-1, -1, 3)  # torch: a view

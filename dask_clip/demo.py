@@ -1,6 +1,6 @@
 """``dask-clip demo``: the whole job on the bundled sample, and how to score planted duplicates.
 
-The sample (``dask_clip/data/sample.parquet``, built by :mod:`dask_clip.data.make_sample`) has
+The sample (``dask_clip/data/sample.parquet``, built by ``scripts/make_sample.py``) has
 319 small images in img2dataset's layout, among them 36 planted near-duplicates (re-encoded,
 slightly resized or brightened copies, each naming its original in ``planted_duplicate_of``)
 and 3 broken rows. The demo starts a local cluster, embeds the sample, writes Parquet, runs

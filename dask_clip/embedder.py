@@ -144,7 +144,7 @@ class ImageEmbedder:
 
     # -- validation, on the client -------------------------------------------------------
 
-    def validate(self, input_columns: object | None = None) -> None:
+    def validate(self, input_columns: Sequence[str] | None = None) -> None:
         """Check the configuration (and the input's columns) before anything runs.
 
         Raises

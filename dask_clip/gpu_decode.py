@@ -117,7 +117,7 @@ def decode_jpegs(
     if not tensors:
         return []
     try:
-        decoded: list[torch.Tensor | None] = _decode_list(tensors, device)
+        decoded: list[torch.Tensor | None] = list(_decode_list(tensors, device))
     except Exception as err:
         if len(tensors) == 1:
             return [None]

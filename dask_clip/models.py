@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -70,7 +70,7 @@ class LoadedModel:
         one happens. Remembered for the life of the worker.
     """
 
-    model: torch.nn.Module
+    model: Any  # an open_clip CLIP (torch.nn.Module with encode_image / encode_text)
     preprocess: PreprocessConfig
     device: torch.device
     autocast_dtype: torch.dtype | None
@@ -127,7 +127,7 @@ def _create(spec: ModelSpec) -> torch.nn.Module:
 
 def _load(spec: ModelSpec) -> LoadedModel:
     device = resolve_device(spec.device)
-    model = _create(spec).eval().requires_grad_(False).to(device)
+    model: Any = _create(spec).eval().requires_grad_(False).to(device)
     preprocess = PreprocessConfig.from_model(model)
     with torch.inference_mode():
         probe = torch.zeros((1, 3, *preprocess.size), device=device)

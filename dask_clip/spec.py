@@ -97,7 +97,7 @@ class ModelSpec:
             )
 
     def _validate_model_dir(self) -> None:
-        folder = Path(self.model_dir).expanduser()
+        folder = Path(str(self.model_dir)).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"model_dir {str(folder)!r} is not a folder")
         config = folder / "open_clip_config.json"

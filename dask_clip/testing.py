@@ -93,7 +93,7 @@ def write_model_dir(
     return folder
 
 
-def encode_image(array: object, fmt: str = "JPEG", **save: object) -> bytes:
+def encode_image(array: np.ndarray, fmt: str = "JPEG", **save: object) -> bytes:
     """Encode a uint8 (H, W) or (H, W, C) array with Pillow (``fmt``: any Pillow format)."""
     import io
 
@@ -156,7 +156,7 @@ def odd_images(photos: list) -> dict[str, bytes]:
     from PIL import Image
 
     astronaut, coffee, chelsea = photos[0], photos[1], photos[2]
-    big = np.asarray(Image.fromarray(coffee).resize((5472, 3648), Image.BILINEAR))  # 20 MP
+    big = np.asarray(Image.fromarray(coffee).resize((5472, 3648), Image.Resampling.BILINEAR))  # 20 MP
     cmyk = io.BytesIO()
     Image.fromarray(chelsea).convert("CMYK").save(cmyk, format="JPEG", quality=90)
     return {
@@ -165,7 +165,9 @@ def odd_images(photos: list) -> dict[str, bytes]:
         "1x1": encode_image(astronaut[:1, :1], "PNG"),
         "grayscale": encode_image(np.asarray(Image.fromarray(chelsea).convert("L")), "JPEG", quality=90),
         "RGBA": encode_image(np.dstack([coffee, np.full(coffee.shape[:2], 128, np.uint8)]), "PNG"),
-        "palette": encode_image(np.asarray(Image.fromarray(astronaut).convert("P", palette=Image.ADAPTIVE)), "PNG"),
+        "palette": encode_image(
+            np.asarray(Image.fromarray(astronaut).convert("P", palette=Image.Palette.ADAPTIVE)), "PNG"
+        ),
         "CMYK JPEG": cmyk.getvalue(),
         "progressive JPEG": encode_image(chelsea, "JPEG", quality=85, progressive=True),
         "WebP": encode_image(coffee, "WEBP", quality=90),

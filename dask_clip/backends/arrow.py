@@ -76,7 +76,7 @@ def rows_from_buffers(
     list of memoryview or None
         N zero-copy views (None for nulls).
     """
-    view = memoryview(data).cast("B")
+    view = memoryview(data).cast("B")  # type: ignore[arg-type]  # ndarray has the buffer protocol
     bounds = np.asarray(offsets, dtype=np.int64).tolist()  # Python ints: fast slicing
     if valid is None:
         return [view[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]

@@ -82,12 +82,12 @@ def sample_values(series: Any, n: int = 1) -> list[object]:
     head = series.dropna().head(n)
     if cudf.api.types.is_string_dtype(head.dtype):
         rows = arrow.byte_rows(head.to_arrow())
-        return [bytes(r) if arrow.looks_like_image(r) else bytes(r).decode("utf-8", "replace") for r in rows]
+        return [bytes(r) if arrow.looks_like_image(r) else bytes(r).decode("utf-8", "replace") for r in rows if r]
     return head.to_arrow().to_pylist()
 
 
 @be.byte_rows.register(_SERIES)
-def byte_rows(series: Any) -> list[object]:
+def byte_rows(series: Any) -> list[Any]:
     return arrow.byte_rows(series.to_arrow())  # the one device->host copy
 
 

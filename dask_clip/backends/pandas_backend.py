@@ -73,7 +73,7 @@ def sample_values(series: pd.Series, n: int = 1) -> list[object]:
 
 
 @be.byte_rows.register(_SERIES)
-def byte_rows(series: pd.Series) -> list[object]:
+def byte_rows(series: pd.Series) -> list[Any]:
     array = _arrow(series)
     if array is not None and (arrow.is_binary_type(array.type) or arrow.is_string_type(array.type)):
         return arrow.byte_rows(array)  # views of the Arrow buffer, no copy
@@ -81,15 +81,15 @@ def byte_rows(series: pd.Series) -> list[object]:
 
 
 @be.string_rows.register(_SERIES)
-def string_rows(series: pd.Series) -> list[str | None]:
+def string_rows(series: pd.Series) -> list[Any]:
     array = _arrow(series)
     if array is not None:
         return array.to_pylist()
-    return object_rows(series)  # type: ignore[return-value]
+    return object_rows(series)
 
 
 @be.object_rows.register(_SERIES)
-def object_rows(series: pd.Series) -> list[object]:
+def object_rows(series: pd.Series) -> list[Any]:
     return [None if _is_null(v) else v for v in series.tolist()]
 
 
@@ -266,7 +266,7 @@ def arange_index(like: Any, n: int) -> pd.RangeIndex:
 @be.content_hashes.register(_SERIES)
 def content_hashes(series: pd.Series) -> pd.Series:
     values: Sequence[object] = byte_rows(series)
-    out = []
+    out: list[str | None] = []
     for v in values:
         if isinstance(v, (bytes, bytearray, memoryview)):
             out.append(hashlib.sha256(v).hexdigest())

@@ -146,7 +146,7 @@ def exact_duplicates(
     _frame.row_divisions(ddf.npartitions)
     ddf = _frame.settle_partitions(ddf)
 
-    kw = dict(column=column, id_column=id_column)
+    kw: dict[str, Any] = dict(column=column, id_column=id_column)
     hashed = ddf.map_partitions(_hash_partition, **kw, meta=_hash_partition(ddf._meta, **kw), enforce_metadata=False)
     grouped = hashed.shuffle(
         on="content_hash", npartitions=npartitions or ddf.npartitions, shuffle_method=shuffle_method

@@ -194,7 +194,7 @@ def cluster_dedup(
     """The lazy part of :func:`semantic_dedup`, given centroids (arguments already checked)."""
     import dask
 
-    assign_kw = dict(
+    assign_kw: dict[str, Any] = dict(
         embedding_column=embedding_column, device=device, id_column=id_column, which_to_keep=which_to_keep, seed=seed
     )
     payload = ddf.map_partitions(
@@ -206,7 +206,7 @@ def cluster_dedup(
         enforce_metadata=False,
     )
     clustered = payload.shuffle(on="cluster", npartitions=npartitions or ddf.npartitions, shuffle_method=shuffle_method)
-    step = dict(device=device, block_size=block_size)
+    step: dict[str, Any] = dict(device=device, block_size=block_size)
     scored = clustered.map_partitions(
         pairwise.dedup_partition,
         **step,

@@ -1,7 +1,7 @@
 """Build ``sample.parquet``, the bundled demo set: a few hundred small images with planted
 near-duplicates, in img2dataset's layout.
 
-Run once by a maintainer (``python -m dask_clip.data.make_sample``); the Parquet is committed, so
+Run once by a maintainer (``python scripts/make_sample.py``); the Parquet is committed, so
 neither the demo nor the notebook needs scikit-image at run time. Sources are scikit-image's
 bundled photographs that carry no copyright restrictions (public domain or CC0, per each
 ``skimage.data`` function's docstring) and procedurally generated pictures; the output is
@@ -237,7 +237,7 @@ def build_sample() -> pa.Table:
 
 def main(path: str | Path | None = None) -> Path:
     """Write the sample (default: next to this file) in row groups of 32 rows."""
-    path = Path(path) if path is not None else Path(__file__).with_name("sample.parquet")
+    path = Path(path) if path is not None else Path(__file__).parents[1] / "dask_clip" / "data" / "sample.parquet"
     table = build_sample()
     pq.write_table(table, path, row_group_size=32, compression="zstd")
     print(f"{path}: {table.num_rows} rows, {path.stat().st_size / 1e6:.2f} MB")
