@@ -23,6 +23,7 @@ __all__ = [
     "TINY_MODEL_CFG",
     "ProjectionHead",
     "encode_image",
+    "png_bomb",
     "odd_images",
     "parity",
     "photo_crops",
@@ -102,6 +103,23 @@ def encode_image(array: np.ndarray, fmt: str = "JPEG", **save: object) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **save)
     return buffer.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels in 100-odd bytes: a header and a token IDAT.
+
+    What a decompression bomb looks like to a decoder's first look (the size is read from the
+    IHDR chunk before any pixel is decoded), without building the image in memory.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    idat = zlib.compress(b"\x00" * (width + 1))  # one filtered row of zeros
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def reference_embeddings(model_dir: str, images: list[bytes]) -> np.ndarray:

@@ -45,9 +45,10 @@ def photo_jpegs(photos: list[np.ndarray]) -> list[bytes]:
     return [encode(p, quality=90) for p in photos]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client():
-    """A real distributed cluster: 2 worker processes, one thread each."""
+    """A real distributed cluster shared by the tests that can share one: 2 worker processes,
+    one thread each."""
     from distributed import Client, LocalCluster
 
     with (

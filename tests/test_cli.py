@@ -32,6 +32,8 @@ from dask_clip.cli import main
 from dask_clip.columns import embeddings_to_numpy
 from dask_clip.writer import MANIFEST, part_name
 
+pytestmark = pytest.mark.slow  # subprocesses and clusters of their own: `pytest -m 'not slow'` skips them
+
 LIST_F32 = pa.list_(pa.float32())
 LOCAL = ("--n-workers", "1", "--dashboard-address", "127.0.0.1:0")
 

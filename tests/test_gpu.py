@@ -173,6 +173,7 @@ def test_real_cuda_out_of_memory_backs_off(tiny_model, gpu_photos):
     torch.testing.assert_close(got, expected, atol=5e-3, rtol=0)
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_measured_json(tmp_path, monkeypatch):
     """The GPU check's plumbing on CPU: tiny model, few images, LocalCluster (< 30 s)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

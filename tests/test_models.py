@@ -77,6 +77,7 @@ def test_weights_vanishing_after_validation_is_an_error_not_random(tmp_path):
         get_model(spec)
 
 
+@pytest.mark.slow
 def test_random_weights_are_explicit_and_identical_across_processes(client):
     spec = ModelSpec(model="RN50", pretrained=None)  # a real open_clip architecture, random init
     spec.validate()

@@ -19,6 +19,8 @@ from cli_support import (
     write_image_parquet,
 )
 
+pytestmark = pytest.mark.slow  # subprocesses and clusters of their own: `pytest -m 'not slow'` skips them
+
 N_SHARDS = 6
 
 

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # subprocesses and clusters of their own: `pytest -m 'not slow'` skips them
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "curation.ipynb"
 
 

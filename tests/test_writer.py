@@ -150,6 +150,7 @@ def test_foreign_part_files_and_file_outputs_are_refused(tmp_path):
         write_parquet(ddf, tmp_path / "file")
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_distributed_client(tmp_path, capsys):
     from distributed import Client, LocalCluster
 
