@@ -1,4 +1,5 @@
-# `make demo` and `make test` each set up their own virtual environment in .venv first.
+# `make demo` and `make test` each set up the virtual environment in .venv first (once), with
+# only what they need: the demo the package and its dedup extra, the tests the test extra.
 # torch is pinned before the package install so pip does not pick another build
 # (this machine's /etc/xdg/pip caps torch at 2.14.1).
 
@@ -6,22 +7,33 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.dask-clip-installed
 
-.PHONY: demo test clean-venv
+.PHONY: demo test lint clean-venv
 
-$(STAMP): pyproject.toml
+$(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install $(TORCH_SPEC)
-	$(BIN)/python -m pip install -e ".[test]"
-	touch $(STAMP)
+	touch $@
 
-demo: $(STAMP)
+$(VENV)/.demo: $(VENV)/.base pyproject.toml
+	$(BIN)/python -m pip install -e ".[dedup]"
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base pyproject.toml
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.demo
 	$(BIN)/dask-clip demo --random-weights
 
-test: $(STAMP)
+test: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean-venv:
 	rm -rf $(VENV)
