@@ -65,6 +65,17 @@ def gpu_count() -> int:
     return 0
 
 
+def _cupy_usable() -> bool:
+    """Whether CuPy imports here (importing it creates no CUDA context)."""
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy  # noqa: F401
+    except Exception:  # a build for another CUDA major, a missing runtime library ...
+        return False
+    return True
+
+
 def cuda_context_exists() -> bool:
     """True when torch in this process has already initialised CUDA (never initialises it)."""
     torch = sys.modules.get("torch")  # not imported: it cannot have touched CUDA
@@ -107,6 +118,7 @@ def plan_local_cluster(
     dask_cuda_installed: bool | None = None,
     cores: int | None = None,
     rapids_installed: tuple[bool, bool] | None = None,
+    cupy_usable: bool | None = None,
     **overrides: Any,
 ) -> ClusterPlan:
     """Decide which local cluster to start and how, without starting anything.
@@ -128,10 +140,12 @@ def plan_local_cluster(
         Torch CPU threads per worker; default: the host's cores divided among the workers.
     dashboard_address
         Bound to localhost by default; ``":8787"`` exposes it, None turns it off.
-    n_gpus, dask_cuda_installed, cores, rapids_installed
+    n_gpus, dask_cuda_installed, cores, rapids_installed, cupy_usable
         Facts about this machine; detected when None (tests pass them in).
         ``rapids_installed`` is (rmm, cudf): the RMM options need rmm on the workers,
-        ``enable_cudf_spill`` needs cuDF, so each is asked for only where installed.
+        ``enable_cudf_spill`` needs cuDF, so each is asked for only where installed;
+        ``cupy_usable``: CuPy imports (a CuPy built for another CUDA major does not), so it
+        can be put on RMM.
     **overrides
         Passed on to the cluster class, overriding the options computed here.
 
@@ -176,7 +190,6 @@ def plan_local_cluster(
         if n_workers is not None and n_workers > n_gpus:
             raise ValueError(f"n_workers={n_workers} but only {n_gpus} GPU(s) are visible; one worker per GPU")
         workers = n_workers or n_gpus
-        libs = [lib for lib in ("torch", "cupy") if importlib.util.find_spec(lib) is not None]
         options: dict[str, Any] = {
             "n_workers": workers,
             "threads_per_worker": threads_per_worker or per_task,
@@ -188,8 +201,13 @@ def plan_local_cluster(
             importlib.util.find_spec("cudf") is not None,
         )
         if has_rmm:
-            options["rmm_async"] = True  # frees back to the driver: shares the GPU with torch
-            options["rmm_allocator_external_lib_list"] = libs  # torch and CuPy allocate from RMM
+            # cudaMallocAsync's pool for cuDF (and CuPy): memory it no longer holds goes back to
+            # the driver's pool, where torch's own caching allocator can get it.
+            options["rmm_async"] = True
+            # Not torch: its pluggable-allocator hook (RMM's) ignores record_stream, which the
+            # decode stream's hand-over to the model's stream relies on; torch keeps its own.
+            if _cupy_usable() if cupy_usable is None else cupy_usable:
+                options["rmm_allocator_external_lib_list"] = ["cupy"]
         if has_cudf:
             options["enable_cudf_spill"] = True
         kind_used = "cuda"
@@ -224,7 +242,8 @@ def local_cluster(
     """Start a local cluster for CLIP inference: one worker per GPU, or a CPU cluster.
 
     With GPUs and dask-cuda: ``LocalCUDACluster`` with one worker per visible GPU,
-    ``rmm_async=True``, torch and CuPy allocating through RMM, ``enable_cudf_spill=True`` and
+    ``rmm_async=True``, CuPy allocating through RMM (torch keeps its own caching allocator),
+    ``enable_cudf_spill=True`` and
     ``round(1 / num_gpus_per_worker)`` task threads per worker sharing its one model.
     Otherwise: ``LocalCluster`` with few worker processes, each setting torch's thread count
     to its share of the cores. See :func:`plan_local_cluster` for the parameters.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -20,6 +20,11 @@ __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DecodeResult", "check_pixels", "decode_b
 
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS); 20-megapixel photos pass.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+#: Decoded bytes (RGB) one image may take (``ImageEmbedder(max_decode_bytes=...)``): an image
+#: of Pillow's pixel limit fits; a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+#: to fit, anything else larger is a row error.
+DEFAULT_DECODE_BUDGET = 256 * 2**20
+_DCT_SCALES = (2, 4, 8)
 
 DecodeResult = tuple[Any, "str | None"]
 """(uint8 (H, W, 3) RGB pixels — a NumPy array or torch tensor — and None) on success,
@@ -43,7 +48,37 @@ def _quiet_bomb_warnings() -> None:
             _WARNINGS_SET.set()
 
 
-def decode_bytes(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> DecodeResult:
+def _allow_pillow_limit(max_pixels: int | None) -> None:
+    """Raise Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``, an error it raises before we
+    can look) to at least ``max_pixels``, so the user's limit is the one that applies."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or (max_pixels is not None and 2 * limit >= max_pixels):
+        return
+    with _WARNINGS_LOCK:
+        Image.MAX_IMAGE_PIXELS = None if max_pixels is None else max(limit or 0, -(-max_pixels // 2))
+
+
+def _fit_budget(image: Image.Image, max_bytes: int | None) -> str | None:
+    """Make ``image`` decode within ``max_bytes`` of RGB: DCT scaling for a JPEG, else a reason."""
+    width, height = image.size
+    if max_bytes is None or width * height * 3 <= max_bytes:
+        return None
+    if image.format == "JPEG":
+        for scale in _DCT_SCALES:
+            size = (-(-width // scale), -(-height // scale))
+            if size[0] * size[1] * 3 <= max_bytes:
+                image.draft("RGB", size)  # decodes at 1/scale in the DCT: never at full size
+                return None
+    need = width * height * 3 / 2**20
+    return (
+        f"image too large to decode: {width}x{height} needs {need:.0f} MiB, more than the decode budget of "
+        f"{max_bytes / 2**20:.0f} MiB (max_decode_bytes)"
+    )
+
+
+def decode_bytes(
+    data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_bytes: int | None = None
+) -> DecodeResult:
     """Decode encoded image bytes (JPEG, PNG, WebP, GIF, BMP, TIFF, ...) with Pillow.
 
     Parameters
@@ -53,6 +88,9 @@ def decode_bytes(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
     max_pixels
         Refuse images with more pixels than this before decoding them (decompression bombs);
         None disables the check.
+    max_bytes
+        Decoded RGB bytes the image may take: a larger JPEG is decoded at a reduced DCT scale
+        (1/2, 1/4 or 1/8) that fits, anything else larger is refused; None: no budget.
 
     Returns
     -------
@@ -66,12 +104,17 @@ def decode_bytes(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIX
     if len(data) == 0:
         return None, "empty image bytes"
     _quiet_bomb_warnings()
+    _allow_pillow_limit(max_pixels)
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if max_pixels is not None and width * height > max_pixels:
             return None, f"image too large: {width}x{height} pixels > limit {max_pixels} (decompression bomb?)"
+        too_large = _fit_budget(image, max_bytes)
+        if too_large:
+            return None, too_large
         rgb = image.convert("RGB")  # decodes; first frame of animations
+        del image  # the decoded source mode, if it differs, is freed before the copy below
         return np.asarray(rgb), None
     except Image.DecompressionBombError as err:
         return None, f"image too large (decompression bomb?): {err}"
@@ -173,17 +216,49 @@ class Decoder(Protocol):
     """Turns encoded images into pixels: Pillow (:class:`PillowDecoder`), or nvJPEG with a Pillow
     fallback (:class:`dask_clip.gpu_decode.NvjpegDecoder`)."""
 
-    def decode(self, blobs: Sequence[object], *, max_pixels: int | None) -> list[DecodeResult]:
-        """One ``(pixels, reason)`` per blob, in order; never raises for a bad blob."""
+    def decode_groups(
+        self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
+    ) -> Iterator[list[tuple[int, DecodeResult]]]:
+        """``(index, (pixels, reason))`` for every blob, a group at a time: the caller can use
+        and drop a group's pixels before the next group is decoded. Never raises for a blob."""
+        ...
+
+    def decode(
+        self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
+    ) -> list[DecodeResult]:
+        """One ``(pixels, reason)`` per blob, in order."""
         ...
 
 
-class PillowDecoder:
-    """The reference decoder: Pillow, ``convert("RGB")`` (what open_clip's pipeline does)."""
+class BaseDecoder:
+    """:meth:`decode` from :meth:`decode_groups`."""
 
-    def decode(self, blobs: Sequence[object], *, max_pixels: int | None) -> list[DecodeResult]:
-        """:func:`decode_bytes` for each blob; uint8 (H, W, 3) NumPy pixels."""
-        return [decode_bytes(b, max_pixels=max_pixels) for b in blobs]
+    def decode_groups(
+        self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
+    ) -> Iterator[list[tuple[int, DecodeResult]]]:
+        raise NotImplementedError
+
+    def decode(
+        self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
+    ) -> list[DecodeResult]:
+        """One ``(pixels, reason)`` per blob, in order (every blob's pixels held at once)."""
+        results: list[DecodeResult] = [(None, "not decoded")] * len(blobs)
+        for group in self.decode_groups(blobs, max_pixels=max_pixels, max_bytes=max_bytes):
+            for index, result in group:
+                results[index] = result
+        return results
+
+
+class PillowDecoder(BaseDecoder):
+    """The reference decoder: Pillow, ``convert("RGB")`` (what open_clip's pipeline does), one
+    image at a time."""
+
+    def decode_groups(
+        self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
+    ) -> Iterator[list[tuple[int, DecodeResult]]]:
+        """:func:`decode_bytes` for each blob; uint8 (H, W, 3) NumPy pixels, one per group."""
+        for index, blob in enumerate(blobs):
+            yield [(index, decode_bytes(blob, max_pixels=max_pixels, max_bytes=max_bytes))]
 
 
 #: The shared Pillow decoder.

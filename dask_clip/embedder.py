@@ -13,7 +13,7 @@ import numpy as np
 
 from . import backends
 from .columns import LIST_FLOAT32, STRING
-from .decode import DEFAULT_MAX_IMAGE_PIXELS
+from .decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
 from .heads import Head
 from .sources import ImageSource, detect_source, get_source, image_kinds
 from .spec import ModelSpec
@@ -75,6 +75,12 @@ class ImageEmbedder:
         Shape columns for flat ``list<uint8>`` pixel columns.
     max_image_pixels
         Images with more pixels are refused before decoding (decompression bombs).
+    max_decode_bytes
+        Decoded RGB bytes one image may take while it is decoded (default 256 MiB: an image of
+        Pillow's 89.5-megapixel limit fits). A larger JPEG is decoded at 1/2, 1/4 or 1/8 scale
+        in the DCT so that it fits; anything else larger is a row error. Each decode thread
+        holds at most one such image: this, not the images' count or size, bounds a task's
+        memory. None: no budget.
     decode_device
         ``"auto"``: when the model runs on CUDA, JPEGs are decoded there with nvJPEG (other
         formats and anything nvJPEG refuses fall back to Pillow); ``"cpu"``: always Pillow,
@@ -108,6 +114,7 @@ class ImageEmbedder:
     height_column: str = "height"
     width_column: str = "width"
     max_image_pixels: int | None = field(default=DEFAULT_MAX_IMAGE_PIXELS)
+    max_decode_bytes: int | None = field(default=DEFAULT_DECODE_BUDGET)
     decode_device: str = "auto"
     heads: Sequence[Head] = ()
 
@@ -158,6 +165,7 @@ class ImageEmbedder:
         check_int("model_inference_batch_size", self.model_inference_batch_size, 1)
         check_gpu_share(self.num_gpus_per_worker)
         check_int("max_image_pixels", self.max_image_pixels, 1, allow_none=True)
+        check_int("max_decode_bytes", self.max_decode_bytes, 1, allow_none=True)
         for head in self.heads:
             if not isinstance(head, Head):
                 raise TypeError(f"heads must be dask_clip.heads.Head objects, got {type(head).__name__}")
@@ -274,6 +282,8 @@ class ImageEmbedder:
                     index=df.index,
                     heads=heads,
                     max_pixels=self.max_image_pixels,
+                    max_bytes=self.max_decode_bytes,
+                    to_host=not backends.on_device(df),
                 )
         out = self._assemble(df, result)
         if self.verbose:

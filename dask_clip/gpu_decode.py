@@ -3,80 +3,123 @@
 Same contract as :class:`dask_clip.decode.PillowDecoder`: one ``(pixels, reason)`` per row, in
 order, never raising for a bad row. Only what nvJPEG decodes like Pillow goes to the GPU:
 
-- baseline or progressive JPEG (Pillow says ``format == "JPEG"``) in mode ``RGB`` or ``L``
-  (not Adobe RGB-coded), ending with the EOI marker (a truncated file goes to Pillow, which reports it as the CPU
-  path does), with at most ``max_pixels`` pixels (read from the header without decoding);
+- baseline JPEG (Pillow says ``format == "JPEG"``) in mode ``RGB`` or ``L`` (not Adobe RGB-coded),
+  ending with the EOI marker (a truncated file goes to Pillow, which reports it as the CPU path
+  does), with at most ``max_pixels`` pixels and at most ``max_bytes`` decoded bytes (read from
+  the header without decoding);
+- progressive JPEGs go to Pillow too: torchvision decodes them one at a time with CPU Huffman
+  decoding under a process-wide lock (:data:`PROGRESSIVE_ON_GPU` turns that off, for measuring);
 - everything else (PNG, WebP, CMYK/YCCK JPEG, MPO, oversized, undecodable) takes the CPU path,
   :func:`dask_clip.decode.decode_bytes`, and so gets the same pixels or the same error.
 
-A batch that nvJPEG rejects (one bad image fails the whole call) is retried image by image;
-an image that still fails falls back to Pillow. EXIF orientation is not applied (Pillow does
-not transpose either). nvJPEG's chroma upsampling differs slightly from libjpeg's "fancy"
-upsampling and torchvision exposes no switch for it, so GPU-decoded pixels differ by a few
-levels near colour edges: ``benchmarks/gpu_check.py`` reports the resulting parity figure.
+A batch that nvJPEG rejects (one bad image fails the whole call) is bisected, so one bad image
+costs log2(batch) extra calls, not a call per image; an image that fails alone falls back to
+Pillow. Each nvJPEG call holds at most ``max_bytes`` of decoded pixels. EXIF orientation is not
+applied (Pillow does not transpose either). nvJPEG's chroma upsampling differs slightly from
+libjpeg's "fancy" upsampling and torchvision exposes no switch for it, so GPU-decoded pixels
+differ by a few levels near colour edges: ``benchmarks/gpu_check.py`` reports the resulting
+parity figure.
+
+``torchvision.io.decode_jpeg`` is deprecated in torchvision 0.29 in favour of TorchCodec's
+decoders (``torchcodec.decoders``, nvJPEG with EXIF support); the dependency is capped below
+the release that removes it (see docs/gpu.md).
 
 All functions also run with ``device="cpu"`` (torchvision's libjpeg decoder), which is how
-the routing, fallback and row alignment are tested without a GPU.
+the routing, fallback, bisection and row alignment are tested without a GPU.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from .decode import DEFAULT_MAX_IMAGE_PIXELS, DecodeResult, decode_bytes
+from .decode import DEFAULT_MAX_IMAGE_PIXELS, BaseDecoder, DecodeResult, decode_bytes
 
-__all__ = ["GPU_DECODE_MODES", "NvjpegDecoder", "decode_jpegs", "jpeg_on_device"]
+__all__ = [
+    "GPU_DECODE_MODES",
+    "PROGRESSIVE_ON_GPU",
+    "JpegHeader",
+    "NvjpegDecoder",
+    "decode_jpegs",
+    "jpeg_header",
+    "jpeg_on_device",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Pillow modes of JPEGs that nvJPEG's RGB output matches (CMYK/YCCK go to Pillow).
 GPU_DECODE_MODES = ("RGB", "L")
-# Images per nvJPEG call: bounds the decoder's own scratch memory; a chunk is decoded in
-# several calls of this size.
+#: Send progressive JPEGs to nvJPEG (torchvision decodes them serially, Huffman on the CPU).
+PROGRESSIVE_ON_GPU = False
+# Images per nvJPEG call at most: bounds the decoder's own scratch memory.
 _DECODE_BATCH = 128
 _EOI = b"\xff\xd9"
+_QUIET = threading.Event()
 
 
-def jpeg_on_device(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
-    """Whether nvJPEG should decode these bytes (else Pillow does, as on the CPU path).
+def _quiet_deprecation() -> None:
+    """torchvision 0.29 warns on every decode_jpeg call ("use TorchCodec"). Filtered once per
+    process: ``warnings.catch_warnings()`` in concurrent decode threads is not thread-safe."""
+    if not _QUIET.is_set():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io.*")
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*decode_jpeg.*")
+        _QUIET.set()
 
-    Reads only the JPEG header (Pillow's lazy ``Image.open``), so it is cheap and refuses
-    decompression bombs before anything is decoded.
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the header of an encoded image says, read without decoding it."""
+
+    width: int
+    height: int
+    on_device: bool  # nvJPEG decodes it like Pillow would
+
+
+def jpeg_header(
+    data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, max_bytes: int | None = None
+) -> JpegHeader | None:
+    """Read an image's header; None when it is not a complete JPEG Pillow can open.
 
     Parameters
     ----------
     data
         One row's encoded bytes (``bytes``/``bytearray``/``memoryview``), or anything else.
-    max_pixels
-        Images with more pixels stay on the CPU path, which refuses them with its message.
-
-    Returns
-    -------
-    bool
+    max_pixels, max_bytes
+        Images above either limit are not for the GPU (the CPU path refuses them, or decodes a
+        JPEG at reduced DCT scale, with its own message).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < 4:
-        return False
+        return None
     view = memoryview(data)
     if bytes(view[:2]) != b"\xff\xd8" or bytes(view[-2:]) != _EOI:
-        return False  # not a JPEG, or truncated / trailing data: Pillow decides
+        return None  # not a JPEG, or truncated / trailing data: Pillow decides
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:  # header only; no pixel is decoded
-                width, height = image.size
-                # Adobe transform 0: RGB-coded components, which only libjpeg is sure to honour.
-                ok = (
-                    image.format == "JPEG" and image.mode in GPU_DECODE_MODES and image.info.get("adobe_transform") != 0
-                )
+        with Image.open(io.BytesIO(data)) as image:  # header only; no pixel is decoded
+            width, height = image.size
+            # Adobe transform 0: RGB-coded components, which only libjpeg is sure to honour.
+            supported = (
+                image.format == "JPEG" and image.mode in GPU_DECODE_MODES and image.info.get("adobe_transform") != 0
+            )
+            progressive = bool(image.info.get("progressive") or image.info.get("progression"))
     except Exception:
-        return False
-    return ok and (max_pixels is None or width * height <= max_pixels)
+        return None
+    fits = (max_pixels is None or width * height <= max_pixels) and (
+        max_bytes is None or width * height * 3 <= max_bytes
+    )
+    return JpegHeader(width, height, supported and fits and (PROGRESSIVE_ON_GPU or not progressive))
+
+
+def jpeg_on_device(data: object, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> bool:
+    """Whether nvJPEG should decode these bytes (else Pillow does, as on the CPU path)."""
+    header = jpeg_header(data, max_pixels=max_pixels)
+    return header is not None and header.on_device
 
 
 def _byte_tensor(data: bytes | bytearray | memoryview) -> torch.Tensor:
@@ -88,23 +131,33 @@ def _byte_tensor(data: bytes | bytearray | memoryview) -> torch.Tensor:
 def _decode_list(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29: "use TorchCodec"
-        out = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False)
-    return list(out)
+    _quiet_deprecation()
+    return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False))
+
+
+def _bisect(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode a list; when the batched call fails, decode each half the same way."""
+    try:
+        return list(_decode_list(tensors, device))
+    except Exception as err:
+        if len(tensors) == 1:
+            return [None]
+        logger.debug("dask_clip: batched JPEG decode of %d failed (%s); bisecting", len(tensors), err)
+        half = len(tensors) // 2
+        return _bisect(tensors[:half], device) + _bisect(tensors[half:], device)
 
 
 def decode_jpegs(
     blobs: Sequence[bytes | bytearray | memoryview], device: torch.device | str
 ) -> list[torch.Tensor | None]:
-    """Decode JPEGs in one batched call; on failure, retry one by one.
+    """Decode JPEGs in one batched call; a failing batch is bisected down to the bad images.
 
     Parameters
     ----------
     blobs
-        Encoded JPEGs (already routed by :func:`jpeg_on_device`).
+        Encoded JPEGs (already routed by :func:`jpeg_header`).
     device
-        ``cuda[:N]`` for nvJPEG, or ``cpu`` (libjpeg; used by the tests).
+        ``cuda:N`` for nvJPEG, or ``cpu`` (libjpeg; used by the tests).
 
     Returns
     -------
@@ -112,65 +165,62 @@ def decode_jpegs(
         uint8 (H, W, 3) RGB on ``device`` (a view of the decoder's (3, H, W) output), or None
         where the image failed on its own: the caller falls back to Pillow.
     """
-    device = torch.device(device)
     tensors = [_byte_tensor(b) for b in blobs]
     if not tensors:
         return []
-    try:
-        decoded: list[torch.Tensor | None] = list(_decode_list(tensors, device))
-    except Exception as err:
-        if len(tensors) == 1:
-            return [None]
-        logger.debug("dask_clip: batched JPEG decode failed (%s); retrying per image", err)
-        decoded = []
-        for tensor in tensors:
-            try:
-                decoded.extend(_decode_list([tensor], device))
-            except Exception:
-                decoded.append(None)
-    return [None if t is None else t.permute(1, 2, 0) for t in decoded]
+    return [None if t is None else t.permute(1, 2, 0) for t in _bisect(tensors, torch.device(device))]
 
 
-def _decode_routed(rows: Sequence[object], device: torch.device, max_pixels: int | None) -> list[DecodeResult]:
-    results: list[DecodeResult | None] = [None] * len(rows)
-    on_device = [i for i, data in enumerate(rows) if jpeg_on_device(data, max_pixels=max_pixels)]
-    for start in range(0, len(on_device), _DECODE_BATCH):
-        members = on_device[start : start + _DECODE_BATCH]
-        for i, pixels in zip(members, decode_jpegs([rows[i] for i in members], device)):  # type: ignore[misc]
-            if pixels is not None:
-                results[i] = (pixels, None)
-    # The CPU path for everything else and for what nvJPEG refused: same pixels, same errors.
-    return [r if r is not None else decode_bytes(rows[i], max_pixels=max_pixels) for i, r in enumerate(results)]
-
-
-class NvjpegDecoder:
+class NvjpegDecoder(BaseDecoder):
     """A :class:`~dask_clip.decode.Decoder`: JPEGs on ``device`` (nvJPEG on CUDA), the rest with Pillow.
 
-    On CUDA the decode runs on a side stream that is synchronised before returning (the
-    caller's thread, decoding ahead of the model, blocks; the model's stream does not), and
-    each output is marked as used by the device's default stream, where the model runs.
+    Runs on the caller's current CUDA stream (the pipeline's decode stream); the caller hands the
+    results to the model's stream with an event.
 
     Parameters
     ----------
     device
-        Where JPEGs are decoded: ``cuda[:N]``, or ``cpu`` (torchvision's libjpeg, which is how
-        the routing, fallback and row alignment are tested without a GPU).
+        Where JPEGs are decoded: ``cuda:N``, or ``cpu`` (torchvision's libjpeg, which is how the
+        routing, fallback, bisection and row alignment are tested without a GPU).
     """
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
 
-    def decode(self, blobs: Sequence[object], *, max_pixels: int | None) -> list[DecodeResult]:
-        """One ``(pixels, reason)`` per blob, in order: uint8 (H, W, 3) torch tensors on
-        ``device`` for JPEGs nvJPEG decoded, NumPy arrays for the Pillow fallbacks."""
-        if self.device.type != "cuda":
-            return _decode_routed(blobs, self.device, max_pixels)
-        stream = torch.cuda.Stream(self.device)
-        consumer = torch.cuda.default_stream(self.device)
-        with torch.cuda.device(self.device), torch.cuda.stream(stream):
-            results = _decode_routed(blobs, self.device, max_pixels)
-        stream.synchronize()
-        for pixels, _ in results:
-            if isinstance(pixels, torch.Tensor) and pixels.is_cuda:
-                pixels.record_stream(consumer)  # allocated on `stream`, freed after `consumer` uses it
-        return results
+    def decode_groups(
+        self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
+    ) -> Iterator[list[tuple[int, DecodeResult]]]:
+        """nvJPEG calls of at most ``max_bytes`` decoded bytes and 128 images, then the Pillow
+        fallbacks one by one. Pixels are uint8 (H, W, 3): torch tensors on ``device`` from
+        nvJPEG, NumPy arrays from Pillow."""
+        headers = [jpeg_header(b, max_pixels=max_pixels, max_bytes=max_bytes) for b in blobs]
+        fallback = [i for i, h in enumerate(headers) if h is None or not h.on_device]
+        group: list[int] = []
+        group_bytes = 0
+        for i, header in enumerate(headers):
+            if header is None or not header.on_device:
+                continue
+            size = header.width * header.height * 3
+            if group and (len(group) == _DECODE_BATCH or (max_bytes is not None and group_bytes + size > max_bytes)):
+                yield from self._decode_group(blobs, group, fallback)
+                group, group_bytes = [], 0
+            group.append(i)
+            group_bytes += size
+        if group:
+            yield from self._decode_group(blobs, group, fallback)
+        # The CPU path for everything else and for what nvJPEG refused: same pixels, same errors.
+        for i in sorted(fallback):
+            yield [(i, decode_bytes(blobs[i], max_pixels=max_pixels, max_bytes=max_bytes))]
+
+    def _decode_group(
+        self, blobs: Sequence[object], members: list[int], fallback: list[int]
+    ) -> Iterator[list[tuple[int, DecodeResult]]]:
+        decoded = decode_jpegs([blobs[i] for i in members], self.device)  # type: ignore[misc]
+        done = []
+        for i, pixels in zip(members, decoded):
+            if pixels is None:
+                fallback.append(i)
+            else:
+                done.append((i, (pixels, None)))
+        if done:
+            yield done

@@ -62,12 +62,18 @@ class LoadedModel:
         Its eval preprocessing.
     device : torch.device
     autocast_dtype : torch.dtype or None
-        Autocast dtype for fp16/bf16 precision; None runs in float32.
+        Autocast dtype (``"fp16"``/``"bf16"`` precision); None runs without autocast.
     embed_dim : int
         Width D of the (N, D) embeddings.
+    input_dtype : torch.dtype
+        The dtype of the model's input: float32, or the weights' dtype for ``"pure_*"``
+        precisions (weights held in bf16/fp16, LayerNorms computing in their input's dtype).
     batch_size_cap : int or None
         The largest batch that fitted in memory after an out-of-memory back-off; None until
-        one happens. Remembered for the life of the worker.
+        one happens, and again once :data:`CAP_PROBE_BATCHES` batches in a row fitted under it
+        (an out-of-memory caused by another task's burst does not shrink every later batch).
+    batches_under_cap : int
+        Batches run since the cap was last lowered or raised.
     """
 
     model: Any  # an open_clip CLIP (torch.nn.Module with encode_image / encode_text)
@@ -75,22 +81,44 @@ class LoadedModel:
     device: torch.device
     autocast_dtype: torch.dtype | None
     embed_dim: int
+    input_dtype: torch.dtype = torch.float32
     batch_size_cap: int | None = None
+    batches_under_cap: int = 0
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → ``cuda:0`` (the worker's own GPU under dask-cuda) when CUDA works, else CPU."""
+    """``"auto"`` → ``cuda:0`` (the worker's own GPU under dask-cuda) when CUDA works, else CPU.
+
+    A CUDA device always gets its index (``"cuda"`` → ``cuda:<current>``): torchvision keeps one
+    nvJPEG decoder per device string and rebuilds it, leaking the old one, when it changes.
+    """
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return resolved
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
-        return None
+    """The autocast dtype of a precision: only ``"fp16"``/``"bf16"`` run under autocast."""
+    if precision in ("fp16", "bf16"):
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return None
+
+
+def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the weights are held in: fp16/bf16 for ``"pure_fp16"``/``"pure_bf16"``, and fp16
+    for ``"auto"`` on CUDA; float32 otherwise.
+
+    Why fp16 by default: same tensor-core speed as bf16 on Hopper, and 8 times finer rounding —
+    parity to open_clip's fp32 reference 0.0017 against 0.013 for bf16 (autocast or weights
+    alike; ViT-B-32, measured on CPU, benchmarks/README.md). Rows whose fp16 embedding overflows
+    are recomputed under bf16 autocast (:func:`dask_clip.pipeline.embed_rows`).
+    """
     if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"pure_bf16": torch.bfloat16, "pure_fp16": torch.float16}.get(precision, torch.float32)
 
 
 def _create(spec: ModelSpec) -> torch.nn.Module:
@@ -128,13 +156,18 @@ def _create(spec: ModelSpec) -> torch.nn.Module:
 def _load(spec: ModelSpec) -> LoadedModel:
     device = resolve_device(spec.device)
     model: Any = _create(spec).eval().requires_grad_(False).to(device)
+    dtype = weights_dtype(spec.precision, device)
+    if dtype != torch.float32:
+        from open_clip.model import convert_weights_to_lp
+
+        convert_weights_to_lp(model, dtype)  # open_clip's own: linear/conv/attention weights
     preprocess = PreprocessConfig.from_model(model)
     with torch.inference_mode():
-        probe = torch.zeros((1, 3, *preprocess.size), device=device)
+        probe = torch.zeros((1, 3, *preprocess.size), device=device, dtype=dtype)
         embed_dim = int(model.encode_image(probe).shape[-1])
     if spec.random_weights:
         logger.warning("dask_clip: %s has seeded RANDOM weights (pretrained=None)", spec.model)
-    return LoadedModel(model, preprocess, device, _autocast_dtype(spec.precision, device), embed_dim)
+    return LoadedModel(model, preprocess, device, _autocast_dtype(spec.precision, device), embed_dim, dtype)
 
 
 def get_model(spec: ModelSpec) -> LoadedModel:

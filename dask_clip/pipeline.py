@@ -1,16 +1,32 @@
-"""From rows to embeddings: chunking, decoding ahead of the model, row errors, heads.
+"""From rows to embeddings: chunks through the input stage and the model, row errors, heads.
 
-One partition's rows go through the model in chunks of a few hundred: a thread decodes the
-next chunk while the model embeds the current one (Pillow and nvJPEG release the GIL), so a
-partition's decoded pixels in memory are bounded by two chunks. A row that cannot be decoded
-gets a reason instead of an embedding (or raises :class:`~dask_clip.errors.ImageDecodeError`
-with ``on_error="raise"``); every other row keeps its place.
+A partition's rows go through in chunks of a few hundred. The input stage
+(:func:`dask_clip.prepare.prepare_chunk`) turns a chunk into the model's input — decoded,
+resized and cropped image by image, so full-size images never pile up — and the model stage
+embeds it in batches of ``batch_size`` and runs the heads on the same batches. How the two
+stages share the machine is the *schedule*:
+
+- ``"overlap"`` (GPUs): a thread prepares the next chunk while the model runs the current one
+  (decode, resize and normalise run on a CUDA stream of their own; an event hands the input
+  to the model's stream). One synchronisation per partition, when the embeddings are copied
+  to the host.
+- ``"serial"`` (CPUs): the chunk is prepared with every core (one decode thread per torch
+  thread), then the model runs with every core. Beside a busy OpenMP pool, a decode thread
+  takes a core from the model's barrier-synchronised threads, which then wait for the slowest
+  one; taking turns loses nothing to that (measured in benchmarks/README.md).
+
+A row that cannot be decoded gets a reason instead of an embedding (or raises
+:class:`~dask_clip.errors.ImageDecodeError` with ``on_error="raise"``); every other row keeps
+its place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +36,18 @@ import torch
 from .decode import Decoder
 from .errors import ImageDecodeError
 from .heads import HeadFunction, HeadInputs
-from .infer import encode_images
+from .infer import encode_inputs
 from .models import LoadedModel
+from .prepare import PreparedChunk, decode_stream, prepare_chunk
 from .sources import ImageSource
 
-__all__ = ["MIN_ROWS_PER_CHUNK", "RowsResult", "embed_rows"]
+__all__ = ["MIN_ROWS_PER_CHUNK", "SCHEDULES", "RowsResult", "embed_rows"]
 
-# Rows decoded ahead of the model at once: bounds a partition's decoded pixels in memory.
+logger = logging.getLogger(__name__)
+
+# Rows prepared at once: bounds a partition's crops in memory (256 x 150 KB at 224 px).
 MIN_ROWS_PER_CHUNK = 256
+SCHEDULES = ("auto", "overlap", "serial")
 
 
 @dataclass
@@ -37,7 +57,8 @@ class RowsResult:
     Attributes
     ----------
     embeddings : torch.Tensor
-        float32 (M, D) on the model's device, the rows that have an image, in order.
+        float32 (M, D), the rows that have an image, in order: on the host when asked for
+        (``to_host=True``), else on the model's device.
     valid : numpy.ndarray
         bool (N,), True where a row has an embedding.
     errors : list of str or None
@@ -45,29 +66,28 @@ class RowsResult:
     heads : dict of str to list
         Per head column, the values of the M valid rows, one entry per forward batch (torch
         tensors, or lists of strings); :meth:`head_values` joins them.
+    seconds : dict of str to float
+        Time per stage (fetch, decode+resize, model, heads, wait), for ``verbose`` logs and
+        benchmarks; stages of the two schedules' threads overlap, so they do not add up to the
+        wall time.
     """
 
     embeddings: torch.Tensor
     valid: np.ndarray
     errors: list[str | None]
     heads: dict[str, list[Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def head_values(self, column: str) -> Any:
         """One head's values for the M valid rows: a tensor (M, ...) or a list of M strings."""
         parts = self.heads.get(column, [])
         if parts and isinstance(parts[0], torch.Tensor):
-            return torch.cat(parts)
+            return torch.cat([p.cpu() if p.device.type != "cpu" else p for p in parts])
         return [value for part in parts for value in part]
 
 
-def _as_tensor(pixels: object) -> torch.Tensor:
-    """uint8 (H, W, 3) pixels as a tensor without copying where the source allows."""
-    if isinstance(pixels, torch.Tensor):
-        return pixels
-    array = np.asarray(pixels)
-    if not array.flags.writeable:  # torch refuses to alias read-only memory
-        array = array.copy()
-    return torch.from_numpy(array)
+def _chunks(n: int, chunk: int) -> list[int]:
+    return list(range(0, n, chunk))
 
 
 def embed_rows(
@@ -82,7 +102,11 @@ def embed_rows(
     index: Sequence[object] | None = None,
     heads: dict[str, HeadFunction] | None = None,
     max_pixels: int | None = None,
+    max_bytes: int | None = None,
     chunk_rows: int | None = None,
+    schedule: str = "auto",
+    decode_threads: int | None = None,
+    to_host: bool = True,
 ) -> RowsResult:
     """Decode and embed one partition's rows; run the heads on the same batches.
 
@@ -91,7 +115,7 @@ def embed_rows(
     rows
         One object per row, as ``source.rows`` gives them (bytes, paths, pixels or None).
     source
-        The image source that decodes them.
+        The image source that fetches them.
     model
         The worker's loaded model.
     decoder
@@ -106,10 +130,16 @@ def embed_rows(
         The rows' index labels, named by :class:`~dask_clip.errors.ImageDecodeError`.
     heads
         Output column -> loaded head.
-    max_pixels
-        Decompression-bomb limit.
+    max_pixels, max_bytes
+        Decompression-bomb limit; decoded bytes one image may take.
     chunk_rows
-        Rows decoded at once; default: the largest multiple of ``batch_size`` up to 256.
+        Rows prepared at once; default: the largest multiple of ``batch_size`` up to 256.
+    schedule
+        ``"overlap"``, ``"serial"``, or ``"auto"``: overlap on GPUs, serial on CPUs.
+    decode_threads
+        Decode threads of the serial schedule; default: torch's thread count.
+    to_host
+        Return the embeddings on the host (copied asynchronously, one synchronisation at the end).
 
     Returns
     -------
@@ -117,8 +147,9 @@ def embed_rows(
     """
     n = len(rows)
     heads = heads or {}
+    device = model.device
     result = RowsResult(
-        embeddings=torch.zeros((0, model.embed_dim), dtype=torch.float32, device=model.device),
+        embeddings=torch.zeros((0, model.embed_dim), dtype=torch.float32),
         valid=np.zeros(n, dtype=bool),
         errors=[None] * n,
         heads={column: [] for column in heads},
@@ -126,38 +157,148 @@ def embed_rows(
     if n == 0:
         return result
     chunk = chunk_rows or batch_size * max(1, MIN_ROWS_PER_CHUNK // batch_size)
+    if schedule == "auto":
+        schedule = "overlap" if device.type == "cuda" else "serial"
+    on_gpu = device.type == "cuda"
+    threads = 1 if schedule == "overlap" else (decode_threads or torch.get_num_threads())
+
+    prepare_kwargs: dict[str, Any] = dict(
+        source=source,
+        decoder=decoder,
+        cfg=model.preprocess,
+        device=device,
+        max_pixels=max_pixels,
+        max_bytes=max_bytes,
+        threads=threads,
+        normalize_inputs=on_gpu,
+    )
+
+    def prepare(start: int) -> PreparedChunk:
+        stream = torch.cuda.stream(decode_stream(device)) if on_gpu else nullcontext()
+        with stream, torch.inference_mode():
+            return prepare_chunk(rows[start : start + chunk], start, **prepare_kwargs)
+
+    host = torch.empty((n, model.embed_dim), dtype=torch.float32, pin_memory=on_gpu and to_host)
     parts: list[torch.Tensor] = []
-
-    def decode(start: int) -> list:
-        return source.decode(rows[start : start + chunk], decoder, max_pixels=max_pixels)
-
-    # Decode the next chunk in a thread while the model runs (Pillow releases the GIL).
-    with ThreadPoolExecutor(1, thread_name_prefix="dask-clip-decode") as pool:
-        pending = pool.submit(decode, 0)
-        for start in range(0, n, chunk):
-            decoded = pending.result()
-            if start + chunk < n:
-                pending = pool.submit(decode, start + chunk)
-            images = []
-            for offset, (pixels, reason) in enumerate(decoded):
-                row = start + offset
-                if pixels is None:
-                    if on_error == "raise":
-                        raise ImageDecodeError(index[row] if index is not None else row, reason or "unknown")
-                    result.errors[row] = reason
-                else:
-                    result.valid[row] = True
-                    images.append(_as_tensor(pixels))
-            if not images:
-                continue
-            features = encode_images(model, images, batch_size=batch_size, normalize=False)
-            unit = torch.nn.functional.normalize(features, dim=-1)
-            if heads:
-                inputs = HeadInputs(image=unit)
-                with torch.inference_mode():
-                    for column, head in heads.items():
-                        result.heads[column].append(head(inputs))
-            parts.append(unit if normalize else features)
-    if parts:
+    filled = 0
+    seconds = result.seconds
+    for prepared in _prepared_chunks(prepare, _chunks(n, chunk), schedule, seconds):
+        for k, v in prepared.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+        for row, reason in prepared.errors:
+            if on_error == "raise":
+                raise ImageDecodeError(index[row] if index is not None else row, reason)
+            result.errors[row] = reason
+        if prepared.inputs is None:
+            continue
+        if prepared.event is not None:  # the decode stream's work, before the model reads it
+            torch.cuda.current_stream(device).wait_event(prepared.event)
+            prepared.inputs.record_stream(torch.cuda.current_stream(device))
+        result.valid[prepared.positions] = True
+        out = _model_stage(prepared, model, batch_size, normalize, heads, result)
+        if to_host:
+            host[filled : filled + len(out)].copy_(out, non_blocking=on_gpu)
+        else:
+            parts.append(out)
+        filled += len(out)
+    if to_host:
+        if on_gpu:
+            torch.cuda.current_stream(device).synchronize()  # the one wait of the partition
+        result.embeddings = host[:filled]
+    elif parts:
         result.embeddings = torch.cat(parts)
+    else:
+        result.embeddings = torch.zeros((0, model.embed_dim), dtype=torch.float32, device=device)
+    if model.input_dtype == torch.float16 and filled:
+        _rerun_overflow(rows, result, prepare_kwargs, model, batch_size, normalize, heads)
     return result
+
+
+def _model_stage(
+    prepared: PreparedChunk,
+    model: LoadedModel,
+    batch_size: int,
+    normalize: bool,
+    heads: dict[str, HeadFunction],
+    result: RowsResult,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Embed one prepared chunk and run the heads on it; returns the (m, D) output rows."""
+    assert prepared.inputs is not None
+    seconds = result.seconds
+    started = time.perf_counter()
+    features = encode_inputs(
+        model, prepared.inputs, batch_size=batch_size, normalized=prepared.normalized, autocast_dtype=autocast_dtype
+    )
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    seconds["model"] = seconds.get("model", 0.0) + time.perf_counter() - started
+    if heads:
+        started = time.perf_counter()
+        head_inputs = HeadInputs(image=unit)
+        with torch.inference_mode():
+            for column, head in heads.items():
+                result.heads[column].append(head(head_inputs))
+        seconds["heads"] = seconds.get("heads", 0.0) + time.perf_counter() - started
+    return unit if normalize else features
+
+
+def _rerun_overflow(
+    rows: Sequence[object],
+    result: RowsResult,
+    prepare_kwargs: dict[str, Any],
+    model: LoadedModel,
+    batch_size: int,
+    normalize: bool,
+    heads: dict[str, HeadFunction],
+) -> None:
+    """Recompute under bf16 autocast the rows whose fp16 embedding overflowed (inf/NaN).
+
+    Checked once per partition, after the one synchronisation: fp16's range (65504) is what
+    the default GPU precision gives up for its finer rounding; bf16 has float32's range.
+    """
+    finite = torch.isfinite(result.embeddings).all(dim=1).cpu().numpy()
+    if finite.all():
+        return
+    positions = np.flatnonzero(result.valid)[~finite]
+    logger.warning(
+        "dask_clip: %d embedding(s) overflowed in fp16; recomputing them under bf16 autocast "
+        "(precision='pure_bf16' or 'bf16' avoids fp16)",
+        len(positions),
+    )
+    redo = prepare_chunk([rows[p] for p in positions], 0, **prepare_kwargs)
+    if redo.inputs is None or len(redo.positions) != len(positions):
+        return  # the rows decoded before: they decode again (kept as they are otherwise)
+    if redo.event is not None:
+        torch.cuda.current_stream(model.device).wait_event(redo.event)
+    fixed_heads = RowsResult(result.embeddings[:0], result.valid[:0], [], {c: [] for c in heads})
+    out = _model_stage(redo, model, batch_size, normalize, heads, fixed_heads, autocast_dtype=torch.bfloat16)
+    bad = torch.from_numpy(~finite).to(result.embeddings.device)
+    result.embeddings[bad] = out.to(result.embeddings.device, torch.float32)
+    for column in heads:
+        values = result.head_values(column)
+        if isinstance(values, torch.Tensor):
+            values[bad.to(values.device)] = fixed_heads.head_values(column).to(values.device, values.dtype)
+            result.heads[column] = [values]
+        else:
+            for k, value in zip(np.flatnonzero(~finite).tolist(), fixed_heads.head_values(column)):
+                values[k] = value
+            result.heads[column] = [values]
+
+
+def _prepared_chunks(
+    prepare: Any, starts: list[int], schedule: str, seconds: dict[str, float]
+) -> Iterator[PreparedChunk]:
+    """The chunks in order; with ``"overlap"``, the next one is prepared in a thread meanwhile."""
+    if schedule == "serial":
+        for start in starts:
+            yield prepare(start)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-clip-prepare") as pool:
+        pending = pool.submit(prepare, starts[0])
+        for i in range(len(starts)):
+            started = time.perf_counter()
+            prepared = pending.result()
+            seconds["wait"] = seconds.get("wait", 0.0) + time.perf_counter() - started
+            if i + 1 < len(starts):
+                pending = pool.submit(prepare, starts[i + 1])
+            yield prepared

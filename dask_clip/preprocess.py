@@ -8,6 +8,7 @@ bilinear) computed as Pillow computes it on uint8, centre crop (or centre pad fo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,15 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["PreprocessConfig", "preprocess_batch", "prereduce", "prereduce_factors", "resize_crop"]
+__all__ = [
+    "PreprocessConfig",
+    "normalize",
+    "preprocess_batch",
+    "prereduce",
+    "prereduce_factors",
+    "resize_crop",
+    "to_chw",
+]
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,8 @@ _MAX_ASPECT = 16
 # about 47 ("Too much shared memory required", vision#7671); beyond this factor an integer
 # box pre-reduction comes first, on every device, so CPU and GPU compute the same thing.
 MAX_AA_SCALE = 32
+# Elements per band of :func:`prereduce` (float32: 16 MiB).
+_PREREDUCE_BAND_ELEMENTS = 1 << 22
 
 
 def _resized_size(height: int, width: int, cfg: PreprocessConfig) -> list[int]:
@@ -129,6 +140,9 @@ def prereduce_factors(
 def prereduce(image: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
     """Box-average (area) reduction by integer factors, as Pillow's ``Image.reduce`` does.
 
+    Computed in bands of rows, so the float temporary stays small (about 16 MiB) whatever the
+    image's size: a 9000 x 12000 image is never converted to float32 as a whole.
+
     Parameters
     ----------
     image
@@ -144,12 +158,19 @@ def prereduce(image: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
     """
     if factors == (1, 1):
         return image
+    kh, _ = factors
     lead = image.shape[:-3]
-    flat = image.reshape(-1, *image.shape[-3:]).to(torch.float32)
-    reduced = torch.nn.functional.avg_pool2d(
-        flat, kernel_size=factors, stride=factors, ceil_mode=True, count_include_pad=False
-    )
-    return reduced.round_().clamp_(0, 255).to(torch.uint8).reshape(*lead, *reduced.shape[-3:])
+    flat = image.reshape(-1, *image.shape[-3:])
+    rows_per_band = max(1, _PREREDUCE_BAND_ELEMENTS // max(1, flat.shape[0] * flat.shape[1] * flat.shape[3] * kh))
+    bands = []
+    for top in range(0, flat.shape[2], rows_per_band * kh):
+        band = flat[:, :, top : top + rows_per_band * kh].to(torch.float32)
+        reduced = torch.nn.functional.avg_pool2d(
+            band, kernel_size=factors, stride=factors, ceil_mode=True, count_include_pad=False
+        )
+        bands.append(reduced.round_().clamp_(0, 255).to(torch.uint8))
+    out = torch.cat(bands, dim=2)
+    return out.reshape(*lead, *out.shape[-3:])
 
 
 def _center_crop_or_pad(image: torch.Tensor, size: tuple[int, int], fill: int) -> torch.Tensor:
@@ -193,6 +214,46 @@ def resize_crop(image: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     return F.center_crop(resized, list(cfg.size))
 
 
+@functools.lru_cache(maxsize=16)
+def _normalization(cfg: PreprocessConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` (1, 3, 1, 1) on ``device``: ``x * scale + shift`` is ``(x / 255 - mean) / std``.
+
+    Built once per model configuration and device: creating a tensor on a GPU is a blocking
+    copy that would wait for every other thread's work on the default stream.
+    """
+    mean = torch.tensor(cfg.mean, dtype=torch.float32)
+    std = torch.tensor(cfg.std, dtype=torch.float32)
+    scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
+    shift = (-mean / std).view(1, -1, 1, 1)
+    return scale.to(device), shift.to(device)
+
+
+def normalize(crops: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """The model's input from resized crops.
+
+    Parameters
+    ----------
+    crops
+        uint8 (N, 3, size[0], size[1]), from :func:`resize_crop`, on any device.
+    cfg
+        The model's preprocessing.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 (N, 3, size[0], size[1]) on ``crops``' device, scaled to [0, 1] and normalised
+        with ``cfg.mean``/``cfg.std``.
+    """
+    scale, shift = _normalization(cfg, crops.device)
+    return torch.addcmul(shift, crops.to(torch.float32), scale)
+
+
+def to_chw(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (H, W, 3) pixels as a (3, H, W) view (no copy; channels-last memory, which torch's
+    uint8 antialiased CPU resize reads fastest)."""
+    return pixels.permute(2, 0, 1)
+
+
 def preprocess_batch(images: Sequence[torch.Tensor], cfg: PreprocessConfig, device: torch.device) -> torch.Tensor:
     """Preprocess a batch of decoded images into the model's input.
 
@@ -210,21 +271,5 @@ def preprocess_batch(images: Sequence[torch.Tensor], cfg: PreprocessConfig, devi
     torch.Tensor
         float32 (N, 3, size[0], size[1]) on ``device``, normalised with ``cfg.mean``/``cfg.std``.
     """
-    # Images of the same size are resized as one (N, 3, H, W) batch: one kernel launch per
-    # size instead of per image (what keeps a GPU busy); per-image results are unchanged.
-    groups: dict[tuple, list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault((tuple(img.shape), img.device), []).append(i)
-    crops: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]
-    for members in groups.values():
-        if len(members) == 1:
-            img = images[members[0]].to(device, non_blocking=True)
-            crops[members[0]] = resize_crop(img.permute(2, 0, 1), cfg)
-            continue
-        same = torch.stack([images[i] for i in members]).to(device, non_blocking=True)
-        for i, crop in zip(members, resize_crop(same.permute(0, 3, 1, 2), cfg)):
-            crops[i] = crop
-    batch = torch.stack(crops).to(torch.float32).div_(255.0)
-    mean = torch.tensor(cfg.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(cfg.std, device=device).view(1, -1, 1, 1)
-    return batch.sub_(mean).div_(std)
+    crops = [resize_crop(to_chw(img.to(device, non_blocking=True)), cfg) for img in images]
+    return normalize(torch.stack(crops), cfg)

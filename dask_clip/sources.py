@@ -40,9 +40,13 @@ class ImageSource(ABC):
     ----------
     kind : str
         The name users pass as ``image_kind`` (``"bytes"``, ``"path"``, ``"pixels"``, ...).
+    encoded : bool
+        Whether :meth:`fetch` gives encoded images (bytes the decoder turns into pixels) or
+        pixels already.
     """
 
     kind: ClassVar[str]
+    encoded: ClassVar[bool] = True
 
     @abstractmethod
     def matches_type(self, arrow_type: pa.DataType) -> bool:
@@ -56,9 +60,19 @@ class ImageSource(ABC):
     def rows(self, df: Any, column: str, *, height_column: str, width_column: str) -> list[object]:
         """One Python object per row of ``df[column]`` (None for nulls), in order."""
 
-    @abstractmethod
+    def fetch(self, rows: Sequence[object], *, max_pixels: int | None = None) -> list[tuple[Any, str | None]]:
+        """Each row's payload — encoded bytes, or pixels when not :attr:`encoded` — or None and a
+        reason; never raises for a row. Default: the rows themselves, None rows missing."""
+        return [(row, None) if row is not None else (None, "missing image (null)") for row in rows]
+
     def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
         """Each row as uint8 (H, W, 3) pixels, or None and a reason; never raises for a row."""
+        fetched = self.fetch(rows, max_pixels=max_pixels)
+        if not self.encoded:
+            return fetched
+        decoded = decoder.decode([payload for payload, _ in fetched], max_pixels=max_pixels)
+        # a row that could not be fetched keeps the fetch's reason
+        return [(None, reason) if payload is None else result for (payload, reason), result in zip(fetched, decoded)]
 
     def keep(self, series: Any) -> Any:
         """The image column as it goes into the output when kept (default: unchanged)."""
@@ -79,9 +93,6 @@ class BytesSource(ImageSource):
     def rows(self, df: Any, column: str, *, height_column: str, width_column: str) -> list[object]:
         return backends.byte_rows(df[column])
 
-    def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
-        return decoder.decode(rows, max_pixels=max_pixels)
-
     def keep(self, series: Any) -> Any:
         # Dask cannot write an object column of bytes to Parquet; Arrow binary it can.
         return backends.as_binary(series)
@@ -101,11 +112,8 @@ class PathSource(ImageSource):
     def rows(self, df: Any, column: str, *, height_column: str, width_column: str) -> list[object]:
         return backends.string_rows(df[column])
 
-    def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
-        fetched = read_paths(rows)
-        decoded = decoder.decode([data for data, _ in fetched], max_pixels=max_pixels)
-        # a path that could not be read keeps the reader's reason
-        return [(None, reason) if data is None else result for (data, reason), result in zip(fetched, decoded)]
+    def fetch(self, rows: Sequence[object], *, max_pixels: int | None = None) -> list[tuple[Any, str | None]]:
+        return read_paths(rows)
 
 
 class PixelSource(ImageSource):
@@ -113,6 +121,7 @@ class PixelSource(ImageSource):
     with height and width columns (viewed through DLPack, no copy)."""
 
     kind = "pixels"
+    encoded = False
 
     def matches_type(self, arrow_type: pa.DataType) -> bool:
         return is_uint8_list_type(arrow_type)
@@ -132,7 +141,7 @@ class PixelSource(ImageSource):
         heights, widths = backends.host_floats(df[height_column]), backends.host_floats(df[width_column])
         return split_flat_pixels(flat, offsets, valid, heights, widths)  # type: ignore[return-value]
 
-    def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
+    def fetch(self, rows: Sequence[object], *, max_pixels: int | None = None) -> list[tuple[Any, str | None]]:
         return [check_pixels(p, max_pixels=max_pixels) for p in rows]
 
 

@@ -23,10 +23,10 @@ __all__ = [
     "TINY_MODEL_CFG",
     "ProjectionHead",
     "encode_image",
-    "png_bomb",
     "odd_images",
     "parity",
     "photo_crops",
+    "png_bomb",
     "reference_embeddings",
     "write_model_dir",
 ]

@@ -27,7 +27,7 @@ __all__ = [
     "check_int",
 ]
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("null", "raise")
 DECODE_DEVICES = ("auto", "cpu")

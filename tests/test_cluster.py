@@ -14,7 +14,13 @@ from dask_clip import worker_setup as ws
 
 
 def plan(**kwargs):
-    facts = {"n_gpus": 0, "dask_cuda_installed": False, "cores": 2, "rapids_installed": (True, True)}
+    facts = {
+        "n_gpus": 0,
+        "dask_cuda_installed": False,
+        "cores": 2,
+        "rapids_installed": (True, True),
+        "cupy_usable": True,
+    }
     return cl.plan_local_cluster(**{**facts, **kwargs})
 
 
@@ -27,7 +33,10 @@ def test_gpus_with_dask_cuda_give_one_worker_per_gpu_on_rmm():
     o = p.options
     assert o["n_workers"] == 4 and o["threads_per_worker"] == 4  # 0.25 GPU per task
     assert o["rmm_async"] is True and o["enable_cudf_spill"] is True
-    assert "torch" in o["rmm_allocator_external_lib_list"]
+    # CuPy on RMM; torch on its own caching allocator (record_stream must work for the decode stream)
+    assert o["rmm_allocator_external_lib_list"] == ["cupy"]
+    no_cupy = plan(n_gpus=4, dask_cuda_installed=True, cores=32, cupy_usable=False).options
+    assert no_cupy["rmm_async"] is True and "rmm_allocator_external_lib_list" not in no_cupy
     assert o["dashboard_address"] == "127.0.0.1:8787"
     assert "jit_unspill" not in o and "rmm_pool_size" not in o  # removed / deprecated with rmm_async
     assert p.torch_threads == 2  # 32 cores / (4 workers * 4 threads)

@@ -44,16 +44,18 @@ def test_auto_device_is_the_workers_cuda0_when_cuda_works(monkeypatch):
     assert models.resolve_device("cuda:1") == torch.device("cuda:1")
 
 
-def test_precision_maps_to_autocast_dtype(monkeypatch):
+def test_precision_maps_to_autocast_and_weight_dtypes():
     cpu, cuda = torch.device("cpu"), torch.device("cuda:0")
     assert models._autocast_dtype("auto", cpu) is None
     assert models._autocast_dtype("fp32", cuda) is None
     assert models._autocast_dtype("bf16", cpu) is torch.bfloat16
     assert models._autocast_dtype("fp16", cuda) is torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert models._autocast_dtype("auto", cuda) is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert models._autocast_dtype("auto", cuda) is torch.float16
+    # "auto" on a GPU holds the weights in fp16 (no autocast); fp32 on CPU.
+    assert models._autocast_dtype("auto", cuda) is None
+    assert models.weights_dtype("auto", cuda) is torch.float16
+    assert models.weights_dtype("auto", cpu) is torch.float32
+    assert models.weights_dtype("pure_bf16", cpu) is torch.bfloat16
+    assert models.weights_dtype("bf16", cuda) is torch.float32  # autocast keeps fp32 weights
 
 
 def test_bf16_autocast_gives_float32_embeddings_close_to_fp32(model_dir, photo_jpegs):
@@ -164,12 +166,12 @@ def mixed_rows(photos) -> dict[str, object]:
     }
 
 
-def test_routing_sends_only_rgb_and_gray_jpegs_to_the_device(mixed_rows):
+def test_routing_sends_only_baseline_rgb_and_gray_jpegs_to_the_device(mixed_rows, monkeypatch):
     routed = {name: gpu_decode.jpeg_on_device(data) for name, data in mixed_rows.items()}
     assert routed == {
         "jpeg": True,
         "grayscale jpeg": True,
-        "progressive jpeg": True,
+        "progressive jpeg": False,  # torchvision decodes those serially, Huffman on the CPU
         "cmyk jpeg": False,
         "png": False,
         "truncated jpeg": False,
@@ -179,6 +181,8 @@ def test_routing_sends_only_rgb_and_gray_jpegs_to_the_device(mixed_rows):
         "not bytes": False,
         "jpeg as memoryview": True,
     }
+    monkeypatch.setattr(gpu_decode, "PROGRESSIVE_ON_GPU", True)  # what the GPU check measures both ways
+    assert gpu_decode.jpeg_on_device(mixed_rows["progressive jpeg"])
 
 
 def test_bomb_limit_is_read_from_the_header_before_decoding(mixed_rows):

@@ -17,6 +17,7 @@ Image columns in
     ``flat_uint8_rows(series)``       a flat ``list<uint8>`` column as (flat tensor, offsets, valid)
     ``host_floats(series)``           float64 NumPy values, NaN for nulls
     ``as_binary(series)``             an object column of bytes as the backend's binary type
+    ``on_device(obj)``                True where columns live in GPU memory (cuDF)
 Columns out
     ``output_column(like, kind, values, valid)``   a column of a kind in :mod:`dask_clip.columns`
     ``empty_column(meta, kind)``                   its empty version, for ``meta``
@@ -49,6 +50,7 @@ __all__ = [
     "nullable",
     "numeric_tensor",
     "object_rows",
+    "on_device",
     "output_column",
     "pack_rows",
     "sample_values",
@@ -85,6 +87,7 @@ object_rows = _dispatch("object_rows")
 flat_uint8_rows = _dispatch("flat_uint8_rows")
 host_floats = _dispatch("host_floats")
 as_binary = _dispatch("as_binary")
+on_device = _dispatch("on_device")
 output_column = _dispatch("output_column")
 empty_column = _dispatch("empty_column")
 embedding_matrix = _dispatch("embedding_matrix")

@@ -76,6 +76,11 @@ def binary_as_string(obj: Any) -> bool:
     return True  # cuDF reads Parquet binary columns as strings
 
 
+@be.on_device.register(_ANY)
+def on_device(obj: Any) -> bool:
+    return True  # embeddings stay on the GPU: the column is built on the tensor
+
+
 @be.sample_values.register(_SERIES)
 def sample_values(series: Any, n: int = 1) -> list[object]:
     """Up to ``n`` values; strings that start like an image (or are not UTF-8) come back as bytes."""

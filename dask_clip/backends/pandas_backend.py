@@ -61,6 +61,11 @@ def binary_as_string(obj: Any) -> bool:
     return False
 
 
+@be.on_device.register(_ANY)
+def on_device(obj: Any) -> bool:
+    return False
+
+
 @be.sample_values.register(_SERIES)
 def sample_values(series: pd.Series, n: int = 1) -> list[object]:
     values = []

@@ -1,0 +1,193 @@
+"""The input stage: rows of one chunk -> the model's input (resized crops), never at full size.
+
+Every image is decoded, resized and centre-cropped to the model's input size as soon as it is
+decoded; only the small uint8 crop (3 x 224 x 224 = 150 KB for most CLIP models) is kept. So a
+chunk of a partition holds its encoded bytes and its crops, and at most one full-size image per
+decode thread (nvJPEG: one call's images, at most ``max_bytes`` of them) — memory is bounded by
+the decode budget, not by how large the images are or how many there are.
+
+On a GPU the stage runs on a CUDA stream of its own (one per thread, kept for the thread's life);
+the crops are normalised there and handed to the model's stream with an event.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .decode import Decoder
+from .preprocess import PreprocessConfig, normalize, resize_crop, to_chw
+from .sources import ImageSource
+
+__all__ = ["PreparedChunk", "decode_stream", "prepare_chunk"]
+
+_STREAMS = threading.local()
+
+
+def decode_stream(device: torch.device) -> Any:
+    """This thread's CUDA stream for ``device``, created once (not one per chunk: torch caches
+    memory blocks per stream and rotates a small pool of them)."""
+    streams = getattr(_STREAMS, "by_device", None)
+    if streams is None:
+        streams = _STREAMS.by_device = {}
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    return streams[device]
+
+
+@dataclass
+class PreparedChunk:
+    """One chunk of rows, ready for the model.
+
+    Attributes
+    ----------
+    start : int
+        Position of the chunk's first row in the partition.
+    positions : numpy.ndarray
+        int64 (m,), ascending: the rows (partition positions) that have a crop.
+    inputs : torch.Tensor or None
+        (m, 3, H, W) on the model's device: uint8 crops, or (``normalized``) float32 model input.
+    normalized : bool
+        Whether ``inputs`` is already normalised.
+    errors : list of (int, str)
+        The rows without a crop and why, ascending.
+    event : torch.cuda.Event or None
+        Recorded on the decode stream after ``inputs`` was written (CUDA only).
+    seconds : dict of str to float
+        Time spent per step (fetch, decode + resize), summed over the stage's threads.
+    """
+
+    start: int
+    positions: np.ndarray
+    inputs: torch.Tensor | None
+    normalized: bool
+    errors: list[tuple[int, str]]
+    event: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _as_tensor(pixels: object) -> torch.Tensor:
+    """uint8 (H, W, 3) pixels as a tensor without copying where the source allows."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels
+    array = np.asarray(pixels)
+    if not array.flags.writeable:  # torch refuses to alias read-only memory
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
+def _crop_share(
+    payloads: Sequence[object],
+    indices: Sequence[int],
+    *,
+    encoded: bool,
+    decoder: Decoder,
+    cfg: PreprocessConfig,
+    device: torch.device,
+    max_pixels: int | None,
+    max_bytes: int | None,
+) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]], float]:
+    """Decode, resize and crop the ``indices`` of ``payloads`` (one thread's share)."""
+    started = time.perf_counter()
+    crops: list[tuple[int, torch.Tensor]] = []
+    errors: list[tuple[int, str]] = []
+    if encoded:
+        groups = decoder.decode_groups([payloads[i] for i in indices], max_pixels=max_pixels, max_bytes=max_bytes)
+    else:  # pixels: already checked by the source's fetch
+        groups = iter([[(k, (payloads[i], None)) for k, i in enumerate(indices)]])
+    for group in groups:
+        for k, (pixels, reason) in group:
+            if pixels is None:
+                errors.append((indices[k], reason or "unknown"))
+                continue
+            image = to_chw(_as_tensor(pixels).to(device, non_blocking=True))
+            crops.append((indices[k], resize_crop(image, cfg)))
+        del group  # the group's full-size pixels go before the next group is decoded
+    return crops, errors, time.perf_counter() - started
+
+
+def prepare_chunk(
+    rows: Sequence[object],
+    start: int,
+    source: ImageSource,
+    *,
+    decoder: Decoder,
+    cfg: PreprocessConfig,
+    device: torch.device,
+    max_pixels: int | None,
+    max_bytes: int | None,
+    threads: int = 1,
+    normalize_inputs: bool = False,
+) -> PreparedChunk:
+    """Fetch, decode, resize and crop one chunk of rows.
+
+    Parameters
+    ----------
+    rows
+        The chunk's rows, as ``source.rows`` gives them.
+    start
+        Partition position of ``rows[0]``.
+    source, decoder
+        What the rows are, and how encoded ones are decoded.
+    cfg
+        The model's preprocessing.
+    device
+        Where crops are made and kept (the model's device).
+    max_pixels, max_bytes
+        Decompression-bomb limit, and the decoded bytes one image (or one nvJPEG call) may take.
+    threads
+        Decode threads (each holds at most one full-size image); 1 on GPUs.
+    normalize_inputs
+        Normalise the crops here (on a GPU: on the decode stream) instead of in the model stage.
+
+    Returns
+    -------
+    PreparedChunk
+    """
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    fetched = source.fetch(rows, max_pixels=max_pixels)
+    seconds["fetch"] = time.perf_counter() - started
+    errors = [(start + i, reason or "unknown") for i, (payload, reason) in enumerate(fetched) if payload is None]
+    payloads = [payload for payload, _ in fetched]
+    todo = [i for i, payload in enumerate(payloads) if payload is not None]
+    shares = [todo[k::threads] for k in range(threads)] if threads > 1 and len(todo) > 1 else [todo]
+    kwargs = dict(
+        encoded=source.encoded,
+        decoder=decoder,
+        cfg=cfg,
+        device=device,
+        max_pixels=max_pixels,
+        max_bytes=max_bytes,
+    )
+    if len(shares) == 1:
+        results = [_crop_share(payloads, shares[0], **kwargs)]  # type: ignore[arg-type]
+    else:
+        with ThreadPoolExecutor(len(shares), thread_name_prefix="dask-clip-decode") as pool:
+            results = list(pool.map(lambda share: _crop_share(payloads, share, **kwargs), shares))  # type: ignore[arg-type]
+    crops = sorted((c for share_crops, _, _ in results for c in share_crops), key=lambda c: c[0])
+    errors += [(start + i, reason) for _, share_errors, _ in results for i, reason in share_errors]
+    seconds["decode+resize"] = sum(s for _, _, s in results)
+    inputs = torch.stack([crop for _, crop in crops]) if crops else None
+    if inputs is not None and normalize_inputs:
+        inputs = normalize(inputs, cfg)
+    event = None
+    if device.type == "cuda":
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+    return PreparedChunk(
+        start=start,
+        positions=np.array([start + i for i, _ in crops], dtype=np.int64),
+        inputs=inputs,
+        normalized=normalize_inputs and inputs is not None,
+        errors=sorted(errors),
+        event=event,
+        seconds=seconds,
+    )
