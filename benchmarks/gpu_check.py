@@ -256,7 +256,7 @@ def run_pytest(record: dict[str, Any], budget: float, dry_run: bool) -> None:
 
 
 def parity_check(record: dict[str, Any], model: dict[str, Any], device: str, n: int) -> float:
-    """DESIGN.md parity of dask_clip on ``device`` against open_clip's CPU reference pipeline."""
+    """docs/design.md parity of dask_clip on ``device`` against open_clip's CPU reference pipeline."""
     import copy
 
     import open_clip

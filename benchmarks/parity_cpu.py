@@ -2,7 +2,7 @@
 
     python benchmarks/parity_cpu.py
 
-Parity (DESIGN.md) = ||e - e_ref|| / median ||e_ref_i - e_ref_j||. Measured for a tiny random
+Parity (docs/design.md) = ||e - e_ref|| / median ||e_ref_i - e_ref_j||. Measured for a tiny random
 model and for the full ViT-B-32 architecture (random weights, 224 px), on scikit-image's
 photos plus odd shapes (strips, 1x1, gray, RGBA, palette, CMYK, progressive, 20 MP, ...), for
 bytes, paths, NumPy pixel arrays and flat Arrow list<uint8> pixels.

@@ -123,7 +123,7 @@ def png_bomb(width: int, height: int) -> bytes:
 
 
 def reference_embeddings(model_dir: str, images: list[bytes]) -> np.ndarray:
-    """open_clip's own pipeline, the parity reference (DESIGN.md): PIL decode ->
+    """open_clip's own pipeline, the parity reference (docs/design.md): PIL decode ->
     ``convert("RGB")`` -> the model's preprocess transform -> ``encode_image`` -> L2-normalise.
 
     Returns

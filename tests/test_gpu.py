@@ -36,7 +36,7 @@ from dask_clip.testing import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PARITY_LIMIT = 0.01  # DESIGN.md's figure for the GPU path: ||e - e_ref|| / median ||e_i - e_j||
+PARITY_LIMIT = 0.01  # docs/design.md's figure for the GPU path: ||e - e_ref|| / median ||e_i - e_j||
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -136,7 +136,7 @@ def test_cli_on_the_scheduler_file_equals_the_local_run(scheduler_file, shards, 
 
 
 def test_python_driver_on_the_scheduler_file_equals_the_local_run(scheduler_file, shards, model_dir, tmp_path):
-    """This test process is the driver script: the README's multi-node recipe, verbatim."""
+    """This test process is the driver script: the multi-node recipe of docs/clusters.md, verbatim."""
     from distributed import Client
 
     from dask_clip import ImageEmbedder, read_images, write_parquet

@@ -1,6 +1,6 @@
 """Reference equivalence: dask_clip's embeddings equal open_clip's own pipeline.
 
-Reference (DESIGN.md): PIL decode -> convert("RGB") -> the model's own preprocess transform
+Reference (docs/design.md): PIL decode -> convert("RGB") -> the model's own preprocess transform
 -> encode_image -> L2-normalise. Parity = ||e - e_ref|| / median ||e_i - e_j||, <= 0.005 on CPU.
 """
 
