@@ -137,6 +137,7 @@ def run_demo(
     n_clusters: int = 4,
     batch_size: int = 32,
     device: str = "auto",
+    precision: str = "auto",
     progress: bool = False,
     connect_options: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
@@ -156,7 +157,7 @@ def run_demo(
         Dedup threshold; default 0.01, or 0.001 with random weights.
     n_clusters
         k-means clusters of the dedup step.
-    batch_size, device
+    batch_size, device, precision
         As in :class:`~dask_clip.ImageEmbedder`.
     progress
         Show a progress bar.
@@ -192,7 +193,13 @@ def run_demo(
                 "seeded RANDOM model (2-layer ViT, 64 px, 32-d). Its embeddings only tell near-"
                 "identical pictures from different ones; pass --model-dir or --pretrained for CLIP."
             )
-        embedder = ImageEmbedder(**weights, model_inference_batch_size=batch_size, device=device, image_column="jpg")
+        embedder = ImageEmbedder(
+            **weights,
+            model_inference_batch_size=batch_size,
+            device=device,
+            precision=precision,
+            image_column="jpg",
+        )
         embedder.validate()
         ddf, _ = read_images(sample_path(), image_column="jpg", split_row_groups=True)
         echo(f"dask-clip demo: sample {sample_path()} ({ddf.npartitions} partitions)")

@@ -11,12 +11,17 @@ one of two routes (``Client.run`` reaches neither):
 - This module as a preload, for workers started from the command line::
 
       dask worker --scheduler-file sched.json --preload dask_clip.worker_setup
-      dask worker ... --preload dask_clip.worker_setup --torch-threads 8
-      DASK_CLIP_TORCH_THREADS=8 dask cuda worker ... --preload dask_clip.worker_setup
+      DASK_CLIP_TORCH_THREADS=8 dask worker --scheduler-file sched.json --preload dask_clip.worker_setup
+      dask worker tcp://10.0.0.5:8786 --preload dask_clip.worker_setup --torch-threads 8
+
+  (``--torch-threads`` after the preload works only when the scheduler address is given
+  positionally: with ``--scheduler-file``, ``dask worker`` takes the option's value for the
+  address. Use the environment variable there.)
 
 The GPU allocator is dask-cuda's job: ``LocalCUDACluster(rmm_allocator_external_lib_list=...)``
-and ``dask cuda worker --set-rmm-allocator-for-libs torch,cupy`` install it through dask-cuda's
-own ``RMMSetup`` worker plugin, which also survives restarts.
+and ``dask cuda worker --set-rmm-allocator-for-libs cupy`` install it through dask-cuda's own
+``RMMSetup`` worker plugin, which also survives restarts. torch stays on its own caching
+allocator (docs/gpu.md says why).
 
 Importing this module is cheap and has no side effects: ``dask worker`` imports it in its
 own process to read the ``--torch-threads`` option.

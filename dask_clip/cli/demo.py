@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         n_clusters=args.n_clusters,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         progress=options.progress(args),
         connect_options=options.cluster_options(args),
     )
