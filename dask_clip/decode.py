@@ -34,18 +34,44 @@ _WARNINGS_SET = threading.Event()
 _WARNINGS_LOCK = threading.Lock()
 
 
-def _quiet_bomb_warnings() -> None:
-    """Silence Pillow's DecompressionBombWarning once per process: we apply our own limit.
+# Pillow lays an image out in blocks of this many bytes; an image within one block can be
+# viewed without a copy (Arrow C data interface). Sized to hold an image of Pillow's pixel limit.
+_PILLOW_BLOCK_SIZE = 1 << 30
 
-    ``warnings.catch_warnings()`` swaps the process-wide filter list and is not thread-safe, so
-    decode threads must not enter it; one global filter, set once, is.
+
+def _configure_pillow() -> None:
+    """Process-wide Pillow settings, applied once (thread-safe):
+
+    - DecompressionBombWarning silenced: we apply our own limit. ``warnings.catch_warnings()``
+      swaps the process-wide filter list and is not thread-safe, so decode threads must not
+      enter it; one global filter, set once, is.
+    - Image memory in blocks large enough for a whole image (allocated to size, not to the
+      block), so its pixels are handed to NumPy/torch without the copies ``np.asarray`` makes.
     """
     if _WARNINGS_SET.is_set():
         return
     with _WARNINGS_LOCK:
         if not _WARNINGS_SET.is_set():
             warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            if Image.core.get_block_size() < _PILLOW_BLOCK_SIZE:
+                Image.core.set_block_size(_PILLOW_BLOCK_SIZE)
             _WARNINGS_SET.set()
+
+
+def _pixels(rgb: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 3) pixels of an RGB image: a view of Pillow's memory where it is one block
+    (Pillow stores RGB as 4 bytes a pixel), else a copy."""
+    width, height = rgb.size
+    try:
+        import pyarrow as pa
+
+        flat = pa.array(rgb)  # Arrow C data interface: no copy
+        while pa.types.is_nested(flat.type):
+            flat = flat.flatten()
+        values = np.frombuffer(flat.buffers()[1], np.uint8, len(flat), flat.offset)
+        return values.reshape(height, width, -1)[:, :, :3]
+    except Exception:  # rows in several blocks, an old Pillow: the copying way
+        return np.asarray(rgb)
 
 
 def _allow_pillow_limit(max_pixels: int | None) -> None:
@@ -103,7 +129,7 @@ def decode_bytes(
         return None, f"expected image bytes, got {type(data).__name__}"
     if len(data) == 0:
         return None, "empty image bytes"
-    _quiet_bomb_warnings()
+    _configure_pillow()
     _allow_pillow_limit(max_pixels)
     try:
         image = Image.open(io.BytesIO(data))
@@ -113,9 +139,12 @@ def decode_bytes(
         too_large = _fit_budget(image, max_bytes)
         if too_large:
             return None, too_large
+        if image.mode == "RGB":
+            image.load()  # convert("RGB") would decode, then copy: twice the memory at the peak
+            return _pixels(image), None
         rgb = image.convert("RGB")  # decodes; first frame of animations
-        del image  # the decoded source mode, if it differs, is freed before the copy below
-        return np.asarray(rgb), None
+        del image  # the decoded source mode is freed now
+        return _pixels(rgb), None
     except Image.DecompressionBombError as err:
         return None, f"image too large (decompression bomb?): {err}"
     except UnidentifiedImageError:

@@ -28,6 +28,7 @@ __all__ = [
     "photo_crops",
     "png_bomb",
     "reference_embeddings",
+    "solid_png",
     "write_model_dir",
 ]
 
@@ -119,6 +120,22 @@ def png_bomb(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
     idat = zlib.compress(b"\x00" * (width + 1))  # one filtered row of zeros
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def solid_png(width: int, height: int, rgb: tuple[int, int, int] = (90, 140, 200)) -> bytes:
+    """A valid RGB PNG of one colour, written row by row: a few KB that decode to
+    ``width * height * 3`` bytes, made without holding the image in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\x00" + bytes(rgb) * width  # filter byte 0, then the pixels
+    encoder = zlib.compressobj(9)
+    idat = b"".join(encoder.compress(row) for _ in range(height)) + encoder.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
