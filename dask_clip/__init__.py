@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .errors import DaskClipError, ImageDecodeError, ModelLoadError
     from .io import read_images
     from .spec import ModelSpec
+    from .webdataset import read_webdataset
     from .writer import write_parquet
 
 _EXPORTS = {
@@ -25,6 +26,7 @@ _EXPORTS = {
     "ModelSpec": "spec",
     "local_cluster": "cluster",
     "read_images": "io",
+    "read_webdataset": "webdataset",
     "write_parquet": "writer",
 }
 __all__ = sorted(_EXPORTS)
