@@ -26,11 +26,13 @@ evaluates from the bytes it reads:
 The range ``[start, end)`` owns the entries ``[g(start), g(end))`` (the first range starts at
 entry 0; the last ends at the archive's end). A task finds ``f(start)`` without reading from
 the archive's beginning: it scans forward from ``start`` for the first 512-byte-aligned block
-that is a valid ustar header (checksum and ``ustar`` magic) and streams from there. Keys are
+that is a valid ustar header (checksum and ``ustar`` magic) and streams from there, starting
+with the bytes the scan already read. Keys are
 only compared from entry ``f(s) + 1`` on, because entry ``f(s)`` itself may be parsed from its
 last header block alone (its PAX long name lying before ``s``). Every range reads its own bytes
 plus, past ``end``, the rest of the sample that straddles it; the archive is read once in
-total, plus the scan to the first header of each range.
+total, plus, per range, the tail of the member that straddles its start (read by the range
+before it too) and tarfile's read-ahead of at most 10 KiB.
 
 Limits of splitting (reading whole archives has none of them): a member that is itself a tar
 archive can hold blocks that look like headers, and old pre-POSIX (v7) headers without the
@@ -158,11 +160,16 @@ def _is_header(block: bytes) -> bool:
     return True
 
 
-def find_header(fileobj: IO[bytes], start: int) -> int | None:
-    """The offset of the first 512-aligned block at or after ``start`` that is a ustar header.
+def find_header(fileobj: IO[bytes], start: int) -> tuple[int, bytes] | None:
+    """The first 512-aligned block at or after ``start`` that is a ustar header.
 
-    Reads forward from ``start`` (through the rest of a member that straddles it); None when the
-    archive ends first.
+    Reads forward from ``start`` (through the rest of a member that straddles it).
+
+    Returns
+    -------
+    (offset, bytes) or None
+        The header's offset in the archive and the bytes already read from there on (so that
+        nothing is read twice); None when the archive ends first.
     """
     position = -(-start // BLOCK) * BLOCK
     fileobj.seek(position)
@@ -176,12 +183,31 @@ def find_header(fileobj: IO[bytes], start: int) -> int | None:
             block_start = at - _MAGIC_AT
             aligned = block_start >= 0 and block_start % BLOCK == 0 and block_start + BLOCK <= len(chunk)
             if aligned and _is_header(chunk[block_start : block_start + BLOCK]):
-                return position + block_start
+                return position + block_start, chunk[block_start:]
             at = chunk.find(_MAGIC, at + 1)
         # A chunk is a multiple of 512 bytes unless the file ends, so blocks never straddle two.
         position += len(chunk)
         if len(chunk) % BLOCK:
             return None
+
+
+class _Prepended:
+    """A read-only stream: ``head``, then the rest of ``fileobj`` (all tarfile's stream mode uses)."""
+
+    def __init__(self, head: bytes, fileobj: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._fileobj = fileobj
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._fileobj.read(size)
+        if size < 0:
+            out = bytes(self._head) + self._fileobj.read()
+            self._head = self._head[len(self._head) :]
+            return out
+        out = bytes(self._head[:size])
+        self._head = self._head[len(out) :]
+        return out
 
 
 def _stop_reason(tar: tarfile.TarFile, offset: int) -> str | None:
@@ -232,17 +258,18 @@ def iter_entries(
         raise ValueError("a compressed archive cannot be read in byte ranges")
     first_range = start == 0
     base = 0
+    stream: IO[bytes] | _Prepended = fileobj
     if not first_range:
         found = find_header(fileobj, start)
         if found is None:
             return
-        base = found
-        fileobj.seek(base)
+        base, head = found
+        stream = _Prepended(head, fileobj)
     try:
         # Not a context manager: closing a stream-mode TarFile closes nothing of ours (the caller
         # owns fileobj), and a generator may be abandoned mid-way.
         tar = tarfile.open(  # noqa: SIM115
-            fileobj=fileobj, mode="r|*" if compressed else "r|", tarinfo=_Header, bufsize=_STREAM_BUFSIZE
+            fileobj=stream, mode="r|*" if compressed else "r|", tarinfo=_Header, bufsize=_STREAM_BUFSIZE
         )
     except (tarfile.TarError, OSError, EOFError) as err:  # opening reads the first member's headers
         if first_range:
