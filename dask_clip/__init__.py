@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .jobs import embed_parquet as embed_parquet
     from .readers import read_images as read_images
     from .spec import ModelSpec as ModelSpec
+    from .webdataset import read_webdataset as read_webdataset
     from .writer import write_parquet as write_parquet
 
 __version__ = "0.2.0.dev0"
@@ -33,6 +34,7 @@ _EXPORTS = {
     "embeddings_to_numpy": "columns",
     "local_cluster": "cluster",
     "read_images": "readers",
+    "read_webdataset": "webdataset",
     "write_parquet": "writer",
 }
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "embeddings_to_numpy",
     "local_cluster",
     "read_images",
+    "read_webdataset",
     "write_parquet",
 ]
 
