@@ -216,7 +216,7 @@ class NvjpegDecoder(BaseDecoder):
         self, blobs: Sequence[object], members: list[int], fallback: list[int]
     ) -> Iterator[list[tuple[int, DecodeResult]]]:
         decoded = decode_jpegs([blobs[i] for i in members], self.device)  # type: ignore[misc]
-        done = []
+        done: list[tuple[int, DecodeResult]] = []
         for i, pixels in zip(members, decoded):
             if pixels is None:
                 fallback.append(i)
