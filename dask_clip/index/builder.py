@@ -25,11 +25,13 @@ from .add import add_tasks, done_partitions, part_stats
 from .ids import check_columns, default_columns
 from .merge import merge_shards
 from .train import count_rows, import_faiss, sample_embeddings, train_index
+from .tune import DEFAULT_RECALL_TARGET, TUNE_MAX_VECTORS, TUNE_QUERIES, tune_nprobe
 
 __all__ = ["BuildSummary", "build"]
 
 logger = logging.getLogger(__name__)
 _COUNTS = ("rows", "vectors", "null_embeddings", "invalid_embeddings")
+TUNE_FILE = "tune-queries.npy"
 
 
 @dataclass
@@ -58,6 +60,9 @@ class BuildSummary:
         (``time.time()``) and ``seconds``; steps a resumed build skipped are absent.
     reason : str
         Why this index key.
+    tuning : dict or None
+        How the default ``nprobe`` was chosen: recall@10 per ``nprobe`` tried on sampled
+        rows, or why tuning was skipped; None for exact search or a given ``nprobe``.
     """
 
     index_dir: str
@@ -74,6 +79,7 @@ class BuildSummary:
     invalid_embeddings: int
     train_rows: int
     reason: str
+    tuning: dict[str, Any] | None = None
     steps: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -224,6 +230,7 @@ def build(
     max_memory: int | str = keys.DEFAULT_MAX_MEMORY,
     on_disk: bool | None = None,
     nprobe: int | None = None,
+    recall_target: float = DEFAULT_RECALL_TARGET,
     seed: int = 0,
     model: Any = None,
     overwrite: bool = False,
@@ -264,16 +271,21 @@ def build(
         Inverted lists in a memory-mapped file beside the index; None: when the index would
         exceed ``max_memory``.
     nprobe
-        Default lists visited per query, stored in the manifest; None: the rule's
-        (:func:`~dask_clip.index.keys.default_nprobe`).
+        Default lists visited per query, stored in the manifest; None: the smallest power of
+        two reaching ``recall_target`` on sampled rows (:func:`~dask_clip.index.tune.tune_nprobe`),
+        or the rule's (:func:`~dask_clip.index.keys.default_nprobe`) for on-disk lists.
+    recall_target
+        Recall@10 that the default ``nprobe`` must reach on sampled rows.
     seed
         Seeds the training sample and k-means.
     model
         The embedding model (``ImageEmbedder``, ``ModelSpec`` or its fields as a dict), stored
         for search by text or image; default: what ``dask-clip embed`` recorded in the folder.
     overwrite
-        Replace a finished index in ``index_dir`` (it stays loadable until the new one is
-        published) or discard an interrupted build of other settings.
+        Start over: replace a finished index in ``index_dir`` (it stays loadable until the
+        new one is published) and discard any interrupted build. Without it, an interrupted
+        build of the same settings is resumed (even one started with ``overwrite=True``), and
+        a finished index is an error.
     progress
         Show a progress bar over partitions.
     client
@@ -302,17 +314,14 @@ def build(
         _sample_rows(index_key, 1)  # validates the key's form before any work
     if nprobe is not None and (not isinstance(nprobe, int) or nprobe < 1):
         raise ValueError(f"nprobe={nprobe!r} must be a positive int")
+    if not 0 < recall_target <= 1:
+        raise ValueError(f"recall_target={recall_target!r} must be in (0, 1]")
     from ..dedup._frame import settle_partitions
 
     ddf, source, job = _read_source(embeddings, storage_options)
     ddf = settle_partitions(ddf)
     key_column, kept = _resolve_columns(ddf._meta, embedding_column, key_column, image_column, columns)
     model_record = _model_record(model, job)
-    if (root / layout.MANIFEST).is_file() and not overwrite:
-        raise FileExistsError(
-            f"{os.fspath(index_dir)!r} holds a finished index; pass overwrite=True (--overwrite) to rebuild it "
-            "(the old one stays loadable until the new one is finished)"
-        )
     build_dir = root / layout.BUILD_DIR
     request = {
         "source": source if source is not None else "dask dataframe",
@@ -328,6 +337,11 @@ def build(
     }
     request = json.loads(json.dumps(request, default=str))
     state = _resume_state(build_dir, request, overwrite)
+    if (root / layout.MANIFEST).is_file() and not overwrite and state is None:
+        raise FileExistsError(
+            f"{os.fspath(index_dir)!r} holds a finished index; pass overwrite=True (--overwrite) to rebuild it "
+            "(the old one stays loadable until the new one is finished)"
+        )
     steps = _Steps()
     build_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
@@ -348,6 +362,8 @@ def build(
             sample = sample[np.sort(np.random.default_rng(seed).choice(sample.shape[0], choice.train_rows, False))]
         with steps("train"):
             trained = train_index(choice.index_key, sample, seed)
+            tune_rows = np.random.default_rng(seed + 1).permutation(sample.shape[0])[:TUNE_QUERIES]
+            layout.atomic_write_bytes(build_dir / TUNE_FILE, _npy(sample[np.sort(tune_rows)]))
             _write_trained(trained, build_dir / layout.TRAINED_FILE)
         del sample
         state = {"request": request, "choice": choice.to_dict(), "dim": dim, "n_rows": n_rows}
@@ -377,9 +393,14 @@ def build(
         raise RuntimeError(f"partitions {missing[:10]} have no shard after the add step")
     with steps("merge"):
         shards = [build_dir / "shards" / layout.shard_name(i, n) for i in range(n)]
-        merge_shards(build_dir, shards, choice.on_disk)
+        merged = merge_shards(build_dir, shards, choice.on_disk)
         shutil.rmtree(build_dir / "shards")
         (build_dir / layout.TRAINED_FILE).unlink()
+    tuning = None
+    if nprobe is None and choice.nprobe is not None:
+        with steps("tune"):
+            nprobe, tuning = _tune(merged, build_dir / TUNE_FILE, choice, recall_target, budget)
+    (build_dir / TUNE_FILE).unlink(missing_ok=True)
     ordered = [stats[i] for i in range(n)]
     totals = {c: int(sum(s[c] for s in ordered)) for c in _COUNTS}
     summary = BuildSummary(
@@ -393,6 +414,7 @@ def build(
         skipped=len(already),
         train_rows=choice.train_rows,
         reason=choice.reason,
+        tuning=tuning,
         steps=steps.times,
         **totals,
     )
@@ -412,6 +434,7 @@ def build(
         "columns": kept,
         "model": model_record,
         "choice": choice.to_dict(),
+        "nprobe_tuning": tuning,
         "build": {"seed": seed, "max_memory": budget, "requested_index_key": index_key, "on_disk": on_disk},
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -445,6 +468,31 @@ def _resume_state(build_dir: Path, request: Mapping[str, Any], overwrite: bool) 
         )
     shutil.rmtree(build_dir)  # overwrite, or a build killed before its training was saved
     return None
+
+
+def _npy(x: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, x, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _tune(
+    index_path: Path, queries_path: Path, choice: keys.IndexChoice, target: float, budget: int
+) -> tuple[int | None, dict[str, Any]]:
+    """(default nprobe, what the tuning saw) — the rule's nprobe where tuning is skipped."""
+    from .merge import read_index
+
+    if choice.on_disk and choice.estimated_bytes > budget:
+        # a scan of every list per query would read the whole file from disk, many times
+        return choice.nprobe, {"skipped": "on-disk lists larger than max_memory", "rule": choice.nprobe}
+    index = read_index(index_path, on_disk=choice.on_disk, mmap=not choice.on_disk)
+    if index.ntotal > TUNE_MAX_VECTORS or not queries_path.is_file():
+        return choice.nprobe, {"skipped": f"more than {TUNE_MAX_VECTORS} vectors", "rule": choice.nprobe}
+    queries = np.load(queries_path, allow_pickle=False)
+    nprobe, recalls = tune_nprobe(index, queries, target=target)
+    return nprobe, {"target": target, "queries": len(queries), "recall_at_10": recalls, "rule": choice.nprobe}
 
 
 def _write_trained(index: Any, path: Path) -> None:
