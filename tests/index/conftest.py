@@ -87,6 +87,7 @@ class Server:
     """``dask_clip.index.serve`` in its own process, as the CLI will run it."""
 
     def __init__(self, index_dir: str, **options: object) -> None:
+        self.index_dir = index_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ", ".join(f"{k}={v!r}" for k, v in options.items())
