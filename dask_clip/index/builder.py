@@ -346,7 +346,9 @@ def build(
     build_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
         with steps("count"):
-            n_rows = count_rows(source if isinstance(source, str) and "://" not in source else ddf, embedding_column)
+            local = [source] if isinstance(source, str) else source
+            footers = isinstance(local, list) and not any("://" in p for p in local)
+            n_rows = count_rows(local if footers else ddf, embedding_column)
         with steps("sample"):
             sample = sample_embeddings(ddf, embedding_column, _sample_rows(index_key, n_rows), n_rows, seed)
         if sample.shape[0] == 0:

