@@ -198,7 +198,10 @@ def create_app(
         if not text:
             raise _Bad(400, "empty query")
         k, started = k_of(request), time.perf_counter()
-        results = await run_in_threadpool(lambda: index.search(encode([text]), k))
+        try:
+            results = await run_in_threadpool(lambda: index.search(encode([text]), k))
+        except ValueError as err:  # a model without a usable text tower, a wrong dimension
+            raise _Bad(503, f"text search is unavailable: {err}") from None
         return respond(results, text, started)
 
     @guarded

@@ -31,6 +31,11 @@ def encode_texts_open_clip(spec: ModelSpec, texts: Sequence[str]) -> np.ndarray:
     -------
     numpy.ndarray
         float32 (Q, D), unit length.
+
+    Raises
+    ------
+    ValueError
+        The model's text vocabulary is smaller than the tokenizer's (e.g. a tiny test model).
     """
     import open_clip
     import torch
@@ -39,7 +44,14 @@ def encode_texts_open_clip(spec: ModelSpec, texts: Sequence[str]) -> np.ndarray:
 
     loaded = get_model(spec)
     name = f"local-dir:{spec.model_dir}" if spec.model_dir is not None else spec.model
-    tokens = open_clip.get_tokenizer(name)(list(texts)).to(loaded.device)
+    tokens = open_clip.get_tokenizer(name)(list(texts))
+    vocab = getattr(loaded.model, "vocab_size", None)
+    if vocab is not None and tokens.numel() and int(tokens.max()) >= vocab:
+        raise ValueError(
+            f"the text tower of {name!r} has a vocabulary of {vocab} tokens, but open_clip's tokenizer "
+            f"gives ids up to {int(tokens.max())}: this model cannot encode text"
+        )
+    tokens = tokens.to(loaded.device)
     if loaded.device.type == "cpu":
         apply_torch_threads()
     autocast = loaded.autocast_dtype is not None

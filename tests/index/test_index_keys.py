@@ -88,3 +88,15 @@ def test_memory_sizes():
     for bad in ("lots", 0, "-1GB"):
         with pytest.raises(ValueError, match="max_memory"):
             parse_memory(bad)
+
+
+def test_importing_the_package_loads_no_faiss_torch_or_web_framework():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dask_clip.index as i; from dask_clip.index import load, build, serve, SearchIndex; "
+        "print(sorted(m for m in ('faiss', 'torch', 'starlette', 'uvicorn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -103,3 +103,12 @@ def test_results_html_escapes_captions_and_inlines_thumbnails(index, sample_fram
     import json
 
     json.dumps(records)  # plain JSON values
+
+
+def test_a_model_without_a_text_vocabulary_says_so(model_dir):
+    from dask_clip.index import encode_texts_open_clip
+    from dask_clip.spec import ModelSpec
+
+    # the shared tiny test model has 64 text tokens: open_clip's tokenizer needs 49,408
+    with pytest.raises(ValueError, match="cannot encode text"):
+        encode_texts_open_clip(ModelSpec(model_dir=model_dir), ["a cat"])
