@@ -189,6 +189,8 @@ class SearchIndex:
                 first = ~values.duplicated(keep="first")
                 self._keys, self._key_positions = values[first], np.flatnonzero(first)
         keys_list = list(keys) if isinstance(keys, (list, tuple, np.ndarray, pd.Series, pd.Index)) else [keys]
+        if self._keys.dtype.kind in "iu":  # keys typed on a command line arrive as strings
+            keys_list = [int(k) if isinstance(k, str) and k.strip().lstrip("-").isdigit() else k for k in keys_list]
         found = self._keys.get_indexer(keys_list)
         missing = [k for k, f in zip(keys_list, found) if f < 0]
         if missing:

@@ -154,12 +154,13 @@ def test_auto_chooses_ivf_for_larger_sets_and_on_disk_lists_match(tmp_path, clie
     assert recall >= 0.95, recall
 
 
-def test_partitioning_does_not_change_results(tmp_path, data, client):
+def test_partitioning_does_not_change_results(tmp_path, data, client, capsys):
     x, valid = data
     results = []
     for npartitions in (1, 7):
         ddf = dd.from_pandas(frame(x, valid), npartitions=npartitions)
-        build(ddf, tmp_path / f"p{npartitions}", client=client)
+        build(ddf, tmp_path / f"p{npartitions}", client=client, progress=True)
+        assert f"{npartitions}/{npartitions}" in capsys.readouterr().err  # the progress bar saw every partition
         results.append(load(tmp_path / f"p{npartitions}").search(near(x, 10, seed=9), k=5))
     pd.testing.assert_series_equal(results[0]["key"], results[1]["key"])
     pd.testing.assert_series_equal(results[0]["source_row"], results[1]["source_row"])
@@ -200,6 +201,15 @@ def test_search_like_by_key(tmp_path, data, embeddings_folder, client):
     null_key = f"row-{int(np.flatnonzero(~valid)[0]):05d}"
     with pytest.raises(KeyError, match=null_key):
         index.search_like(null_key)
+
+
+def test_integer_keys_found_from_strings(tmp_path, data, client):
+    x, valid = data
+    df = frame(x, valid).assign(key=lambda d: np.arange(len(d)) * 10)
+    build(dd.from_pandas(df, npartitions=3), tmp_path / "idx", client=client)
+    index = load(tmp_path / "idx")
+    pd.testing.assert_frame_equal(index.search_like("420", k=3), index.search_like(420, k=3))
+    assert index.search_like("420", k=1)["source_row"].tolist() == [42]
 
 
 def test_refuses_bad_requests_before_any_work(tmp_path, data, embeddings_folder, client):
