@@ -131,7 +131,8 @@ def add_tasks(
     for folder in (root / "shards", root / "ids"):  # temporaries of killed tasks
         for leftover in folder.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
-    types = arrow_types(ddf._meta[list(columns)]) if columns else {}
+    meta = ddf._meta.to_pandas() if hasattr(ddf._meta, "to_pandas") else ddf._meta  # cuDF
+    types = arrow_types(meta[list(columns)]) if columns else {}
     parts = ddf.to_delayed()
     n = len(parts)
     add = dask.delayed(add_partition, pure=False)

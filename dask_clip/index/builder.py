@@ -320,7 +320,8 @@ def build(
 
     ddf, source, job = _read_source(embeddings, storage_options)
     ddf = settle_partitions(ddf)
-    key_column, kept = _resolve_columns(ddf._meta, embedding_column, key_column, image_column, columns)
+    meta = ddf._meta.to_pandas() if hasattr(ddf._meta, "to_pandas") else ddf._meta  # cuDF: tasks convert too
+    key_column, kept = _resolve_columns(meta, embedding_column, key_column, image_column, columns)
     model_record = _model_record(model, job)
     build_dir = root / layout.BUILD_DIR
     request = {

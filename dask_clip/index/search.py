@@ -369,6 +369,7 @@ class SearchIndex:
         items = images if isinstance(images, list) else [images]
         out = []
         for item in items:
+            value: bytes | str
             if isinstance(item, (bytes, bytearray, memoryview)):
                 kind, value = "bytes", bytes(item)
             elif isinstance(item, (str, os.PathLike)):

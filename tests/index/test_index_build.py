@@ -242,3 +242,17 @@ def test_partitions_of_different_dimensions_are_refused(tmp_path, client):
     ddf = dd.concat([dd.from_pandas(a, npartitions=1), dd.from_pandas(b, npartitions=1)])
     with pytest.raises(ValueError, match="different lengths|9-d"):
         build(ddf, tmp_path / "idx", client=client)
+
+
+@pytest.mark.parametrize("index_key", ["IVF16,SQ8", "IVF16,PQ8"])
+def test_compressed_codes_on_disk(tmp_path, data, client, index_key):
+    x, valid = data
+    ddf = dd.from_pandas(frame(x, valid), npartitions=3)
+    summary = build(ddf, tmp_path / "idx", index_key=index_key, on_disk=True, client=client)
+    assert summary.on_disk and summary.vectors == 1938
+    index = load(tmp_path / "idx")
+    got = index.search_like(["row-00042", "row-00500"], k=10, nprobe=16)
+    assert got.groupby("query")["key"].first().tolist() == ["row-00042", "row-00500"]
+    _, rows = brute_force(x, x[[42, 500]], 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got["source_row"].to_numpy().reshape(2, 10), rows)])
+    assert recall >= (0.9 if index_key.endswith("SQ8") else 0.5), recall  # codes approximate the vectors
