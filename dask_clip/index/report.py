@@ -62,9 +62,10 @@ def results_records(results: pd.DataFrame) -> list[dict[str, Any]]:
     return [{str(k): json_value(v) for k, v in row.items()} for row in kept.to_dict(orient="records")]
 
 
-def score_columns(results: pd.DataFrame) -> list[str]:
-    """Numeric metadata columns worth showing beside a result (not ids or positions)."""
-    skip = {"query", "rank", "similarity", ID, PARTITION, PARTITION_ROW, SOURCE_ROW, "width", "height"}
+def score_columns(results: pd.DataFrame, exclude: tuple[str | None, ...] = ()) -> list[str]:
+    """Numeric metadata columns worth showing beside a result (not ids, positions, sizes or
+    the columns in ``exclude``, such as an integer key)."""
+    skip = {"query", "rank", "similarity", ID, PARTITION, PARTITION_ROW, SOURCE_ROW, "width", "height", *exclude}
     return [
         str(c)
         for c in results.columns
@@ -148,7 +149,7 @@ def results_html(
     str
         The page; every value from the data is HTML-escaped.
     """
-    scores = score_columns(results)
+    scores = score_columns(results, exclude=(index.key_column,) if index is not None else ())
     sections = []
     for number, group in results.groupby("query", sort=True):
         label = queries[int(number)] if queries is not None and int(number) < len(queries) else f"query {number}"

@@ -126,7 +126,7 @@ def create_app(
         return k
 
     def respond(results: pd.DataFrame, query: str, started: float) -> JSONResponse:
-        scores = score_columns(results)
+        scores = score_columns(results, exclude=(index.key_column,))
         items = []
         for row in results.to_dict(orient="records"):
             caption = row.get(caption_column) if caption_column else None
