@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TINY_MODEL_CFG",
     "ProjectionHead",
+    "clustered_embeddings",
     "encode_image",
     "odd_images",
     "parity",
@@ -290,3 +291,56 @@ class ProjectionHead(Head):
             return inputs.image @ direction
 
         return project
+
+
+def clustered_embeddings(
+    n: int,
+    dim: int = 512,
+    *,
+    clusters: int = 1000,
+    subspace: int = 16,
+    spread: float = 1.0,
+    noise: float = 0.7,
+    seed: int = 0,
+    chunk: int = 65536,
+) -> np.ndarray:
+    """Synthetic unit-length embeddings with the structure that makes kNN search non-trivial.
+
+    Each row is ``normalize(c_k + B_k z + e)``: a centre ``c_k`` (norm ~1) of one of
+    ``clusters`` clusters whose sizes follow a heavy-tailed (Pareto) law, a random point of the
+    cluster's own ``subspace``-dimensional subspace ``B_k z`` (norm ~``spread``), and isotropic
+    noise ``e`` (norm ~``noise``). Rows are in random cluster order.
+
+    Parameters
+    ----------
+    n, dim
+        Shape of the output.
+    clusters, subspace, spread, noise
+        The structure above.
+    seed
+        Everything is drawn from ``numpy.random.default_rng(seed)``.
+    chunk
+        Rows generated at a time (bounds temporary memory).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n, dim), unit rows.
+    """
+    rng = np.random.default_rng(seed)
+    centres = (rng.standard_normal((clusters, dim)) / np.sqrt(dim)).astype(np.float32)
+    bases = (rng.standard_normal((clusters, subspace, dim)) / np.sqrt(dim)).astype(np.float32)
+    weights = rng.pareto(1.0, clusters) + 1.0
+    labels = rng.choice(clusters, size=n, p=weights / weights.sum())
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        lab = labels[start : start + chunk]
+        x = centres[lab] + rng.standard_normal((len(lab), dim), dtype=np.float32) * np.float32(noise / np.sqrt(dim))
+        z = rng.standard_normal((len(lab), subspace), dtype=np.float32) * np.float32(spread / np.sqrt(subspace))
+        order = np.argsort(lab, kind="stable")
+        for group in np.split(order, np.flatnonzero(np.diff(lab[order])) + 1):
+            if len(group):
+                x[group] += z[group] @ bases[lab[group[0]]]
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[start : start + len(lab)] = x
+    return out
