@@ -56,5 +56,5 @@ def encode_texts_open_clip(spec: ModelSpec, texts: Sequence[str]) -> np.ndarray:
         apply_torch_threads()
     autocast = loaded.autocast_dtype is not None
     with torch.inference_mode(), torch.autocast(loaded.device.type, loaded.autocast_dtype, enabled=autocast):
-        features = loaded.model.encode_text(tokens)  # type: ignore[operator]  # nn.Module attribute
+        features = loaded.model.encode_text(tokens)
     return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
