@@ -8,13 +8,18 @@ model, input, column names or partitioning) into the same folder is refused inst
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .embedder import ImageEmbedder
 from .readers import read_images
-from .writer import WriteSummary, check_output, count_nonnull, location, write_parquet
+from .webdataset import is_webdataset_input, webdataset_partitions
+from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
+from .writer import WriteSummary, check_output, location, write_parquet
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -57,13 +62,12 @@ def prepare_embed(
     split_row_groups: bool = False,
     overwrite: bool = False,
     storage_options: dict | None = None,
+    input_format: str = "auto",
+    split_shards: int | str | None = None,
 ) -> EmbedJob:
     """Read the input lazily, validate everything on the client, and check the output folder.
 
-    Parameters
-    ----------
-    input_path, output_path, embedder, image_column, partition_size, split_row_groups, overwrite, storage_options
-        As for :func:`embed_parquet`.
+    The arguments are those of :func:`embed_parquet` that say what to compute and where.
 
     Returns
     -------
@@ -80,6 +84,8 @@ def prepare_embed(
         partition_size=partition_size,
         split_row_groups=True if split_row_groups else "infer",
         storage_options=storage_options,
+        input_format=input_format,
+        split_shards=split_shards,
     )
     column = image_column or (embedder.image_column if embedder.image_column in ddf.columns else guessed)
     embedder = replace(embedder, image_column=column)
@@ -90,7 +96,16 @@ def prepare_embed(
         **embedder.fingerprint(),
         "partition_size": partition_size,
         "split_row_groups": split_row_groups,
+        "input_format": input_format,
     }
+    if input_format == "webdataset" or (input_format == "auto" and is_webdataset_input(input_path, storage_options)):
+        # The partitions are the shards (or byte ranges of them): a changed shard list would
+        # otherwise be mixed into the output under the same partition count.
+        plan = [
+            (p.shard, p.size, p.start, p.end)
+            for p in webdataset_partitions(input_path, split_shards=split_shards, storage_options=storage_options)
+        ]
+        fingerprint["shards"] = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     if embedder.model_dir is not None:  # the folder decides the architecture
         fingerprint["model"] = {"model_dir": location(embedder.model_dir), "precision": embedder.precision}
     output = os.fspath(output_path)
@@ -113,6 +128,8 @@ def embed_parquet(
     progress: bool = False,
     retries: int = 0,
     storage_options: dict | None = None,
+    input_format: str = "auto",
+    split_shards: int | str | None = None,
 ) -> WriteSummary:
     """Embed an image input into a folder of Parquet files, resuming an interrupted run.
 
@@ -144,11 +161,17 @@ def embed_parquet(
         Retries of a failed partition.
     storage_options
         fsspec options for remote input and output.
+    input_format
+        ``"auto"``, ``"parquet"``, ``"webdataset"`` or ``"images"``; see
+        :func:`~dask_clip.readers.read_images`.
+    split_shards
+        WebDataset input: bytes of tar per partition (default: one partition per shard).
 
     Returns
     -------
     WriteSummary
-        ``counts["errors"]`` is the number of rows without an embedding.
+        ``counts["errors"]`` is the number of rows without an embedding, ``counts["read_errors"]``
+        that of WebDataset rows the tar reader reported.
     """
     job = prepare_embed(
         input_path,
@@ -159,6 +182,8 @@ def embed_parquet(
         split_row_groups=split_row_groups,
         overwrite=overwrite,
         storage_options=storage_options,
+        input_format=input_format,
+        split_shards=split_shards,
     )
     return run_embed(job, overwrite=overwrite, client=client, progress=progress, retries=retries)
 
@@ -181,6 +206,14 @@ def run_embed(
         client=client,
         progress=progress,
         retries=retries,
-        partition_stats=count_nonnull(job.embedder.error_column, "errors"),
+        partition_stats=functools.partial(_job_stats, error_column=job.embedder.error_column),
         storage_options=storage_options,
     )
+
+
+def _job_stats(df: Any, error_column: str) -> dict[str, int]:
+    """Per written partition: rows without an embedding, and rows the tar reader reported."""
+    stats = {"errors": int(df[error_column].notna().sum())}
+    if READ_ERROR_COLUMN in df.columns:
+        stats["read_errors"] = int(df[READ_ERROR_COLUMN].notna().sum())
+    return stats

@@ -8,15 +8,19 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from .validation import check_choice
+from .webdataset import is_webdataset_input, read_webdataset
+
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["IMAGE_COLUMN_CANDIDATES", "IMAGE_EXTENSIONS", "guess_image_column", "read_images"]
+__all__ = ["IMAGE_COLUMN_CANDIDATES", "IMAGE_EXTENSIONS", "INPUT_FORMATS", "guess_image_column", "read_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # img2dataset writes the encoded image to a column named after its format.
 IMAGE_COLUMN_CANDIDATES = ("jpg", "image", "png", "webp", "jpeg", "img")
 PATH_COLUMN = "path"
+INPUT_FORMATS = ("auto", "parquet", "webdataset", "images")
 
 
 def _is_parquet(path: str) -> bool:
@@ -86,8 +90,10 @@ def read_images(
     partition_size: int = 256,
     split_row_groups: bool | str = "infer",
     storage_options: dict | None = None,
+    input_format: str = "auto",
+    split_shards: int | str | None = None,
 ) -> tuple[dd.DataFrame, str]:
-    """Open an image input lazily: a Parquet table of images, or image files.
+    """Open an image input lazily: a Parquet table of images, WebDataset tar shards, or image files.
 
     Parameters
     ----------
@@ -104,6 +110,12 @@ def read_images(
         Passed to ``dask.dataframe.read_parquet``: ``True`` makes a partition per row group.
     storage_options
         fsspec options for remote paths.
+    input_format
+        ``"auto"`` (tar shards when the path names ``.tar`` files, else Parquet, else image
+        files), ``"parquet"``, ``"webdataset"`` (:func:`~dask_clip.webdataset.read_webdataset`,
+        one partition per shard, image bytes in ``image``) or ``"images"``.
+    split_shards
+        WebDataset input: bytes of tar per partition (default: one partition per shard).
 
     Returns
     -------
@@ -117,7 +129,16 @@ def read_images(
 
     if not isinstance(partition_size, int) or partition_size < 1:
         raise ValueError(f"partition_size must be a positive int, got {partition_size!r}")
+    check_choice("input_format", input_format, INPUT_FORMATS)
+    if input_format == "webdataset" or (input_format == "auto" and is_webdataset_input(path, storage_options)):
+        column = image_column or "image"
+        shards = read_webdataset(path, image_column=column, split_shards=split_shards, storage_options=storage_options)
+        return shards, column
     fs, files = _list_files(os.fspath(path), storage_options)
+    if input_format == "images":
+        files = [f for f in files if not _is_parquet(f)]
+    elif input_format == "parquet" and not any(_is_parquet(f) for f in files):
+        raise FileNotFoundError(f"{os.fspath(path)!r} holds no Parquet files")
     parquet = [f for f in files if _is_parquet(f)]
     images = [f for f in files if _is_image(f)]
     if parquet:

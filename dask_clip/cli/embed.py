@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..readers import INPUT_FORMATS
 from ..sources import image_kinds
 from . import options
 
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser.add_argument(
         "input",
         metavar="INPUT",
-        help="Parquet file, folder, glob or fsspec URL (img2dataset output), or a folder of images",
+        help="Parquet file, folder, glob or fsspec URL (img2dataset output), WebDataset tar shards "
+        "('shards/{00000..00099}.tar', 'shards/*.tar'), or a folder of images",
     )
     parser.add_argument("output", metavar="OUTPUT", help="output folder (local or fsspec URL)")
     options.add_model_options(parser, default_model="ViT-L-14", default_pretrained="openai")
@@ -55,6 +57,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="image files per partition, for a folder of images",
     )
     part.add_argument("--split-row-groups", action="store_true", help="one partition per Parquet row group")
+    part.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="auto",
+        help="auto: tar shards for .tar inputs, else Parquet, else image files (default: auto)",
+    )
+    part.add_argument(
+        "--split-shards",
+        metavar="BYTES",
+        help="WebDataset: bytes of tar per partition, e.g. 256MB (default: one partition per shard)",
+    )
     part.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     part.add_argument(
         "--retries", type=options.nonnegative_int, default=0, metavar="N", help="retries of a failed partition"
@@ -90,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         partition_size=args.partition_size,
         split_row_groups=args.split_row_groups,
         overwrite=args.overwrite,
+        input_format=args.input_format,
+        split_shards=args.split_shards,
     )
     total = job.frame.npartitions
     if not job.todo:
@@ -103,7 +118,13 @@ def run(args: argparse.Namespace) -> int:
         )
     print(
         f"dask-clip embed: wrote {summary.written} partitions ({summary.skipped} already there), "
-        f"{summary.rows} images, {summary.counts.get('errors', 0)} errors, {summary.seconds:.1f}s, "
+        f"{summary.rows} images, {summary.counts.get('errors', 0)} errors"
+        + (
+            f" ({summary.counts['read_errors']} reported by the tar reader)"
+            if summary.counts.get("read_errors")
+            else ""
+        )
+        + f", {summary.seconds:.1f}s, "
         f"{summary.rows_per_second:.1f} images/s -> {args.output}"
     )
     return 0
