@@ -23,6 +23,7 @@ __all__ = [
     "TINY_MODEL_CFG",
     "ProjectionHead",
     "clustered_embeddings",
+    "embedding_array",
     "encode_image",
     "odd_images",
     "parity",
@@ -344,3 +345,15 @@ def clustered_embeddings(
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         out[start : start + len(lab)] = x
     return out
+
+
+def embedding_array(embeddings: np.ndarray, valid: np.ndarray) -> object:
+    """A pandas ``list<float32>`` column (ExtensionArray) of the valid rows' float32 (M, D)
+    embeddings, null elsewhere: what an embedder writes, for tests that start from embeddings."""
+    import pandas as pd
+
+    from .backends.arrow import list_float32_array
+
+    return pd.arrays.ArrowExtensionArray(
+        list_float32_array(np.asarray(embeddings, np.float32), np.asarray(valid, bool))
+    )

@@ -8,9 +8,13 @@ list leaves on the device as torch tensors through DLPack), so it is tested on C
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "MASK_PADDING",
@@ -155,6 +159,8 @@ def flat_list_buffers(array: pa.Array | pa.ChunkedArray) -> tuple[torch.Tensor, 
         array = array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
     values = array.values  # already offset-adjusted for sliced arrays' children
     # DLPack, not from_numpy: the Arrow buffer is read-only and DLPack says so without a warning
+    import torch  # here: the column-type helpers above serve light imports (the CLI's --help)
+
     flat = torch.from_dlpack(np.frombuffer(values.buffers()[1], np.uint8, len(values), values.offset))
     offsets = array.offsets.to_numpy().astype(np.int64) - array.offsets[0].as_py()
     valid = array.is_valid().to_numpy(zero_copy_only=False)
@@ -267,6 +273,8 @@ def dense_rows(embeddings: torch.Tensor, valid: np.ndarray) -> torch.Tensor:
     if valid.all():
         return embeddings.contiguous()
     full = embeddings.new_zeros((len(valid), embeddings.shape[1]))
+    import torch
+
     full[torch.from_numpy(valid).to(embeddings.device)] = embeddings
     return full
 
@@ -288,6 +296,8 @@ def dense_matrix(values: object, valid: np.ndarray) -> torch.Tensor:
         float32 (N, max(D, 1)): every row has at least one value, so a ``list<float32>``
         column built on it has the same length in every row (zeros under the null mask).
     """
+    import torch
+
     emb = torch.as_tensor(values, dtype=torch.float32)
     m = int(np.asarray(valid, dtype=bool).sum())
     width = emb.shape[1] if emb.ndim == 2 else (emb.numel() // m if m else 0)

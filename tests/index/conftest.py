@@ -52,9 +52,9 @@ def sample_embeddings(tmp_path_factory: pytest.TempPathFactory, text_model_dir: 
     from dask_clip.writer import write_parquet
 
     embedder = ImageEmbedder(model_dir=text_model_dir, image_column="jpg", image_kind="bytes", device="cpu")
-    from dask_clip.columns import as_binary
+    from dask_clip.backends import as_binary
 
-    # Arrow binary: Dask cannot take an object column of bytes (see DESIGN.md, pitfalls)
+    # Arrow binary: Dask cannot take an object column of bytes (see docs/design.md, pitfalls)
     ddf = embedder(dd.from_pandas(sample_frame.assign(jpg=as_binary(sample_frame["jpg"])), npartitions=3))
     folder = tmp_path_factory.mktemp("sample-embeddings") / "emb"
     job = {"command": "embed", "model": {"model_dir": text_model_dir, "precision": "auto"}}

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dask_clip.columns import embedding_array
 from dask_clip.index import IndexNotFoundError, build, load
+from dask_clip.testing import embedding_array
 
 ROOT = Path(__file__).resolve().parents[2]
 N_PARTITIONS = 6

@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 from conftest import brute_force
 
-from dask_clip.columns import embedding_array
 from dask_clip.index import IndexNotFoundError, build, load
-from dask_clip.testing import clustered_embeddings
+from dask_clip.testing import clustered_embeddings, embedding_array
 from dask_clip.writer import write_parquet
 
 
@@ -29,7 +28,7 @@ def frame(x: np.ndarray, valid: np.ndarray, seed: int = 0) -> pd.DataFrame:
             "aesthetic": rng.uniform(0, 10, n),
         }
     )
-    from dask_clip.columns import as_binary
+    from dask_clip.backends import as_binary
 
     df["jpg"] = as_binary(pd.Series([b"\xff\xd8 not really %d" % i for i in range(n)]))
     df["embedding"] = embedding_array(x[valid], valid)
