@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from html import escape
 import subprocess
 import sys
+from html import escape
 
 import pytest
 
