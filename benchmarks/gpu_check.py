@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:  # run as a script: `benchmarks` is a folder of th
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.check_support import Cluster, Report, StepTimeout  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 GPU_TEST_FILES = [
     "tests/test_gpu.py",
