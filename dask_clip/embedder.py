@@ -22,6 +22,7 @@ from .validation import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_NUM_GPUS_PER_WORKER,
     ON_ERROR,
+    SCHEDULES,
     check_choice,
     check_gpu_share,
     check_int,
@@ -88,6 +89,11 @@ class ImageEmbedder:
     heads
         :class:`~dask_clip.heads.Head` objects run on the embeddings in the same pass, each
         adding one column.
+    schedule
+        How the input stage and the model share the machine (:mod:`dask_clip.pipeline`):
+        ``"auto"`` (overlap on GPUs, serial on CPUs: measured fastest on each), ``"overlap"``
+        (a thread prepares the next chunk while the model runs) or ``"serial"`` (each chunk is
+        prepared with every core, then embedded with every core).
 
     Examples
     --------
@@ -117,6 +123,7 @@ class ImageEmbedder:
     max_decode_bytes: int | None = field(default=DEFAULT_DECODE_BUDGET)
     decode_device: str = "auto"
     heads: Sequence[Head] = ()
+    schedule: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.heads, tuple):  # hashable and immutable, like the rest
@@ -161,6 +168,7 @@ class ImageEmbedder:
         """
         check_choice("on_error", self.on_error, ON_ERROR)
         check_choice("decode_device", self.decode_device, DECODE_DEVICES)
+        check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("image_kind", self.image_kind, image_kinds())
         check_int("model_inference_batch_size", self.model_inference_batch_size, 1)
         check_gpu_share(self.num_gpus_per_worker)
@@ -284,11 +292,14 @@ class ImageEmbedder:
                     max_pixels=self.max_image_pixels,
                     max_bytes=self.max_decode_bytes,
                     to_host=not backends.on_device(df),
+                    schedule=self.schedule,
                 )
         out = self._assemble(df, result)
         if self.verbose:
             failed = 0 if result is None else int((~result.valid).sum())
-            self._log_partition(len(df), failed, time.perf_counter() - started)
+            self._log_partition(
+                len(df), failed, time.perf_counter() - started, {} if result is None else result.seconds
+            )
         return out
 
     def _decoder(self, device: Any, source: ImageSource) -> Any:
@@ -322,7 +333,7 @@ class ImageEmbedder:
                 out[head.column] = backends.output_column(df, head.kind, values, valid)
         return out
 
-    def _log_partition(self, rows: int, failed: int, seconds: float) -> None:
+    def _log_partition(self, rows: int, failed: int, seconds: float, stages: dict[str, float]) -> None:
         try:
             from distributed import get_worker
 
@@ -330,10 +341,11 @@ class ImageEmbedder:
         except (ImportError, ValueError):
             where = "local"
         logger.info(
-            "dask_clip %s: %d images (%d failed) in %.2fs, %.1f images/s",
+            "dask_clip %s: %d images (%d failed) in %.2fs, %.1f images/s (%s)",
             where,
             rows,
             failed,
             seconds,
             rows / max(seconds, 1e-9),
+            ", ".join(f"{stage} {value:.2f}s" for stage, value in stages.items()),
         )

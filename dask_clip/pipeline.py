@@ -40,6 +40,7 @@ from .infer import encode_inputs
 from .models import LoadedModel
 from .prepare import PreparedChunk, decode_stream, prepare_chunk
 from .sources import ImageSource
+from .validation import SCHEDULES
 
 __all__ = ["MIN_ROWS_PER_CHUNK", "SCHEDULES", "RowsResult", "embed_rows"]
 
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 # Rows prepared at once: bounds a partition's crops in memory (256 x 150 KB at 224 px).
 MIN_ROWS_PER_CHUNK = 256
-SCHEDULES = ("auto", "overlap", "serial")
 
 
 @dataclass
@@ -226,12 +226,13 @@ def _model_stage(
     """Embed one prepared chunk and run the heads on it; returns the (m, D) output rows."""
     assert prepared.inputs is not None
     seconds = result.seconds
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     features = encode_inputs(
         model, prepared.inputs, batch_size=batch_size, normalized=prepared.normalized, autocast_dtype=autocast_dtype
     )
     unit = torch.nn.functional.normalize(features, dim=-1)
     seconds["model"] = seconds.get("model", 0.0) + time.perf_counter() - started
+    seconds["model cpu"] = seconds.get("model cpu", 0.0) + time.process_time() - cpu  # all its threads
     if heads:
         started = time.perf_counter()
         head_inputs = HeadInputs(image=unit)

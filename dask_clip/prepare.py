@@ -63,7 +63,7 @@ class PreparedChunk:
     event : torch.cuda.Event or None
         Recorded on the decode stream after ``inputs`` was written (CUDA only).
     seconds : dict of str to float
-        Time spent per step (fetch, decode + resize), summed over the stage's threads.
+        Wall seconds per step (fetch, decode + resize) and the decode threads' CPU seconds.
     """
 
     start: int
@@ -109,7 +109,7 @@ def _crop_share(
     max_bytes: int | None,
 ) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]], float]:
     """Decode, resize and crop the ``indices`` of ``payloads`` (one thread's share)."""
-    started = time.perf_counter()
+    started = time.thread_time()
     crops: list[tuple[int, torch.Tensor]] = []
     errors: list[tuple[int, str]] = []
     if encoded:
@@ -124,7 +124,7 @@ def _crop_share(
             crops.append((indices[k], resize_crop(_chw_on(pixels, device), cfg)))
             del pixels
         del group  # the group's full-size pixels go before the next group is decoded
-    return crops, errors, time.perf_counter() - started
+    return crops, errors, time.thread_time() - started
 
 
 def prepare_chunk(
@@ -188,7 +188,8 @@ def prepare_chunk(
             results = list(pool.map(lambda share: _crop_share(payloads, share, **kwargs), shares))  # type: ignore[arg-type]
     crops = sorted((c for share_crops, _, _ in results for c in share_crops), key=lambda c: c[0])
     errors += [(start + i, reason) for _, share_errors, _ in results for i, reason in share_errors]
-    seconds["decode+resize"] = sum(s for _, _, s in results)
+    seconds["decode+resize cpu"] = sum(s for _, _, s in results)  # CPU time of the decode threads
+    seconds["decode+resize"] = time.perf_counter() - started - seconds["fetch"]
     inputs = torch.stack([crop for _, crop in crops]) if crops else None
     if inputs is not None and normalize_inputs:
         inputs = normalize(inputs, cfg)

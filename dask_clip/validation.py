@@ -19,6 +19,7 @@ __all__ = [
     "KEEP_RULES",
     "ON_ERROR",
     "PRECISIONS",
+    "SCHEDULES",
     "SHUFFLE_METHODS",
     "check_choice",
     "check_device",
@@ -34,6 +35,7 @@ DECODE_DEVICES = ("auto", "cpu")
 CLUSTER_KINDS = ("auto", "cpu", "cuda")
 KEEP_RULES = ("hard", "easy", "random")
 SHUFFLE_METHODS = ("p2p", "tasks", "disk")
+SCHEDULES = ("auto", "overlap", "serial")
 # NeMo Curator's ImageEmbeddingStage defaults.
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_NUM_GPUS_PER_WORKER = 0.25
