@@ -17,8 +17,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
+
+from .backends import embedding_matrix
+from .backends.kinds import (
+    BINARY_DTYPE,
+    COLUMN_KINDS,
+    EMBEDDING_DTYPE,
+    ERROR_DTYPE,
+    FLOAT32,
+    LIST_FLOAT32,
+    PANDAS_DTYPES,
+    SCORE_DTYPE,
+    STRING,
+)
 
 __all__ = [
     "BINARY_DTYPE",
@@ -32,18 +43,6 @@ __all__ = [
     "STRING",
     "embeddings_to_numpy",
 ]
-
-LIST_FLOAT32 = "list<float32>"
-FLOAT32 = "float32"
-STRING = "string"
-COLUMN_KINDS = (LIST_FLOAT32, FLOAT32, STRING)
-
-EMBEDDING_DTYPE = pd.ArrowDtype(pa.list_(pa.float32()))
-SCORE_DTYPE = pd.ArrowDtype(pa.float32())
-ERROR_DTYPE = pd.ArrowDtype(pa.string())
-BINARY_DTYPE = pd.ArrowDtype(pa.binary())
-#: The pandas dtype of each column kind.
-PANDAS_DTYPES = {LIST_FLOAT32: EMBEDDING_DTYPE, FLOAT32: SCORE_DTYPE, STRING: ERROR_DTYPE}
 
 
 def embeddings_to_numpy(series: Any) -> np.ndarray:
@@ -65,8 +64,6 @@ def embeddings_to_numpy(series: Any) -> np.ndarray:
     ValueError
         Rows hold embeddings of different lengths.
     """
-    from .backends import embedding_matrix
-
     x, valid = embedding_matrix(series, device="cpu")
     out = np.full((len(valid), x.shape[1]), np.nan, dtype=np.float32)
     out[valid.numpy()] = x.numpy()

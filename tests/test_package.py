@@ -21,3 +21,53 @@ def test_import_loads_neither_torch_nor_a_gpu_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _imports(path, modules: set[str], name: str) -> set[str]:
+    """The dask_clip modules one module imports, anywhere in it (lazy imports in functions
+    too), except under ``if TYPE_CHECKING:``, which never runs."""
+    import ast
+
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+
+    def walk(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and getattr(child.test, "id", "") == "TYPE_CHECKING":
+                continue
+            yield child
+            yield from walk(child)
+
+    found: set[str] = set()
+    for node in walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            parts = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            base = ".".join(parts + ([node.module] if node.module else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                found.add(target if target in modules else base)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def test_no_import_cycles_between_the_packages_modules():
+    from pathlib import Path
+
+    root = Path(dask_clip.__file__).parent
+    paths = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(("dask_clip", *path.relative_to(root).with_suffix("").parts))
+        paths[name.removesuffix(".__init__")] = path
+    graph = {name: _imports(path, set(paths), name) for name, path in paths.items()}
+    cycles = []
+
+    def visit(name: str, stack: list[str]) -> None:
+        for target in graph[name]:
+            if target in stack:
+                cycles.append(stack[stack.index(target) :])
+            elif len(stack) < 20:
+                visit(target, [*stack, target])
+
+    for name in graph:
+        visit(name, [name])
+    assert cycles == []

@@ -29,9 +29,31 @@ Frames (used by the dedup steps)
 
 from __future__ import annotations
 
-from typing import Any
-
-from dask.utils import Dispatch
+from .dispatch import (
+    arange_index,
+    as_binary,
+    binary_as_string,
+    byte_rows,
+    column_type,
+    content_hashes,
+    embedding_matrix,
+    empty_column,
+    flat_uint8_rows,
+    host_floats,
+    local_positions,
+    new_column,
+    new_frame,
+    nullable,
+    numeric_tensor,
+    object_rows,
+    on_device,
+    output_column,
+    pack_rows,
+    sample_values,
+    string_rows,
+    take,
+    with_columns,
+)
 
 __all__ = [
     "arange_index",
@@ -60,44 +82,38 @@ __all__ = [
 ]
 
 
-def _dispatch(name: str) -> Dispatch:
-    dispatch = Dispatch(name)
-
-    @dispatch.register(object)
-    def _unsupported(obj: Any, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"{name}: expected a pandas or cuDF DataFrame, Series or Index, got {type(obj).__name__}")
-
-    @dispatch.register_lazy("pandas")
-    def _register_pandas() -> None:
-        from . import pandas_backend  # noqa: F401 - registers on import
-
-    @dispatch.register_lazy("cudf")
-    def _register_cudf() -> None:
-        from . import cudf_backend  # noqa: F401 - registers on import
-
-    return dispatch
+def _register_pandas() -> None:
+    from . import pandas_backend  # noqa: F401 - registers on import
 
 
-column_type = _dispatch("column_type")
-binary_as_string = _dispatch("binary_as_string")
-sample_values = _dispatch("sample_values")
-byte_rows = _dispatch("byte_rows")
-string_rows = _dispatch("string_rows")
-object_rows = _dispatch("object_rows")
-flat_uint8_rows = _dispatch("flat_uint8_rows")
-host_floats = _dispatch("host_floats")
-as_binary = _dispatch("as_binary")
-on_device = _dispatch("on_device")
-output_column = _dispatch("output_column")
-empty_column = _dispatch("empty_column")
-embedding_matrix = _dispatch("embedding_matrix")
-new_column = _dispatch("new_column")
-new_frame = _dispatch("new_frame")
-with_columns = _dispatch("with_columns")
-take = _dispatch("take")
-numeric_tensor = _dispatch("numeric_tensor")
-nullable = _dispatch("nullable")
-local_positions = _dispatch("local_positions")
-arange_index = _dispatch("arange_index")
-content_hashes = _dispatch("content_hashes")
-pack_rows = _dispatch("pack_rows")
+def _register_cudf() -> None:
+    from . import cudf_backend  # noqa: F401 - registers on import
+
+
+for _function in (
+    arange_index,
+    as_binary,
+    binary_as_string,
+    byte_rows,
+    column_type,
+    content_hashes,
+    embedding_matrix,
+    empty_column,
+    flat_uint8_rows,
+    host_floats,
+    local_positions,
+    new_column,
+    new_frame,
+    nullable,
+    numeric_tensor,
+    object_rows,
+    on_device,
+    output_column,
+    pack_rows,
+    sample_values,
+    string_rows,
+    take,
+    with_columns,
+):
+    _function.register_lazy("pandas", _register_pandas)
+    _function.register_lazy("cudf", _register_cudf)

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pylibcudf as plc
 import torch
 
-from .. import backends as be
-from ..columns import FLOAT32, LIST_FLOAT32, STRING
 from . import arrow
+from . import dispatch as be
+from .kinds import FLOAT32, LIST_FLOAT32, STRING
 
 _INSTALL_HINT = 'cuDF partitions need cuDF >= 25.06: pip install "dask-clip[cudf-cu12]" (or cudf-cu13)'
 _FRAME = (cudf.DataFrame,)

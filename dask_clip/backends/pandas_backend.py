@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .. import backends as be
-from ..columns import FLOAT32, LIST_FLOAT32, PANDAS_DTYPES, STRING
 from . import arrow
+from . import dispatch as be
+from .kinds import FLOAT32, LIST_FLOAT32, PANDAS_DTYPES, STRING
 
 _FRAME = (pd.DataFrame,)
 _SERIES = (pd.Series,)
