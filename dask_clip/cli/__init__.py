@@ -3,9 +3,10 @@
 ::
 
     dask-clip embed INPUT OUTPUT [--model-dir DIR | --model M --pretrained TAG] [...]
+    dask-clip filter INPUT OUTPUT --min-aesthetic 5 --max-nsfw 0.5 --min-clip-score 0.28 [...]
     dask-clip dedup INPUT OUTPUT --eps 0.01 --n-clusters K [...]
     dask-clip demo --random-weights
-    dask-clip info
+    dask-clip info [--model-dir DIR]
 
 One module per subcommand (``add_parser`` + ``run``), registered in :data:`SUBCOMMANDS`; each
 parses its arguments into the same objects a Python user would build
@@ -26,7 +27,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 #: Subcommand modules of this package, in the order ``--help`` lists them.
-SUBCOMMANDS = ("embed", "dedup", "demo", "info")
+SUBCOMMANDS = ("embed", "filter", "dedup", "demo", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:
