@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from .errors import DaskClipError as DaskClipError
     from .errors import ImageDecodeError as ImageDecodeError
     from .errors import ModelLoadError as ModelLoadError
+    from .filter import filter_parquet as filter_parquet
     from .jobs import embed_parquet as embed_parquet
     from .readers import read_images as read_images
     from .spec import ModelSpec as ModelSpec
+    from .text_embedder import TextEmbedder as TextEmbedder
     from .webdataset import read_webdataset as read_webdataset
     from .writer import write_parquet as write_parquet
 
@@ -30,8 +32,10 @@ _EXPORTS = {
     "ImageEmbedder": "embedder",
     "ModelLoadError": "errors",
     "ModelSpec": "spec",
+    "TextEmbedder": "text_embedder",
     "embed_parquet": "jobs",
     "embeddings_to_numpy": "columns",
+    "filter_parquet": "filter",
     "local_cluster": "cluster",
     "read_images": "readers",
     "read_webdataset": "webdataset",
@@ -43,8 +47,10 @@ __all__ = [
     "ImageEmbedder",
     "ModelLoadError",
     "ModelSpec",
+    "TextEmbedder",
     "embed_parquet",
     "embeddings_to_numpy",
+    "filter_parquet",
     "local_cluster",
     "read_images",
     "read_webdataset",

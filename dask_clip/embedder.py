@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import backends
-from .columns import LIST_FLOAT32, STRING
+from .columns import FLOAT32, LIST_FLOAT32, STRING
 from .decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
 from .heads import Head
 from .sources import ImageSource, detect_source, get_source, image_kinds
@@ -31,7 +31,7 @@ from .validation import (
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["ImageEmbedder"]
+__all__ = ["ImageEmbedder", "clip_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,16 @@ class ImageEmbedder:
         ``"auto"`` (overlap on GPUs, serial on CPUs: measured fastest on each), ``"overlap"``
         (a thread prepares the next chunk while the model runs) or ``"serial"`` (each chunk is
         prepared with every core, then embedded with every core).
+    text_column
+        A caption column (img2dataset's ``caption``): adds its CLIP text embedding, from the
+        same model's text tower and tokenizer, in the same task. Null, empty or non-text
+        captions get a null embedding and a reason.
+    text_output_column, text_error_column
+        The ``list<float32>`` text embedding column and its error column.
+    clip_score_column
+        With ``text_column``: the cosine between a row's image and caption embeddings (the
+        CLIP score of LAION and DataComp), float32, null where either is missing; None: not
+        added.
 
     Examples
     --------
@@ -124,6 +134,10 @@ class ImageEmbedder:
     decode_device: str = "auto"
     heads: Sequence[Head] = ()
     schedule: str = "auto"
+    text_column: str | None = None
+    text_output_column: str = "text_embedding"
+    text_error_column: str = "text_embedding_error"
+    clip_score_column: str | None = "clip_score"
 
     def __post_init__(self) -> None:
         if not isinstance(self.heads, tuple):  # hashable and immutable, like the rest
@@ -137,9 +151,15 @@ class ImageEmbedder:
 
     def output_columns(self) -> list[tuple[str, str]]:
         """The columns this embedder adds, as (name, kind) (kinds: :mod:`dask_clip.columns`)."""
+        text: list[tuple[str, str]] = []
+        if self.text_column is not None:
+            text = [(self.text_output_column, LIST_FLOAT32), (self.text_error_column, STRING)]
+            if self.clip_score_column is not None:
+                text.append((self.clip_score_column, FLOAT32))
         return [
             (self.output_column, LIST_FLOAT32),
             (self.error_column, STRING),
+            *text,
             *((head.column, head.kind) for head in self.heads),
         ]
 
@@ -148,13 +168,16 @@ class ImageEmbedder:
         and the heads, not how fast it runs (batch size, device, thread counts)."""
         model = asdict(self.spec)
         model.pop("device")
-        return {
+        out = {
             "model": model,
             "normalize": self.normalize,
             "columns": [self.image_column, *(name for name, _ in self.output_columns())],
             "remove_image_data": self.remove_image_data,
             "heads": [repr(head) for head in self.heads],
         }
+        if self.text_column is not None:  # absent otherwise: earlier image-only jobs keep their fingerprint
+            out["text_column"] = self.text_column
+        return out
 
     # -- validation, on the client -------------------------------------------------------
 
@@ -174,6 +197,8 @@ class ImageEmbedder:
         check_gpu_share(self.num_gpus_per_worker)
         check_int("max_image_pixels", self.max_image_pixels, 1, allow_none=True)
         check_int("max_decode_bytes", self.max_decode_bytes, 1, allow_none=True)
+        if self.text_column is not None and self.text_column == self.image_column:
+            raise ValueError(f"text_column and image_column are both {self.image_column!r}; captions need their own")
         for head in self.heads:
             if not isinstance(head, Head):
                 raise TypeError(f"heads must be dask_clip.heads.Head objects, got {type(head).__name__}")
@@ -188,6 +213,8 @@ class ImageEmbedder:
             names = list(input_columns)
             if self.image_column not in names:
                 raise ValueError(f"image_column={self.image_column!r} not in the columns {names}")
+            if self.text_column is not None and self.text_column not in names:
+                raise ValueError(f"text_column={self.text_column!r} not in the columns {names}")
             for out in outputs:
                 if out in names:
                     raise ValueError(f"output column {out!r} already exists; pass another name")
@@ -268,12 +295,13 @@ class ImageEmbedder:
         """
         from .models import apply_torch_threads, get_head, get_model, gpu_share
         from .pipeline import embed_rows
+        from .text import embed_text_rows
 
         started = time.perf_counter()
         source = self._source(df)
         rows = source.rows(df, self.image_column, height_column=self.height_column, width_column=self.width_column)
         model = get_model(self.spec) if len(rows) else None
-        result = None
+        result = text = None
         if model is not None:
             if model.device.type == "cpu":
                 apply_torch_threads()  # this task thread's OpenMP count, as the worker setup asked
@@ -294,7 +322,15 @@ class ImageEmbedder:
                     to_host=not backends.on_device(df),
                     schedule=self.schedule,
                 )
-        out = self._assemble(df, result)
+                if self.text_column is not None:  # the same model's text tower, in the same task
+                    text = embed_text_rows(
+                        backends.string_rows(df[self.text_column]),
+                        model,
+                        batch_size=self.model_inference_batch_size,
+                        normalize=self.normalize,
+                        to_host=not backends.on_device(df),
+                    )
+        out = self._assemble(df, result, text)
         if self.verbose:
             failed = 0 if result is None else int((~result.valid).sum())
             self._log_partition(
@@ -311,7 +347,7 @@ class ImageEmbedder:
             return NvjpegDecoder(device)
         return PILLOW
 
-    def _assemble(self, df: Any, result: Any) -> Any:
+    def _assemble(self, df: Any, result: Any, text: Any = None) -> Any:
         """``df`` (minus or with the image column as kept) plus the output columns."""
         out = df.drop(columns=[self.image_column]) if self.remove_image_data else df.copy(deep=False)
         if not self.remove_image_data:
@@ -322,6 +358,8 @@ class ImageEmbedder:
             df, LIST_FLOAT32, np.zeros((0, 0), np.float32) if result is None else result.embeddings, valid
         )
         out[self.error_column] = backends.output_column(df, STRING, [None] * n if result is None else result.errors)
+        if self.text_column is not None:
+            self._assemble_text(df, out, result, text)
         for head in self.heads:
             values = [] if result is None else result.head_values(head.column)
             if head.kind == STRING:  # strings come for the valid rows only: spread them out
@@ -332,6 +370,21 @@ class ImageEmbedder:
             else:
                 out[head.column] = backends.output_column(df, head.kind, values, valid)
         return out
+
+    def _assemble_text(self, df: Any, out: Any, result: Any, text: Any) -> None:
+        """Add the text embedding, its errors and the CLIP score to ``out``."""
+        n = len(df)
+        if text is None:  # an empty partition
+            empty = np.zeros(n, dtype=bool)
+            out[self.text_output_column] = backends.output_column(df, LIST_FLOAT32, np.zeros((0, 0), np.float32), empty)
+            out[self.text_error_column] = backends.output_column(df, STRING, [None] * n)
+            if self.clip_score_column is not None:
+                out[self.clip_score_column] = backends.output_column(df, FLOAT32, np.zeros(0, np.float32), empty)
+            return
+        out[self.text_output_column] = backends.output_column(df, LIST_FLOAT32, text.embeddings, text.valid)
+        out[self.text_error_column] = backends.output_column(df, STRING, text.errors)
+        if self.clip_score_column is not None:
+            out[self.clip_score_column] = backends.output_column(df, FLOAT32, *clip_scores(result, text))
 
     def _log_partition(self, rows: int, failed: int, seconds: float, stages: dict[str, float]) -> None:
         try:
@@ -349,3 +402,34 @@ class ImageEmbedder:
             rows / max(seconds, 1e-9),
             ", ".join(f"{stage} {value:.2f}s" for stage, value in stages.items()),
         )
+
+
+def clip_scores(result: Any, text: Any) -> tuple[Any, np.ndarray]:
+    """The CLIP score of each row that has both an image and a caption embedding.
+
+    DataComp's and LAION's definition: the cosine between the L2-normalised image and text
+    embeddings (no ``100 *``, no clamp at 0 as in Hessel et al.'s CLIPScore).
+
+    Parameters
+    ----------
+    result
+        The image side, :class:`~dask_clip.pipeline.RowsResult` (M_i valid rows).
+    text
+        The text side, :class:`~dask_clip.text.TextResult` (M_t valid rows).
+
+    Returns
+    -------
+    (torch.Tensor, numpy.ndarray)
+        float32 (K,) scores of the K rows with both, in row order, and bool (N,) marking them.
+    """
+    import torch
+
+    both = result.valid & text.valid
+    image_rank = np.cumsum(result.valid) - 1  # row -> its place among the valid image rows
+    text_rank = np.cumsum(text.valid) - 1
+    rows = np.flatnonzero(both)
+    image = torch.nn.functional.normalize(result.embeddings, dim=-1)
+    at = image.device
+    image = image[torch.as_tensor(image_rank[rows], device=at)]
+    caption = text.unit.to(at)[torch.as_tensor(text_rank[rows], device=at)]
+    return (image * caption).sum(dim=1), both

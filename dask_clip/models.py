@@ -14,14 +14,14 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import ModelLoadError
+from .model_dirs import OPEN_CLIP, TRANSFORMERS, detect_model_dir, find_weights
 from .preprocess import PreprocessConfig
-from .spec import ModelSpec, find_weights
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from .heads import Head, HeadFunction
@@ -52,12 +52,14 @@ _TORCH_THREADS: int | None = None
 
 @dataclass
 class LoadedModel:
-    """A loaded, eval-mode open_clip model and what running it needs.
+    """A loaded, eval-mode CLIP model (both towers) and what running it needs.
 
     Attributes
     ----------
     model : torch.nn.Module
-        The open_clip model (``encode_image`` takes float (N, 3, H, W)).
+        The open_clip model, or a transformers one behind the same two methods
+        (:class:`~dask_clip.hf.TransformersCLIP`): ``encode_image`` takes float (N, 3, H, W),
+        ``encode_text`` the tokenizer's output.
     preprocess : PreprocessConfig
         Its eval preprocessing.
     device : torch.device
@@ -74,9 +76,16 @@ class LoadedModel:
         (an out-of-memory caused by another task's burst does not shrink every later batch).
     batches_under_cap : int
         Batches run since the cap was last lowered or raised.
+    spec : ModelSpec or None
+        What was loaded (the text tower's tokenizer is chosen from it).
+    kind : str
+        ``"open_clip"``, or ``"transformers"`` for a :class:`~dask_clip.hf.TransformersCLIP`.
+    tokenizer : Tokenizer or None
+        The text tower's tokenizer, loaded on first use beside the model
+        (:func:`dask_clip.text.get_tokenizer`).
     """
 
-    model: Any  # an open_clip CLIP (torch.nn.Module with encode_image / encode_text)
+    model: Any  # an open_clip CLIP or a TransformersCLIP (torch.nn.Module with encode_image / encode_text)
     preprocess: PreprocessConfig
     device: torch.device
     autocast_dtype: torch.dtype | None
@@ -84,6 +93,9 @@ class LoadedModel:
     input_dtype: torch.dtype = torch.float32
     batch_size_cap: int | None = None
     batches_under_cap: int = 0
+    spec: ModelSpec | None = None
+    kind: str = OPEN_CLIP
+    tokenizer: Any = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -121,23 +133,41 @@ def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"pure_bf16": torch.bfloat16, "pure_fp16": torch.float16}.get(precision, torch.float32)
 
 
-def _create(spec: ModelSpec) -> torch.nn.Module:
+def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
+    """The model of ``spec`` on the CPU, and its kind (``"open_clip"`` or ``"transformers"``)."""
     import open_clip
 
     if spec.model_dir is not None:
-        folder = Path(spec.model_dir).expanduser().resolve()
+        try:  # again on the worker: the folder decides how to load it
+            found = detect_model_dir(spec.model_dir)
+        except (OSError, ValueError) as err:  # e.g. the weights vanished after the client's check
+            raise ModelLoadError(str(err)) from err
+        folder = found.folder.resolve()
+        if found.kind == TRANSFORMERS:
+            from .hf import load_transformers_clip
+
+            return load_transformers_clip(folder), TRANSFORMERS
         if not find_weights(folder):  # open_clip would silently go on with random weights
             raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
-        return open_clip.create_model(f"local-dir:{folder}", weights_only=True)
+        return open_clip.create_model(f"local-dir:{folder}", weights_only=True), OPEN_CLIP
+    if spec.hub_id is not None:
+        try:
+            return open_clip.create_model(spec.model, weights_only=True), OPEN_CLIP
+        except Exception as err:  # open_clip and huggingface_hub raise many kinds for a failed download
+            raise ModelLoadError(
+                f"could not load {spec.model!r}: {err}. Without network access, fetch the folder on a "
+                f"machine that has it (`huggingface-cli download {spec.hub_id} --local-dir DIR`), copy DIR "
+                "here and pass model_dir=DIR (CLI: --model-dir DIR)."
+            ) from err
     if spec.pretrained is None:
         # Seeded, so every worker process builds the same random model.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            return open_clip.create_model(spec.model, pretrained=None)
+            return open_clip.create_model(spec.model, pretrained=None), OPEN_CLIP
     tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
     try:
         # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.
-        return open_clip.create_model(
+        model = open_clip.create_model(
             spec.model,
             pretrained=spec.pretrained,
             force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
@@ -151,23 +181,32 @@ def _create(spec: ModelSpec) -> torch.nn.Module:
             f"(`huggingface-cli download {repo} --local-dir DIR`), copy DIR here and pass "
             "model_dir=DIR (CLI: --model-dir DIR)."
         ) from err
+    return model, OPEN_CLIP
 
 
 def _load(spec: ModelSpec) -> LoadedModel:
     device = resolve_device(spec.device)
-    model: Any = _create(spec).eval().requires_grad_(False).to(device)
+    created, kind = _create(spec)
+    model: Any = created.eval().requires_grad_(False).to(device)
     dtype = weights_dtype(spec.precision, device)
-    if dtype != torch.float32:
-        from open_clip.model import convert_weights_to_lp
+    if kind == TRANSFORMERS:
+        preprocess = model.preprocess_config
+        if dtype != torch.float32:
+            model.to(dtype)  # transformers' LayerNorms compute in their weights' dtype
+    else:
+        if dtype != torch.float32:
+            from open_clip.model import convert_weights_to_lp
 
-        convert_weights_to_lp(model, dtype)  # open_clip's own: linear/conv/attention weights
-    preprocess = PreprocessConfig.from_model(model)
+            convert_weights_to_lp(model, dtype)  # open_clip's own: linear/conv/attention weights
+        preprocess = PreprocessConfig.from_model(model)
     with torch.inference_mode():
         probe = torch.zeros((1, 3, *preprocess.size), device=device, dtype=dtype)
         embed_dim = int(model.encode_image(probe).shape[-1])
     if spec.random_weights:
         logger.warning("dask_clip: %s has seeded RANDOM weights (pretrained=None)", spec.model)
-    return LoadedModel(model, preprocess, device, _autocast_dtype(spec.precision, device), embed_dim, dtype)
+    return LoadedModel(
+        model, preprocess, device, _autocast_dtype(spec.precision, device), embed_dim, dtype, spec=spec, kind=kind
+    )
 
 
 def get_model(spec: ModelSpec) -> LoadedModel:
@@ -213,6 +252,12 @@ def get_head(spec: ModelSpec, head: Head) -> HeadFunction:
         with _LOCK:
             loaded = _HEADS.get(key)
             if loaded is None:
+                dim = head.input_dim()
+                if dim is not None and dim != model.embed_dim:  # hf-hub models are only known here
+                    raise ValueError(
+                        f"head {head.column!r} was made for {dim}-d embeddings, but {spec.describe()} gives "
+                        f"{model.embed_dim}-d ones; use the model the head was trained on"
+                    )
                 loaded = head.load(model)
                 _HEADS[key] = loaded
     return loaded

@@ -45,6 +45,10 @@ class PreprocessConfig:
         side, centre pad) or ``"squash"`` (resize to ``size`` ignoring aspect).
     fill_color : int
         Padding value for ``"longest"``.
+    crop_offset : str
+        How the centre crop's offset is taken from the overhang: ``"round"`` (half to even, as
+        torchvision and open_clip do) or ``"floor"`` (transformers' ``CLIPImageProcessor``).
+        They differ by one pixel when the overhang is 3 mod 4.
     """
 
     size: tuple[int, int]
@@ -53,6 +57,7 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     fill_color: int = 0
+    crop_offset: str = "round"
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> PreprocessConfig:
@@ -211,6 +216,10 @@ def resize_crop(image: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
         return resized
     if cfg.resize_mode == "longest":
         return _center_crop_or_pad(resized, cfg.size, cfg.fill_color)
+    if cfg.crop_offset == "floor":
+        top = (resized.shape[-2] - cfg.size[0]) // 2
+        left = (resized.shape[-1] - cfg.size[1]) // 2
+        return resized[..., top : top + cfg.size[0], left : left + cfg.size[1]]
     return F.center_crop(resized, list(cfg.size))
 
 

@@ -3,51 +3,41 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .model_dirs import OPEN_CLIP, WEIGHT_FILE_PATTERNS, ModelDir, detect_model_dir, find_weights
 from .validation import PRECISIONS, check_choice, check_device
 
-__all__ = ["WEIGHT_FILE_PATTERNS", "ModelSpec", "find_weights"]
+__all__ = ["HF_HUB_PREFIX", "WEIGHT_FILE_PATTERNS", "ModelSpec", "find_weights"]
 
-# open_clip's `local-dir:` loader looks for these (open_clip.factory._find_checkpoint_in_dir).
-WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.bin", "*.pth")
-
-
-def find_weights(model_dir: Path) -> list[Path]:
-    """Weight files in a ``local-dir:`` folder, safetensors first.
-
-    Parameters
-    ----------
-    model_dir
-        A folder in open_clip's ``local-dir:`` layout.
-
-    Returns
-    -------
-    list of Path
-        Candidate checkpoint files; empty when the folder holds no weights.
-    """
-    found = [p for pattern in WEIGHT_FILE_PATTERNS for p in sorted(model_dir.glob(pattern))]
-    return sorted(found, key=lambda p: p.suffix != ".safetensors")
+#: open_clip's prefix for models read from the Hugging Face hub: ``"hf-hub:org/name"``.
+HF_HUB_PREFIX = "hf-hub:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A small, hashable, picklable description of a CLIP image encoder.
+    """A small, hashable, picklable description of a CLIP model (both towers).
 
     Workers key their model cache by this value, so two equal specs share one loaded model.
 
     Parameters
     ----------
     model
-        open_clip architecture name, e.g. ``"ViT-L-14"`` (see ``open_clip.list_models()``).
-        Ignored when ``model_dir`` is given: the folder's config decides.
+        open_clip architecture name, e.g. ``"ViT-L-14"`` (see ``open_clip.list_models()``), or
+        an open_clip hub id, ``"hf-hub:laion/CLIP-ViT-L-14-laion2B-s32B-b82K"`` (downloaded by
+        open_clip; ``pretrained`` is then not used). Ignored when ``model_dir`` is given: the
+        folder decides.
     pretrained
         open_clip pretrained tag (``"openai"``, ``"laion2b_s32b_b82k"``, ...), a path to a
         checkpoint file, or ``None`` for seeded random weights (explicit request only).
     model_dir
-        Folder in open_clip's ``local-dir:`` layout: ``open_clip_config.json`` plus weights
-        (``*.safetensors`` preferred; ``*.bin``/``*.pth`` are read with ``weights_only=True``).
+        A local folder, its kind detected from its files (:mod:`dask_clip.model_dirs`): open_clip's
+        ``local-dir:`` layout (``open_clip_config.json`` plus weights), a transformers CLIP folder
+        (``config.json`` with ``model_type: clip`` + ``model.safetensors``, loaded with the ``hf``
+        extra), or NeMo Curator's ``model_dir`` (with ``openai/clip-vit-large-patch14/`` in it).
     precision
         ``"auto"`` (fp32 on CPU, bf16 on GPUs that support it, else fp16), ``"fp32"``,
         ``"fp16"`` or ``"bf16"``. Low precisions run under autocast; embeddings are float32.
@@ -69,22 +59,36 @@ class ModelSpec:
         ------
         ValueError
             Unknown architecture, pretrained tag, precision or device (the message lists the
-            valid choices), or a ``model_dir`` config that is not open_clip's.
+            valid choices), a malformed ``hf-hub:`` id, or a ``model_dir`` config that is not a
+            CLIP model's.
         FileNotFoundError
-            ``model_dir`` or its config does not exist, or it holds no weight files.
+            ``model_dir`` does not exist, matches no known layout, or holds no weights.
+        ImportError
+            A transformers folder without transformers installed (the message says how).
         """
-        import open_clip  # lazily: importing open_clip pulls in timm and friends
-
         check_choice("precision", self.precision, PRECISIONS)
         check_device(self.device)
         if self.model_dir is not None:
-            self._validate_model_dir()
+            found = self.resolve_model_dir()
+            if found.kind != OPEN_CLIP:
+                require_transformers()
             return
+        if self.hub_id is not None:
+            if not _HUB_ID.match(self.hub_id):
+                raise ValueError(f"model={self.model!r}: expected {HF_HUB_PREFIX}ORG/NAME, a Hugging Face repository")
+            if self.pretrained is None:
+                raise ValueError(
+                    f"model={self.model!r} names weights on the hub; pretrained=None (random weights) needs an "
+                    "architecture name such as 'ViT-B-32'"
+                )
+            return
+        import open_clip  # lazily: importing open_clip pulls in timm and friends
+
         if self.model not in open_clip.list_models():
             close = [m for m in open_clip.list_models() if self.model.lower()[:5] in m.lower()]
             raise ValueError(
                 f"unknown open_clip architecture {self.model!r}; close matches: {close[:12]} "
-                "(all: open_clip.list_models())"
+                f"(all: open_clip.list_models(); or {HF_HUB_PREFIX}ORG/NAME for a hub repository)"
             )
         if self.pretrained is None or Path(self.pretrained).is_file():
             return
@@ -96,51 +100,74 @@ class ModelSpec:
                 "for random weights"
             )
 
-    def _validate_model_dir(self) -> None:
-        folder = Path(str(self.model_dir)).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"model_dir {str(folder)!r} is not a folder")
-        config = folder / "open_clip_config.json"
-        if not config.is_file():
-            raise FileNotFoundError(
-                f"model_dir {str(folder)!r} has no open_clip_config.json (open_clip's "
-                "local-dir: layout; `huggingface-cli download <repo> --local-dir DIR` gives it)"
-            )
-        try:
-            has_model_cfg = "model_cfg" in json.loads(config.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config} is not valid JSON: {err}") from err
-        if not has_model_cfg:
-            raise ValueError(f"{config} has no 'model_cfg' entry; it is not an open_clip config")
-        if not find_weights(folder):
-            # open_clip itself would log a warning and go on with random weights.
-            raise FileNotFoundError(
-                f"model_dir {str(folder)!r} holds no weights "
-                f"({', '.join(WEIGHT_FILE_PATTERNS)}); refusing to use random weights"
-            )
+    def resolve_model_dir(self) -> ModelDir:
+        """The detected kind and files of ``model_dir`` (:func:`~dask_clip.model_dirs.detect_model_dir`)."""
+        if self.model_dir is None:
+            raise ValueError("this spec has no model_dir")
+        return detect_model_dir(self.model_dir)
+
+    @property
+    def hub_id(self) -> str | None:
+        """``"org/name"`` for an ``hf-hub:`` model (without ``model_dir``), else None."""
+        if self.model_dir is None and self.model.startswith(HF_HUB_PREFIX):
+            return self.model[len(HF_HUB_PREFIX) :]
+        return None
 
     @property
     def random_weights(self) -> bool:
         """True when the user asked for seeded random weights."""
-        return self.model_dir is None and self.pretrained is None
+        return self.model_dir is None and self.pretrained is None and self.hub_id is None
 
     def describe(self) -> str:
         """A short name for messages: the architecture, or the model folder."""
         return f"model_dir {self.model_dir!r}" if self.model_dir is not None else f"model {self.model!r}"
 
     def model_config(self) -> dict | None:
-        """open_clip's ``model_cfg`` of this spec, read without building the model (None if unknown)."""
+        """open_clip's ``model_cfg`` of this spec, read without building the model (None if unknown,
+        or for a transformers folder)."""
         if self.model_dir is not None:
             config = Path(self.model_dir).expanduser() / "open_clip_config.json"
             try:
                 return json.loads(config.read_text()).get("model_cfg")
             except (OSError, ValueError):
                 return None
+        if self.hub_id is not None:
+            return _cached_hub_config(self.hub_id)
         import open_clip
 
         return open_clip.get_model_config(self.model)
 
     def embed_dim(self) -> int | None:
-        """Width D of the embeddings, from the model config (None if it does not say)."""
+        """Width D of the embeddings, from the model's config (None if it cannot be known here:
+        an ``hf-hub:`` model not in the local hub cache)."""
+        if self.model_dir is not None:
+            try:
+                return self.resolve_model_dir().embed_dim()
+            except (OSError, ValueError):
+                return None
         cfg = self.model_config()
         return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else None
+
+
+def _cached_hub_config(hub_id: str) -> dict | None:
+    """The ``model_cfg`` of a hub model when its config is already in the local hub cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(hub_id, "open_clip_config.json")
+        if not isinstance(path, str):
+            return None
+        return json.loads(Path(path).read_text()).get("model_cfg")
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def require_transformers() -> None:
+    """ImportError, saying how to install it, when transformers is missing."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            f"this model_dir holds a transformers CLIP model, which needs transformers ({err}): "
+            "pip install 'dask-clip[hf]'"
+        ) from err

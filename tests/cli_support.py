@@ -104,12 +104,19 @@ def reference(input_folder: Path, model_dir: str, **embedder: object) -> pd.Data
     return pd.concat(parts, ignore_index=True)
 
 
+def _is_list_column(series: pd.Series) -> bool:
+    """A list<float32> column (embeddings, text embeddings, per-label probabilities)."""
+    if isinstance(series.dtype, pd.ArrowDtype):
+        return pa.types.is_list(series.dtype.pyarrow_dtype)
+    return any(isinstance(v, np.ndarray) for v in series.head(8))
+
+
 def assert_same_rows(got: pd.DataFrame, expected: pd.DataFrame, *, id_column: str = "key", atol: float = 1e-5) -> None:
     """Same rows in the same order, same columns, embeddings equal up to float noise."""
     assert list(got.columns) == list(expected.columns)
     assert got[id_column].tolist() == expected[id_column].tolist()  # no missing, duplicated or reordered rows
     for column in expected.columns:
-        if column == "embedding":
+        if column == "embedding" or _is_list_column(expected[column]):
             a, b = embeddings_to_numpy(got[column]), embeddings_to_numpy(expected[column])
             np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
             np.testing.assert_allclose(np.nan_to_num(a), np.nan_to_num(b), atol=atol)

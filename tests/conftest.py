@@ -58,3 +58,68 @@ def client():
         Client(cluster) as c,
     ):
         yield c
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny open_clip model with a text tower that takes real captions (open_clip's 49,408-token
+    vocabulary), 32-d."""
+    from dask_clip.testing import TINY_TEXT_MODEL_CFG
+
+    return str(write_model_dir(tmp_path_factory.mktemp("tiny-text-model"), model_cfg=TINY_TEXT_MODEL_CFG))
+
+
+@pytest.fixture(scope="session")
+def wide_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny open_clip model projecting to 768-d embeddings, the width of ViT-L/14 that the
+    published aesthetic and NSFW heads take."""
+    from dask_clip.testing import TINY_TEXT_MODEL_CFG
+
+    cfg = {**TINY_TEXT_MODEL_CFG, "embed_dim": 768}
+    return str(write_model_dir(tmp_path_factory.mktemp("tiny-768-model"), model_cfg=cfg, seed=1))
+
+
+@pytest.fixture(scope="session")
+def hf_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny seeded transformers CLIPModel folder, laid out as published (save_pretrained +
+    vocab.json/merges.txt + preprocessor_config.json)."""
+    from dask_clip.testing import write_transformers_model_dir
+
+    return str(write_transformers_model_dir(tmp_path_factory.mktemp("tiny-hf-model")))
+
+
+@pytest.fixture(scope="session")
+def nemo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """NeMo Curator's model_dir: the same tiny transformers model under openai/clip-vit-large-patch14/."""
+    from dask_clip.testing import write_transformers_model_dir
+
+    return str(write_transformers_model_dir(tmp_path_factory.mktemp("nemo-model-dir"), nemo_layout=True))
+
+
+#: Captions of :func:`captioned_frame`'s rows: real ones, then the kinds a caption column holds wrong.
+CAPTIONS = [
+    "an astronaut in a white spacesuit",
+    "a cup of coffee on a saucer",
+    "a cat lying on a table",
+    "a rocket on the launch pad, photographed at dawn with a long lens from across the water",
+    "",
+    "a picture that could not be decoded",
+    None,
+]
+
+
+@pytest.fixture(scope="session")
+def captioned_frame(photo_jpegs):
+    """img2dataset-like rows: 5 photos, a broken image and a null one; captions with an empty
+    one (row 4) and a null one (row 6)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    images = [*photo_jpegs, b"not an image", None]
+    return pd.DataFrame(
+        {
+            "key": pd.Series([f"k{i}" for i in range(len(images))], dtype=pd.ArrowDtype(pa.string())),
+            "image": pd.Series(images, dtype=pd.ArrowDtype(pa.binary())),
+            "caption": pd.Series(CAPTIONS, dtype=pd.ArrowDtype(pa.string())),
+        }
+    )

@@ -3,12 +3,13 @@
 ::
 
     dask-clip embed INPUT OUTPUT [--model-dir DIR | --model M --pretrained TAG] [...]
+    dask-clip filter INPUT OUTPUT --min-aesthetic 5 --max-nsfw 0.5 --min-clip-score 0.28 [...]
     dask-clip dedup INPUT OUTPUT --eps 0.01 --n-clusters K [...]
     dask-clip index EMBEDDINGS INDEX_DIR [--index-key auto] [--max-memory 4GB]
     dask-clip search INDEX_DIR (--text T | --image FILE | --like KEY) [-k 20] [--json | --html FILE]
     dask-clip serve INDEX_DIR [--host 127.0.0.1] [--port 8000]
     dask-clip demo --random-weights
-    dask-clip info
+    dask-clip info [--model-dir DIR]
 
 One module per subcommand (``add_parser`` + ``run``), registered in :data:`SUBCOMMANDS`; each
 parses its arguments into the same objects a Python user would build
@@ -29,7 +30,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 #: Subcommand modules of this package, in the order ``--help`` lists them.
-SUBCOMMANDS = ("embed", "dedup", "index", "search", "serve", "demo", "info")
+SUBCOMMANDS = ("embed", "filter", "dedup", "index", "search", "serve", "demo", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from ..readers import INPUT_FORMATS
 from ..sources import image_kinds
 from . import options
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "run", "score_heads"]
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,6 +48,38 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     cols.add_argument("--remove-image-data", action="store_true", help="drop the image column from the output")
     options.add_on_error(cols)
+    scores = parser.add_argument_group("captions and scores", "Computed in the same pass, one column each")
+    scores.add_argument(
+        "--text-column",
+        metavar="NAME",
+        help="caption column (img2dataset: caption): adds text_embedding, text_embedding_error and clip_score",
+    )
+    scores.add_argument(
+        "--aesthetic-model",
+        metavar="PATH",
+        help="LAION aesthetic predictor weights (sac+logos+ava1-l14-linearMSE.pth, NeMo's model.safetensors, or "
+        "NeMo's model_dir): adds aesthetic_score (~1-10)",
+    )
+    scores.add_argument(
+        "--nsfw-model",
+        metavar="PATH",
+        help="LAION NSFW detector weights (clip_autokeras_binary_nsfw.pth, or NeMo's model_dir): adds nsfw_score (0-1)",
+    )
+    scores.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="zero-shot label names, one per line: adds zero_shot_label and zero_shot_probability",
+    )
+    scores.add_argument(
+        "--label-templates",
+        metavar="FILE",
+        help="prompt templates for --labels, one per line with {} for the label (default: 'a photo of a {}.')",
+    )
+    scores.add_argument(
+        "--label-probabilities",
+        action="store_true",
+        help="also add zero_shot_probabilities, every label's probability (list<float32>)",
+    )
     part = parser.add_argument_group("partitions and output")
     part.add_argument(
         "--partition-size",
@@ -93,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         output_column=args.output_column,
         error_column=args.error_column,
         on_error=args.on_error,
+        text_column=args.text_column,
+        heads=score_heads(args),
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
     job = prepare_embed(
@@ -128,3 +162,27 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.rows_per_second:.1f} images/s -> {args.output}"
     )
     return 0
+
+
+def score_heads(args: argparse.Namespace) -> list:
+    """The heads that ``--aesthetic-model``, ``--nsfw-model`` and ``--labels`` ask for."""
+    from ..heads import AestheticHead, NSFWHead, read_labels, zero_shot_heads
+    from ..heads.zero_shot import DEFAULT_TEMPLATES
+
+    heads: list = []
+    if args.aesthetic_model:
+        heads.append(AestheticHead(args.aesthetic_model))
+    if args.nsfw_model:
+        heads.append(NSFWHead(args.nsfw_model))
+    if args.label_templates and not args.labels:
+        raise ValueError("--label-templates needs --labels FILE")
+    if args.label_probabilities and not args.labels:
+        raise ValueError("--label-probabilities needs --labels FILE")
+    if args.labels:
+        templates = read_labels(args.label_templates) if args.label_templates else DEFAULT_TEMPLATES
+        heads += zero_shot_heads(
+            read_labels(args.labels),
+            templates,
+            probabilities_column="zero_shot_probabilities" if args.label_probabilities else None,
+        )
+    return heads

@@ -138,10 +138,15 @@ def add_model_options(
     group.add_argument(
         "--model-dir",
         metavar="DIR",
-        help="open_clip weights in a local folder (open_clip_config.json + *.safetensors), "
-        "e.g. from `huggingface-cli download laion/CLIP-ViT-L-14-laion2B-s32B-b82K --local-dir DIR`",
+        help="weights in a local folder: open_clip's (open_clip_config.json + *.safetensors, e.g. from "
+        "`huggingface-cli download laion/CLIP-ViT-L-14-laion2B-s32B-b82K --local-dir DIR`), a transformers CLIP "
+        "folder, or NeMo Curator's model_dir (`dask-clip info --model-dir DIR` says which)",
     )
-    group.add_argument("--model", default=default_model, help=f"open_clip architecture (default: {default_model})")
+    group.add_argument(
+        "--model",
+        default=default_model,
+        help=f"open_clip architecture, or hf-hub:ORG/NAME (default: {default_model})",
+    )
     group.add_argument(
         "--pretrained",
         default=default_pretrained,
