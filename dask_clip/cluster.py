@@ -340,6 +340,7 @@ def local_cluster(
     torch_threads: int | None = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     security: Any = None,
+    log_task_errors: bool = True,
     **overrides: Any,
 ) -> Any:
     """Start a local cluster for CLIP inference: one worker per GPU, or a CPU cluster.
@@ -351,7 +352,8 @@ def local_cluster(
     Otherwise: ``LocalCluster`` with few worker processes, each setting torch's thread count
     to its share of the cores. See :func:`plan_local_cluster` for the parameters;
     ``security=True`` runs the cluster on TLS with a temporary self-signed certificate
-    (``Client(cluster)`` picks it up).
+    (``Client(cluster)`` picks it up); ``log_task_errors=False`` keeps the workers from
+    logging failed tasks' tracebacks (:class:`~dask_clip.worker_setup.WorkerSetup`).
 
     Returns
     -------
@@ -387,7 +389,7 @@ def local_cluster(
         from distributed import Client
 
         with Client(cluster) as client:  # the scheduler keeps the plugin for later workers
-            client.register_plugin(WorkerSetup(torch_threads=plan.torch_threads))
+            client.register_plugin(WorkerSetup(torch_threads=plan.torch_threads, log_task_errors=log_task_errors))
     except BaseException:
         cluster.close()
         raise

@@ -197,3 +197,25 @@ def test_connect_reaches_an_existing_cluster():
             with cl.connect(scheduler_address=existing.scheduler_address, n_workers=2):
                 pass
         assert existing.status.name == "running"  # connect() leaves a cluster it did not start alone
+
+
+def test_a_cluster_without_workers_raises_instead_of_waiting_forever():
+    import signal
+    import time
+
+    from distributed import LocalCluster
+
+    from dask_clip.errors import NoWorkersError
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        with cl.connect(scheduler_address=cluster.scheduler_address, worker_timeout=1.5) as client:
+            started = time.monotonic()
+            future = client.submit(sum, [1, 2], pure=False)
+            with pytest.raises(NoWorkersError, match=r"no worker alive for 2 s .*run the same command again"):
+                future.result()  # before: waited forever
+            assert 1.5 <= time.monotonic() - started < 10
+        # outside the watch, and inside it before it fires, Ctrl-C is still a KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with cl.connect(scheduler_address=cluster.scheduler_address, worker_timeout=60):
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)

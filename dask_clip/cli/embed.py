@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
 from ..fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
 from ..sources import image_kinds
 from . import options
@@ -56,6 +57,21 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help=f"largest encoded image read, in bytes (default: {DEFAULT_MAX_IMAGE_BYTES // 2**20} MiB)",
     )
     reads.add_argument(
+        "--max-image-pixels",
+        type=options.positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help=f"images with more pixels are refused before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
+    reads.add_argument(
+        "--max-decode-bytes",
+        type=options.positive_int,
+        default=DEFAULT_DECODE_BUDGET,
+        metavar="N",
+        help="decoded RGB bytes one image may take; larger JPEGs are decoded at a reduced scale "
+        f"(default: {DEFAULT_DECODE_BUDGET // 2**20} MiB)",
+    )
+    reads.add_argument(
         "--allow-protocol",
         action="append",
         default=[],
@@ -106,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         error_column=args.error_column,
         on_error=args.on_error,
         max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_decode_bytes=args.max_decode_bytes,
         allowed_protocols=(*DEFAULT_PROTOCOLS, *(p.lower() for p in args.allow_protocol)),
         read_timeout=args.read_timeout,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),

@@ -29,9 +29,10 @@ def _killed_worker(err: BaseException) -> str:
 
 def _os_error(err: OSError) -> str:
     where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-    if err.errno == errno.ENOSPC:
+    # pyarrow's write errors are OSErrors without an errno: the text says it
+    if err.errno == errno.ENOSPC or "No space left on device" in str(err):
         return f"no space left on device{where} — finished part files are kept: free some space, then {AGAIN}"
-    if err.errno == errno.EDQUOT:
+    if err.errno == errno.EDQUOT or "Disk quota exceeded" in str(err):
         return f"disk quota exceeded{where} — finished part files are kept: free some space, then {AGAIN}"
     if isinstance(err, FileExistsError):
         return f"{_one_line(str(err))} — remove it or choose another OUTPUT"

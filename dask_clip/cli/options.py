@@ -138,7 +138,13 @@ def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
                 "not with --scheduler-file/--scheduler-address"
             )
         return {"scheduler_file": args.scheduler_file, "scheduler_address": args.scheduler_address, **common}
-    options: dict[str, Any] = {"kind": args.cluster, "dashboard_address": args.dashboard_address, **common}
+    options: dict[str, Any] = {
+        "kind": args.cluster,
+        "dashboard_address": args.dashboard_address,
+        # the workers share this terminal: a failed task is the CLI's one line, its traceback is -v's
+        "log_task_errors": bool(getattr(args, "verbose", False)),
+        **common,
+    }
     for name in LOCAL_ONLY:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
