@@ -273,7 +273,8 @@ def _input_roots(job: Mapping[str, Any] | None) -> list[str]:
         text = os.fspath(item)
         match = _GLOB.search(text)
         if match:
-            text = text[: match.start()].rsplit("/", 1)[0] or "/"
+            prefix = text[: match.start()]
+            text = (prefix.rsplit("/", 1)[0] or "/") if "/" in prefix else "."
         roots.append(text)
     return roots
 
