@@ -5,6 +5,9 @@ GPUs and dask-cuda are present, and a distributed ``LocalCluster`` sized for the
 otherwise. Worker setup (torch threads) is the :class:`~dask_clip.worker_setup.WorkerSetup`
 plugin, and the GPU allocator is dask-cuda's ``RMMSetup`` plugin, so both reach workers that
 a nanny restarts. :func:`plan_local_cluster` holds every decision, without starting anything.
+:func:`connect` reaches an existing cluster or starts a local one, with TLS where asked
+(:func:`tls_security`), and watches that the cluster keeps a worker
+(:func:`~dask_clip.watchdog.watch_workers`).
 
 Nothing here touches a GPU at import time.
 """
@@ -13,11 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import dask
 
 from .validation import CLUSTER_KINDS, DEFAULT_NUM_GPUS_PER_WORKER, check_choice, check_gpu_share
 from .worker_setup import WorkerSetup, cpu_count
@@ -32,10 +39,14 @@ __all__ = [
     "local_cluster",
     "plan_local_cluster",
     "threads_per_gpu_worker",
+    "tls_security",
 ]
 
 logger = logging.getLogger(__name__)
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
+# distributed's scheduler always starts its HTTP server (on :8787 when given no address); with
+# the dashboard off it gets a random localhost port and no routes: nothing is served.
+_NO_DASHBOARD = "127.0.0.1:0"
 # One model per process: on CPU prefer few processes, each with many torch threads.
 CORES_PER_CPU_WORKER = 8
 
@@ -114,6 +125,7 @@ def plan_local_cluster(
     num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER,
     torch_threads: int | None = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
+    security: Any = None,
     n_gpus: int | None = None,
     dask_cuda_installed: bool | None = None,
     cores: int | None = None,
@@ -139,7 +151,14 @@ def plan_local_cluster(
     torch_threads
         Torch CPU threads per worker; default: the host's cores divided among the workers.
     dashboard_address
-        Bound to localhost by default; ``":8787"`` exposes it, None turns it off.
+        Bound to localhost by default; ``":8787"`` exposes it, None turns it off (the scheduler's
+        HTTP server then serves nothing, on a random localhost port instead of 8787).
+    security
+        TLS for every connection of the cluster: a ``distributed.security.Security``, or True
+        for a temporary self-signed certificate (``Security.temporary()``, needs
+        ``cryptography``). None: Dask's configuration decides; where it requires encryption
+        (``distributed.comm.require-encryption``) without naming certificates, a temporary one
+        is made.
     n_gpus, dask_cuda_installed, cores, rapids_installed, cupy_usable
         Facts about this machine; detected when None (tests pass them in).
         ``rapids_installed`` is (rmm, cudf): the RMM options need rmm on the workers,
@@ -221,12 +240,95 @@ def plan_local_cluster(
             "dashboard_address": dashboard_address,
         }
         kind_used = "cpu"
+    if dashboard_address is None:
+        options["scheduler_kwargs"] = {"dashboard": False, "dashboard_address": _NO_DASHBOARD}
+    security = _local_security(security)
+    if security is not None:
+        options["security"] = security
+    user_scheduler_kwargs = overrides.pop("scheduler_kwargs", None)
     options.update(overrides)
+    if user_scheduler_kwargs:
+        options["scheduler_kwargs"] = {**options.get("scheduler_kwargs", {}), **user_scheduler_kwargs}
     if not options.get("processes", True):
         options.pop("host", None)  # an in-process cluster talks inproc://, which takes no host
     workers = int(options.get("n_workers") or workers)
     threads = torch_threads or max(1, cores // (workers * int(options["threads_per_worker"])))
     return ClusterPlan(kind=kind_used, options=options, torch_threads=threads)
+
+
+def _has_tls_files(security: Any) -> bool:
+    return bool(getattr(security, "tls_ca_file", None) and getattr(security, "tls_scheduler_cert", None))
+
+
+def _local_security(security: Any) -> Any:
+    """What a local cluster is given: None (plain TCP), True (temporary TLS) or a ``Security``."""
+    if security is False:
+        return None
+    if security is not None:
+        if security is not True and not _is_security(security):
+            raise TypeError(f"security must be a distributed.security.Security, True or None, got {security!r}")
+        return security
+    from distributed.security import Security
+
+    configured = Security()  # Dask's configuration (DASK_DISTRIBUTED__COMM__...)
+    if configured.require_encryption and not _has_tls_files(configured):
+        logger.info("dask_clip: encryption required by Dask's configuration: local cluster on temporary TLS")
+        return True
+    return None
+
+
+def _is_security(value: Any) -> bool:
+    from distributed.security import Security
+
+    return isinstance(value, Security)
+
+
+def tls_security(
+    ca_file: str | None = None, cert: str | None = None, key: str | None = None, *, local: bool = False
+) -> Any:
+    """A ``distributed.security.Security`` from the files ``dask scheduler``/``dask worker`` take
+    (``--tls-ca-file``, ``--tls-cert``, ``--tls-key``), with encryption required.
+
+    Parameters
+    ----------
+    ca_file
+        PEM file of the certificate authority every party's certificate is signed by.
+    cert, key
+        PEM certificate and key of this party (the key may be in the certificate file).
+    local
+        Also use them for a local cluster's scheduler and workers.
+
+    Returns
+    -------
+    distributed.security.Security or None
+        None when no file is given.
+
+    Raises
+    ------
+    FileNotFoundError
+        A named file does not exist.
+    ValueError
+        A certificate without the CA file, or the other way round.
+    """
+    given = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    if not any(given.values()):
+        return None
+    for option, path in given.items():
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{option} {path!r} is not a file")
+    if not (ca_file and cert):
+        raise ValueError(
+            "TLS needs --tls-ca-file and --tls-cert (and --tls-key unless the key is in the certificate file)"
+        )
+    from distributed.security import Security
+
+    roles = ("client", "scheduler", "worker") if local else ("client",)
+    files: dict[str, str] = {}
+    for role in roles:
+        files[f"tls_{role}_cert"] = cert
+        if key:
+            files[f"tls_{role}_key"] = key
+    return Security(require_encryption=True, tls_ca_file=ca_file, **files)
 
 
 def local_cluster(
@@ -237,6 +339,8 @@ def local_cluster(
     num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER,
     torch_threads: int | None = None,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
+    security: Any = None,
+    log_task_errors: bool = True,
     **overrides: Any,
 ) -> Any:
     """Start a local cluster for CLIP inference: one worker per GPU, or a CPU cluster.
@@ -246,7 +350,10 @@ def local_cluster(
     ``enable_cudf_spill=True`` and
     ``round(1 / num_gpus_per_worker)`` task threads per worker sharing its one model.
     Otherwise: ``LocalCluster`` with few worker processes, each setting torch's thread count
-    to its share of the cores. See :func:`plan_local_cluster` for the parameters.
+    to its share of the cores. See :func:`plan_local_cluster` for the parameters;
+    ``security=True`` runs the cluster on TLS with a temporary self-signed certificate
+    (``Client(cluster)`` picks it up); ``log_task_errors=False`` keeps the workers from
+    logging failed tasks' tracebacks (:class:`~dask_clip.worker_setup.WorkerSetup`).
 
     Returns
     -------
@@ -272,28 +379,17 @@ def local_cluster(
         num_gpus_per_worker=num_gpus_per_worker,
         torch_threads=torch_threads,
         dashboard_address=dashboard_address,
+        security=security,
         **overrides,
     )
-    if plan.kind == "cuda":
-        if cuda_context_exists():
-            raise RuntimeError(
-                "this process already created a CUDA context (torch.cuda.is_initialized() is "
-                "True), so LocalCUDACluster's workers would all end up on that GPU. Start the "
-                "cluster before anything here touches CUDA (moving a tensor or model to "
-                "'cuda'), e.g. at the top of the script or in a fresh kernel"
-            )
-        from dask_cuda import LocalCUDACluster
-
-        cluster = LocalCUDACluster(**plan.options)
-    else:
-        from distributed import LocalCluster
-
-        cluster = LocalCluster(**plan.options)
+    quiet = dask.config.set({"distributed.scheduler.http.routes": []}) if dashboard_address is None else None
+    with quiet or contextlib.nullcontext():
+        cluster = _start(plan)
     try:
         from distributed import Client
 
         with Client(cluster) as client:  # the scheduler keeps the plugin for later workers
-            client.register_plugin(WorkerSetup(torch_threads=plan.torch_threads))
+            client.register_plugin(WorkerSetup(torch_threads=plan.torch_threads, log_task_errors=log_task_errors))
     except BaseException:
         cluster.close()
         raise
@@ -306,11 +402,62 @@ def local_cluster(
     return cluster
 
 
+def _start(plan: ClusterPlan) -> Any:
+    if plan.options.get("security") is True:
+        try:
+            import cryptography  # noqa: F401
+        except ImportError as err:
+            raise ImportError(
+                "a temporary TLS certificate (security=True, or Dask's require-encryption setting) needs "
+                "cryptography: pip install 'dask-clip[tls]'"
+            ) from err
+    if plan.kind == "cuda":
+        if cuda_context_exists():
+            raise RuntimeError(
+                "this process already created a CUDA context (torch.cuda.is_initialized() is "
+                "True), so LocalCUDACluster's workers would all end up on that GPU. Start the "
+                "cluster before anything here touches CUDA (moving a tensor or model to "
+                "'cuda'), e.g. at the top of the script or in a fresh kernel"
+            )
+        from dask_cuda import LocalCUDACluster
+
+        return LocalCUDACluster(**plan.options)
+    from distributed import LocalCluster
+
+    return LocalCluster(**plan.options)
+
+
+def _scheduler_address(scheduler_file: str | None, scheduler_address: str | None) -> str | None:
+    if scheduler_address:
+        return scheduler_address
+    try:
+        with open(str(scheduler_file)) as f:
+            return str(json.load(f).get("address") or "") or None
+    except (OSError, ValueError):
+        return None  # not written yet: the client waits for it
+
+
+def _check_tls(address: str | None, security: Any) -> None:
+    """A clear error, before connecting, for a TLS scheduler and a client with no TLS files."""
+    if not address or not address.startswith("tls://") or security is not None:
+        return
+    from distributed.security import Security
+
+    if Security().get_connection_args("client").get("ssl_context") is None:
+        raise ValueError(
+            f"the scheduler at {address} uses TLS: pass --tls-ca-file, --tls-cert and --tls-key (the files "
+            "`dask worker` takes; Python: connect(security=tls_security(...))), or set Dask's "
+            "distributed.comm.tls.* configuration (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ...)"
+        )
+
+
 @contextlib.contextmanager
 def connect(
     *,
     scheduler_file: str | None = None,
     scheduler_address: str | None = None,
+    security: Any = None,
+    worker_timeout: float | None = None,
     **cluster_options: Any,
 ) -> Iterator[Any]:
     """A ``distributed.Client`` on an existing cluster, or on a new :func:`local_cluster`.
@@ -320,7 +467,14 @@ def connect(
     scheduler_file
         JSON file written by ``dask scheduler --scheduler-file``.
     scheduler_address
-        ``tcp://host:port`` of a running scheduler.
+        ``tcp://host:port`` (or ``tls://``) of a running scheduler.
+    security
+        A ``distributed.security.Security`` (:func:`tls_security`) for a TLS cluster; for a
+        local cluster also True (temporary self-signed TLS). None: Dask's configuration.
+    worker_timeout
+        Seconds the cluster may have no worker at all while the block runs before
+        :class:`~dask_clip.errors.NoWorkersError` is raised in the main thread
+        (:func:`~dask_clip.watchdog.watch_workers`); None: wait for workers forever.
     **cluster_options
         For :func:`local_cluster` when neither is given.
 
@@ -331,14 +485,27 @@ def connect(
     """
     from distributed import Client
 
+    from .watchdog import watch_workers
+
     if scheduler_file and scheduler_address:
         raise ValueError("pass scheduler_file or scheduler_address, not both")
     if scheduler_file or scheduler_address:
         given = sorted(k for k, v in cluster_options.items() if v is not None)
         if given:
             raise ValueError(f"local cluster options {given} do not apply to an existing cluster")
-        with Client(scheduler_file=scheduler_file) if scheduler_file else Client(scheduler_address) as client:
+        if security is True:
+            raise ValueError("security=True (a temporary certificate) only applies to a local cluster")
+        _check_tls(_scheduler_address(scheduler_file, scheduler_address), security)
+        if scheduler_file:
+            client = Client(scheduler_file=scheduler_file, security=security)
+        else:
+            client = Client(scheduler_address, security=security)
+        with client, watch_workers(client, worker_timeout):
             yield client
         return
-    with local_cluster(**cluster_options) as cluster, Client(cluster) as client:
+    with (
+        local_cluster(security=security, **cluster_options) as cluster,
+        Client(cluster) as client,
+        watch_workers(client, worker_timeout),
+    ):
         yield client

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
+
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DecodeResult", "check_pixels", "decode_bytes", "read_paths"]
 
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS); 20-megapixel photos pass.
@@ -156,47 +158,59 @@ def decode_bytes(
         return None, f"decode failed: {type(err).__name__}: {err}"
 
 
-def read_paths(paths: Sequence[object]) -> list[tuple[bytes | None, str | None]]:
-    """Read local paths or fsspec URLs, concurrently per filesystem where it supports that.
+def read_paths(
+    paths: Sequence[object],
+    *,
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    allowed_protocols: Sequence[str] = DEFAULT_PROTOCOLS,
+    timeout: float | None = DEFAULT_READ_TIMEOUT,
+) -> list[tuple[bytes | None, str | None]]:
+    """Read local paths or fsspec URLs, bounded (:mod:`dask_clip.fetch`): only allowed protocols,
+    only regular local files, at most ``max_bytes`` per image, remote reads within ``timeout``.
 
     Parameters
     ----------
     paths
-        One entry per row: a path or URL string (``s3://``, ``https://``, ``file://``, ...) or
-        None.
+        One entry per row: a path or URL string (``s3://``, ``file://``, ...) or None.
+    max_bytes
+        Largest encoded image read, in bytes (default 64 MiB); None: no cap. A larger file is a
+        row error, found before it is read where its size is known.
+    allowed_protocols
+        Protocols that may be opened (default :data:`~dask_clip.fetch.DEFAULT_PROTOCOLS`: local
+        files and object stores; ``http``/``https`` are opt-in).
+    timeout
+        Seconds one remote read may take (default 60); None: no limit.
 
     Returns
     -------
     list of (bytes or None, reason or None)
-        In the order of ``paths``.
+        In the order of ``paths``; never raises for a row.
     """
-    import fsspec.core
+    from fsspec.implementations.local import LocalFileSystem
 
+    from .fetch import LOCAL_PROTOCOLS, read_local, read_urls, url_protocols
+
+    allowed = {p.lower() for p in allowed_protocols}
     results: list[tuple[bytes | None, str | None]] = [(None, "missing path (null)")] * len(paths)
-    groups: dict[object, tuple[object, list[int], list[str]]] = {}
+    remote: list[int] = []
     for i, path in enumerate(paths):
         if not isinstance(path, str) or not path:
             continue
-        try:
-            fs, fs_path = fsspec.core.url_to_fs(path)
-        except Exception as err:  # unknown protocol, missing fsspec backend
-            results[i] = (None, f"cannot open {path!r}: {err}")
-            continue
-        _, rows, fs_paths = groups.setdefault(fs, (fs, [], []))
-        rows.append(i)
-        fs_paths.append(fs_path)
-    for fs, rows, fs_paths in groups.values():
-        contents = fs.cat(fs_paths, on_error="return")  # type: ignore[attr-defined]
-        if not isinstance(contents, dict):  # a single path may come back bare
-            contents = {fs_paths[0]: contents}
-        for row, fs_path in zip(rows, fs_paths):
-            got = contents.get(fs_path, FileNotFoundError(fs_path))
-            if isinstance(got, FileNotFoundError):
-                results[row] = (None, f"file not found: {paths[row]}")
-            elif isinstance(got, BaseException):
-                results[row] = (None, f"cannot read {paths[row]}: {type(got).__name__}: {got}")
-            else:
-                results[row] = (got, None)
+        protocols = url_protocols(path)
+        refused = [p for p in protocols if p not in allowed]
+        if refused:
+            results[i] = (
+                None,
+                f"protocol {refused[0]!r} not allowed: {path} (allowed_protocols: {', '.join(sorted(allowed))})",
+            )
+        elif len(protocols) == 1 and protocols[0] in LOCAL_PROTOCOLS:
+            results[i] = read_local(LocalFileSystem._strip_protocol(path), max_bytes, shown=path)
+        else:
+            remote.append(i)
+    if remote:
+        fetched = read_urls([paths[i] for i in remote], max_bytes=max_bytes, timeout=timeout)  # type: ignore[misc]
+        for i, got in zip(remote, fetched):
+            results[i] = got
     return results
 
 

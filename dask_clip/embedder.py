@@ -14,8 +14,9 @@ import numpy as np
 from . import backends
 from .columns import FLOAT32, LIST_FLOAT32, STRING
 from .decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
+from .fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT, check_protocols
 from .heads import Head
-from .sources import ImageSource, detect_source, get_source, image_kinds
+from .sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds
 from .spec import ModelSpec
 from .validation import (
     DECODE_DEVICES,
@@ -26,6 +27,7 @@ from .validation import (
     check_choice,
     check_gpu_share,
     check_int,
+    check_timeout,
 )
 
 if TYPE_CHECKING:
@@ -82,6 +84,19 @@ class ImageEmbedder:
         in the DCT so that it fits; anything else larger is a row error. Each decode thread
         holds at most one such image: this, not the images' count or size, bounds a task's
         memory. None: no budget.
+    max_image_bytes
+        Largest encoded image, in bytes (default 64 MiB, more than any real photo). A path whose
+        file is larger is a row error found before it is read (and never read past the cap
+        where the size is not known); an encoded bytes row that is larger is a row error too.
+        None: no cap.
+    allowed_protocols
+        Protocols a path column may name (default :data:`dask_clip.fetch.DEFAULT_PROTOCOLS`:
+        ``file``/``local`` and the object stores ``s3``, ``gs``/``gcs``, ``abfs``/``az``,
+        ``hf``). A path with another protocol is a row error, refused before anything is
+        opened. ``http``/``https`` reach any host a URL names: add them on purpose
+        (``(*DEFAULT_PROTOCOLS, "https")``, needs ``pip install 'dask-clip[http]'``).
+    read_timeout
+        Seconds one remote read may take before its row fails (default 60); None: no limit.
     decode_device
         ``"auto"``: when the model runs on CUDA, JPEGs are decoded there with nvJPEG (other
         formats and anything nvJPEG refuses fall back to Pillow); ``"cpu"``: always Pillow,
@@ -131,6 +146,9 @@ class ImageEmbedder:
     width_column: str = "width"
     max_image_pixels: int | None = field(default=DEFAULT_MAX_IMAGE_PIXELS)
     max_decode_bytes: int | None = field(default=DEFAULT_DECODE_BUDGET)
+    max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
+    allowed_protocols: Sequence[str] = DEFAULT_PROTOCOLS
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT
     decode_device: str = "auto"
     heads: Sequence[Head] = ()
     schedule: str = "auto"
@@ -142,6 +160,8 @@ class ImageEmbedder:
     def __post_init__(self) -> None:
         if not isinstance(self.heads, tuple):  # hashable and immutable, like the rest
             object.__setattr__(self, "heads", tuple(self.heads))
+        if isinstance(self.allowed_protocols, (list, set, frozenset)):
+            object.__setattr__(self, "allowed_protocols", tuple(self.allowed_protocols))
 
     @cached_property
     def spec(self) -> ModelSpec:
@@ -199,6 +219,9 @@ class ImageEmbedder:
         check_int("max_decode_bytes", self.max_decode_bytes, 1, allow_none=True)
         if self.text_column is not None and self.text_column == self.image_column:
             raise ValueError(f"text_column and image_column are both {self.image_column!r}; captions need their own")
+        check_int("max_image_bytes", self.max_image_bytes, 1, allow_none=True)
+        check_protocols(self.allowed_protocols)
+        check_timeout("read_timeout", self.read_timeout)
         for head in self.heads:
             if not isinstance(head, Head):
                 raise TypeError(f"heads must be dask_clip.heads.Head objects, got {type(head).__name__}")
@@ -264,8 +287,15 @@ class ImageEmbedder:
 
     def _source(self, df: Any) -> ImageSource:
         if self.image_kind != "auto":
-            return get_source(self.image_kind)
-        return detect_source(df[self.image_column]) or get_source("bytes")
+            source = get_source(self.image_kind)
+        else:
+            source = detect_source(df[self.image_column]) or get_source("bytes")
+        return source.bounded(self.read_limits)
+
+    @cached_property
+    def read_limits(self) -> ReadLimits:
+        """What reading one row may cost: ``max_image_bytes``, ``allowed_protocols``, ``read_timeout``."""
+        return ReadLimits(self.max_image_bytes, check_protocols(self.allowed_protocols), self.read_timeout)
 
     def output_meta(self, meta: Any) -> Any:
         """The empty output frame for an input ``meta`` (what ``map_partitions`` needs)."""

@@ -4,7 +4,8 @@
 
     DaskClipError                 base of everything below
     ├── ModelLoadError            weights missing, unreadable or not downloadable
-    └── ImageDecodeError          one row failed and ``on_error="raise"`` was asked for
+    ├── ImageDecodeError          one row failed and ``on_error="raise"`` was asked for
+    └── NoWorkersError            the cluster has had no worker for too long (``--worker-timeout``)
 
 Configuration mistakes found on the client (unknown architecture, bad precision, missing
 column) are plain ``ValueError``/``TypeError``/``FileNotFoundError``, raised before any
@@ -13,7 +14,7 @@ task graph is built.
 
 from __future__ import annotations
 
-__all__ = ["DaskClipError", "ImageDecodeError", "ModelLoadError"]
+__all__ = ["DaskClipError", "ImageDecodeError", "ModelLoadError", "NoWorkersError"]
 
 
 class DaskClipError(Exception):
@@ -39,3 +40,24 @@ class ImageDecodeError(DaskClipError):
         super().__init__(f"row {index!r}: {reason}")
         self.index = index
         self.reason = reason
+
+
+class NoWorkersError(DaskClipError):
+    """The cluster has had no worker for ``timeout`` seconds while a job waited on it.
+
+    Parameters
+    ----------
+    timeout
+        The seconds waited (``worker_timeout``, ``--worker-timeout``).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"no worker alive for {timeout:.0f} s (all workers died or none joined; --worker-timeout). "
+            "Finished part files are kept: restart the workers, or the job, and run the same command "
+            "again to resume"
+        )
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[type, tuple[float]]:
+        return (type(self), (self.timeout,))

@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -133,6 +134,22 @@ def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
     return {"pure_bf16": torch.bfloat16, "pure_fp16": torch.float16}.get(precision, torch.float32)
 
 
+def _unreadable(what: str, err: Exception) -> ModelLoadError:
+    """A weights file that exists but does not load: say which, and why, in one line."""
+    detail = " ".join(str(err).split())
+    if len(detail) > 400:
+        detail = detail[:400] + " ..."
+    kind = type(err).__name__
+    if "size mismatch" in detail or "Missing key" in detail or "Unexpected key" in detail:
+        hint = (
+            "the weights do not fit the architecture: "
+            "check the model name (open_clip_config.json, config.json or --model)"
+        )
+    else:
+        hint = "the file is corrupt or truncated, or not weights of this model: fetch it again"
+    return ModelLoadError(f"could not load the weights of {what}: {kind}: {detail} — {hint}")
+
+
 def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
     """The model of ``spec`` on the CPU, and its kind (``"open_clip"`` or ``"transformers"``)."""
     import open_clip
@@ -146,10 +163,18 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         if found.kind == TRANSFORMERS:
             from .hf import load_transformers_clip
 
-            return load_transformers_clip(folder), TRANSFORMERS
+            try:
+                return load_transformers_clip(folder), TRANSFORMERS
+            except ModelLoadError:
+                raise
+            except Exception as err:  # a truncated model.safetensors, a config of another model
+                raise _unreadable(f"model_dir {str(folder)!r}", err) from err
         if not find_weights(folder):  # open_clip would silently go on with random weights
             raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
-        return open_clip.create_model(f"local-dir:{folder}", weights_only=True), OPEN_CLIP
+        try:
+            return open_clip.create_model(f"local-dir:{folder}", weights_only=True), OPEN_CLIP
+        except Exception as err:  # SafetensorError, a state-dict size mismatch, an unpickling error
+            raise _unreadable(f"model_dir {str(folder)!r}", err) from err
     if spec.hub_id is not None:
         try:
             return open_clip.create_model(spec.model, weights_only=True), OPEN_CLIP
@@ -164,6 +189,12 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             return open_clip.create_model(spec.model, pretrained=None), OPEN_CLIP
+    checkpoint = Path(spec.pretrained).expanduser()
+    if checkpoint.is_file():  # a file: nothing to download, so no hub hint on failure
+        try:
+            return open_clip.create_model(spec.model, pretrained=str(checkpoint), weights_only=True), OPEN_CLIP
+        except Exception as err:
+            raise _unreadable(f"checkpoint {spec.pretrained!r} for {spec.model!r}", err) from err
     tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
     try:
         # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.

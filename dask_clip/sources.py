@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ import pyarrow as pa
 from . import backends
 from .backends.arrow import is_binary_type, is_string_type, is_uint8_list_type, split_flat_pixels
 from .decode import Decoder, DecodeResult, check_pixels, read_paths
+from .fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
 
 __all__ = [
     "SOURCES",
@@ -26,6 +28,7 @@ __all__ = [
     "ImageSource",
     "PathSource",
     "PixelSource",
+    "ReadLimits",
     "detect_source",
     "get_source",
     "image_kinds",
@@ -33,8 +36,39 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """What reading one row's image may cost (``ImageEmbedder``'s knobs of the same names).
+
+    Attributes
+    ----------
+    max_image_bytes : int or None
+        Largest encoded image, in bytes; None: no cap.
+    allowed_protocols : tuple of str
+        Protocols a path column may name (:data:`dask_clip.fetch.DEFAULT_PROTOCOLS`).
+    read_timeout : float or None
+        Seconds one remote read may take; None: no limit.
+    """
+
+    max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
+    allowed_protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"encoded image too large: {size} bytes > max_image_bytes {limit}"
+
+
+def _nbytes(row: object) -> int:
+    """Bytes of an encoded row (0 for anything the decoder will refuse anyway)."""
+    if isinstance(row, memoryview):
+        return row.nbytes
+    return len(row) if isinstance(row, (bytes, bytearray)) else 0
+
+
 class ImageSource(ABC):
-    """One kind of image column. Stateless: instances are shared and picklable.
+    """One kind of image column. Instances are shared and picklable; the registered ones hold
+    default :class:`ReadLimits`, and :meth:`bounded` gives one with an embedder's limits.
 
     Attributes
     ----------
@@ -47,6 +81,16 @@ class ImageSource(ABC):
 
     kind: ClassVar[str]
     encoded: ClassVar[bool] = True
+    limits: ReadLimits = ReadLimits()
+
+    def bounded(self, limits: ReadLimits) -> ImageSource:
+        """This source reading within ``limits`` (a copy; the registered instance is unchanged)."""
+        if limits == self.limits:
+            return self
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.limits = limits
+        return copy
 
     @abstractmethod
     def matches_type(self, arrow_type: pa.DataType) -> bool:
@@ -62,8 +106,18 @@ class ImageSource(ABC):
 
     def fetch(self, rows: Sequence[object], *, max_pixels: int | None = None) -> list[tuple[Any, str | None]]:
         """Each row's payload — encoded bytes, or pixels when not :attr:`encoded` — or None and a
-        reason; never raises for a row. Default: the rows themselves, None rows missing."""
-        return [(row, None) if row is not None else (None, "missing image (null)") for row in rows]
+        reason; never raises for a row. Default: the rows themselves, None rows missing, encoded
+        rows longer than ``limits.max_image_bytes`` refused."""
+        cap = self.limits.max_image_bytes if self.encoded else None
+        out: list[tuple[Any, str | None]] = []
+        for row in rows:
+            if row is None:
+                out.append((None, "missing image (null)"))
+            elif cap is not None and _nbytes(row) > cap:
+                out.append((None, _too_large(_nbytes(row), cap)))
+            else:
+                out.append((row, None))
+        return out
 
     def decode(self, rows: Sequence[object], decoder: Decoder, *, max_pixels: int | None) -> list[DecodeResult]:
         """Each row as uint8 (H, W, 3) pixels, or None and a reason; never raises for a row."""
@@ -99,7 +153,9 @@ class BytesSource(ImageSource):
 
 
 class PathSource(ImageSource):
-    """Local paths or fsspec URLs (strings), read then decoded like bytes."""
+    """Local paths or fsspec URLs (strings), read within :attr:`limits` (only allowed protocols,
+    only regular local files, a byte cap, a timeout: :mod:`dask_clip.fetch`), then decoded like
+    bytes."""
 
     kind = "path"
 
@@ -113,7 +169,13 @@ class PathSource(ImageSource):
         return backends.string_rows(df[column])
 
     def fetch(self, rows: Sequence[object], *, max_pixels: int | None = None) -> list[tuple[Any, str | None]]:
-        return read_paths(rows)
+        limits = self.limits
+        return read_paths(
+            rows,
+            max_bytes=limits.max_image_bytes,
+            allowed_protocols=limits.allowed_protocols,
+            timeout=limits.read_timeout,
+        )
 
 
 class PixelSource(ImageSource):

@@ -26,6 +26,7 @@ __all__ = [
     "check_eps",
     "check_gpu_share",
     "check_int",
+    "check_timeout",
 ]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
@@ -67,6 +68,16 @@ def check_int(name: str, value: object, minimum: int, *, allow_none: bool = Fals
         raise TypeError(f"{name} must be {what}, not {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be {what}, got {value}")
+
+
+def check_timeout(name: str, value: object) -> None:
+    """A positive number of seconds, or None (no limit)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number of seconds or None, not {type(value).__name__}")
+    if not float(value) > 0:
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
 
 
 def check_gpu_share(value: object, name: str = "num_gpus_per_worker") -> float:

@@ -76,7 +76,18 @@ def default_torch_threads(task_threads: int = 1) -> int:
     return max(1, cpu_count() // max(1, int(task_threads)))
 
 
-def configure_worker(worker: object | None, torch_threads: int | None = None) -> int:
+class _NoTaskFailures(logging.Filter):
+    """Drops the worker's "Compute Failed" records (a task's exception and traceback): the
+    client gets the same exception, and the CLI says it in one line (``-v`` shows them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+_TASK_FAILURE_FILTER = _NoTaskFailures()
+
+
+def configure_worker(worker: object | None, torch_threads: int | None = None, *, log_task_errors: bool = True) -> int:
     """Apply dask_clip's setup to the current process; return torch's thread count.
 
     Parameters
@@ -85,6 +96,9 @@ def configure_worker(worker: object | None, torch_threads: int | None = None) ->
         The ``distributed.Worker`` (its task-thread count sizes the default), or None.
     torch_threads
         Torch intra-op threads; default :func:`default_torch_threads`.
+    log_task_errors
+        Whether the worker logs a failed task's exception and traceback (``distributed``'s
+        "Compute Failed" lines); the CLI turns them off on its own local cluster unless ``-v``.
     """
     # here, not at import: `dask worker` imports this module in its own process
     from .models import set_torch_threads
@@ -96,6 +110,11 @@ def configure_worker(worker: object | None, torch_threads: int | None = None) ->
     set_torch_threads(int(torch_threads))
     keep_freed_memory()
     _log_to_stderr()
+    worker_log = logging.getLogger("distributed.worker")
+    if log_task_errors:
+        worker_log.removeFilter(_TASK_FAILURE_FILTER)
+    else:
+        worker_log.addFilter(_TASK_FAILURE_FILTER)
     logger.debug("dask_clip worker setup: torch threads=%d", torch_threads)
     return int(torch_threads)
 
@@ -155,6 +174,9 @@ class WorkerSetup(WorkerPlugin):
     torch_threads
         Torch intra-op threads per worker; default: ``$DASK_CLIP_TORCH_THREADS`` or the
         worker's cores divided by its task threads.
+    log_task_errors
+        False: the workers do not log failed tasks' tracebacks (the client still gets the
+        exceptions).
 
     Examples
     --------
@@ -164,14 +186,15 @@ class WorkerSetup(WorkerPlugin):
     idempotent = True
     name = "dask-clip-worker-setup"
 
-    def __init__(self, torch_threads: int | None = None) -> None:
+    def __init__(self, torch_threads: int | None = None, *, log_task_errors: bool = True) -> None:
         if torch_threads is not None and (isinstance(torch_threads, bool) or int(torch_threads) < 1):
             raise ValueError(f"torch_threads must be a positive int or None, got {torch_threads!r}")
         self.torch_threads = None if torch_threads is None else int(torch_threads)
+        self.log_task_errors = bool(log_task_errors)
 
     def setup(self, worker: object) -> None:
         """Runs on the worker's event loop: cheap work only (no model loading)."""
-        configure_worker(worker, self.torch_threads)
+        configure_worker(worker, self.torch_threads, log_task_errors=getattr(self, "log_task_errors", True))
 
 
 @click.command()

@@ -9,10 +9,21 @@ Output layout::
       ...
 
 Each partition is written to a hidden temporary file and renamed into place, so a file named
-``part-*.parquet`` is complete: it is the commit marker. Running the same job again computes
-only the partitions whose file is missing (an interrupted run resumes); ``overwrite=True``
-starts over. On object stores (no rename) the file is written in place: an object only
-appears once its upload is complete.
+``part-*.parquet`` is complete: it is the commit marker. The write is part of the partition's
+own task (fused with what computes the partition), so a file lands as soon as its partition is
+done and no worker holds a computed partition waiting to be written. Running the same job again
+computes only the partitions whose file is missing (an interrupted run resumes);
+``overwrite=True`` starts over, removing only the files the manifest says this writer made.
+
+The manifest is written by the first partition to finish, before its file is renamed into
+place: a folder with part files always has one, and a job that fails before any partition is
+done (a model that does not load) leaves no manifest to refuse the corrected rerun. A manifest
+with no part file beside it describes nothing and never blocks another job.
+
+The output folder may not be, contain or lie inside an input of the job (``job["input"]``):
+``overwrite=True`` would delete the input, and a rerun would read the output as input. On
+object stores (no rename) the file is written in place: an object only appears once its upload
+is complete.
 
 The files read back with ``pd.read_parquet``, ``dd.read_parquet``, pyarrow and DuckDB, with
 ``list<float32>`` embeddings: the pandas metadata of list columns says ``object``, working
@@ -48,14 +59,17 @@ __all__ = [
     "count_nonnull",
     "location",
     "part_name",
+    "remove_temporaries",
     "to_arrow",
     "write_parquet",
     "write_tasks",
 ]
 
 MANIFEST = "_dask_clip.json"
+WRITER = "dask_clip.writer"
 _PART = re.compile(r"^part-(\d+)\.parquet$")
-_TEMP = re.compile(r"^\.part-\d+\.parquet\..*\.tmp$")
+_TEMP = re.compile(r"^\.(part-\d+\.parquet|_dask_clip\.json)\..*\.tmp$")
+_GLOB = re.compile(r"[*?\[{]")
 
 
 def location(path: str | os.PathLike) -> str:
@@ -175,31 +189,52 @@ def to_arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType] | None = None) -
     return table.replace_schema_metadata(_fix_pandas_metadata(table.schema).metadata)
 
 
+def _put(fs: Any, root: str, name: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``root/name`` so that the name only ever holds a complete file: through a hidden
+    temporary file and a rename where the filesystem has one, in place on object stores."""
+    final = f"{root}/{name}"
+    if not _is_local(fs):
+        with fs.open(final, mode) as f:
+            write(f)
+        return
+    temp = f"{root}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: readers skip it if left over
+    try:
+        with open(temp, mode) as f:
+            write(f)
+        os.replace(temp, final)  # atomic
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _manifest_text(npartitions: int, job: Mapping[str, Any] | None) -> str:
+    return json.dumps({"npartitions": npartitions, "job": _canonical(job), "writer": WRITER}, indent=2, sort_keys=True)
+
+
 def _write_partition(
     df: pd.DataFrame,
     fs: Any,
     root: str,
-    name: str,
+    names: tuple[str, ...],
     types: Mapping[str, pa.DataType],
     partition_stats: Callable[[pd.DataFrame], Mapping[str, int]] | None,
-) -> dict[str, int]:
+    manifest: str,
+    partition_info: dict | None = None,
+) -> pd.Series:
+    """Write one partition as ``names[its number]``; a one-element object Series of its stats."""
+    name = names[partition_info["number"] if partition_info is not None else 0]
     table = to_arrow(df, types)
-    final = f"{root}/{name}"
-    if _is_local(fs):
-        temp = f"{root}/.{name}.{uuid.uuid4().hex}.tmp"  # hidden: readers skip it if left over
-        try:
-            pq.write_table(table, temp)
-            os.replace(temp, final)  # atomic: the final name only ever holds a complete file
-        finally:
-            if os.path.exists(temp):
-                os.remove(temp)
-    else:
-        with fs.open(final, "wb") as f:
-            pq.write_table(table, f)
+    if not fs.exists(f"{root}/{MANIFEST}"):  # the first partition done: before any part file
+        _put(fs, root, MANIFEST, lambda f: f.write(manifest), mode="w")
+    _put(fs, root, name, lambda f: pq.write_table(table, f))
     stats = {"rows": len(df)}
     if partition_stats is not None:
         stats.update({k: int(v) for k, v in partition_stats(df).items()})
-    return stats
+    return pd.Series([stats], dtype=object)
+
+
+def _stats(written: pd.Series) -> dict[str, int]:
+    return written.iloc[0]
 
 
 # -- the output folder, on the driver ---------------------------------------------------------
@@ -227,6 +262,61 @@ def _canonical(job: Mapping[str, Any] | None) -> Any:
     return json.loads(json.dumps(job, sort_keys=True, default=str)) if job is not None else None
 
 
+def _input_roots(job: Mapping[str, Any] | None) -> list[str]:
+    """The folders or files a job reads (``job["input"]``: a location or a list of them), globs
+    cut back to the folder they start in."""
+    given = (job or {}).get("input")
+    if given is None:
+        return []
+    roots = []
+    for item in [given] if isinstance(given, (str, os.PathLike)) else list(given):
+        text = os.fspath(item)
+        match = _GLOB.search(text)
+        if match:
+            prefix = text[: match.start()]
+            text = (prefix.rsplit("/", 1)[0] or "/") if "/" in prefix else "."
+        roots.append(text)
+    return roots
+
+
+def _comparable(path: str) -> tuple[str, tuple[str, ...]]:
+    """(protocol, path components) with symlinks resolved for local paths."""
+    if "://" in path and not path.startswith("file://"):
+        protocol, _, rest = path.partition("://")
+        return protocol.lower(), tuple(p for p in rest.split("/") if p)
+    local = os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
+    return "file", tuple(p for p in local.split(os.sep) if p)
+
+
+def check_not_input(path: str | os.PathLike, inputs: list[str]) -> None:
+    """ValueError when the output folder ``path`` is, contains or lies inside one of ``inputs``."""
+    out_proto, out = _comparable(os.fspath(path))
+    for given in inputs:
+        in_proto, inp = _comparable(given)
+        if in_proto != out_proto:
+            continue
+        if out == inp:
+            how = "is the input"
+        elif out == inp[: len(out)]:
+            how = f"contains the input {given!r}"
+        elif inp == out[: len(inp)]:
+            how = f"lies inside the input {given!r}"
+        else:
+            continue
+        raise ValueError(
+            f"output {os.fspath(path)!r} {how}; write the output to a folder of its own "
+            "(--overwrite would delete input files, and a rerun would read the output as input)"
+        )
+
+
+def _read_manifest(fs: Any, root: str) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
+    except (ValueError, UnicodeDecodeError):
+        return None  # not JSON: not ours
+    return manifest if isinstance(manifest, dict) else None
+
+
 def check_output(
     path: str | os.PathLike,
     npartitions: int,
@@ -242,24 +332,38 @@ def check_output(
     Raises
     ------
     ValueError
-        The folder holds output of another job (other partition count or settings), or
-        ``part-*.parquet`` files that no dask_clip manifest describes; pass ``overwrite=True``.
+        The folder is, contains or lies inside the job's input (``job["input"]``); it holds
+        part files of another job (other partition count or settings: pass ``overwrite=True``);
+        or it holds ``part-*.parquet`` files that no dask_clip manifest describes (never
+        removed, even with ``overwrite=True``).
     NotADirectoryError
         ``path`` is a file.
     """
+    check_not_input(location(path), _input_roots(job))
     fs, root = _open(path, storage_options)
     if fs.exists(root) and not fs.isdir(root):
         raise NotADirectoryError(f"output {os.fspath(path)!r} is a file; give a folder")
     names = _listing(fs, root)
+    parts = [n for n in names if _PART.match(n)]
+    manifest = _read_manifest(fs, root) if MANIFEST in names else None
+    ours = _ours(manifest)
+    foreign = sorted(set(parts) - ours)
+    if foreign:
+        described = f"{MANIFEST} describes" if manifest is not None else f"no {MANIFEST} describes"
+        raise ValueError(
+            f"{os.fspath(path)!r} holds {len(foreign)} part files ({foreign[0]}, ...) that {described}; "
+            "dask_clip neither mixes them into its output nor removes them, even with --overwrite. "
+            "Choose another folder, or move them away"
+        )
     if overwrite:
         return list(range(npartitions))
-    parts = [n for n in names if _PART.match(n)]
-    if MANIFEST in names:
-        manifest = json.loads(fs.cat_file(f"{root}/{MANIFEST}"))
+    if manifest is not None and parts:
         theirs = {"npartitions": manifest.get("npartitions"), **(manifest.get("job") or {})}
-        ours = {"npartitions": npartitions, **(_canonical(job) or {})}
+        ours_now = {"npartitions": npartitions, **(_canonical(job) or {})}
         differ = {
-            k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)
+            k: (theirs.get(k), ours_now.get(k))
+            for k in sorted(set(theirs) | set(ours_now))
+            if theirs.get(k) != ours_now.get(k)
         }
         if differ:
             details = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
@@ -267,25 +371,43 @@ def check_output(
                 f"{os.fspath(path)!r} holds the output of a different job ({details}). Pass "
                 "overwrite=True (--overwrite) to start over, or choose another folder"
             )
-    elif parts:
-        raise ValueError(
-            f"{os.fspath(path)!r} already holds {len(parts)} part files but no {MANIFEST}; "
-            "pass overwrite=True (--overwrite) to replace them, or choose another folder"
-        )
     done = set(parts)
     return [i for i in range(npartitions) if part_name(i, npartitions) not in done]
 
 
-def _prepare(fs: Any, root: str, npartitions: int, job: Mapping[str, Any] | None, overwrite: bool) -> None:
-    """Create the folder, clear our files on ``overwrite``, drop stale temporaries, write the manifest."""
+def _ours(manifest: Mapping[str, Any] | None) -> set[str]:
+    """The part files a manifest says this writer made."""
+    if manifest is None or manifest.get("writer") != WRITER:
+        return set()
+    n = manifest.get("npartitions")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return set()
+    return {part_name(i, n) for i in range(n)}
+
+
+def _prepare(fs: Any, root: str, job: Mapping[str, Any] | None, overwrite: bool) -> None:
+    """Create the folder, drop stale temporaries, and clear our files on ``overwrite`` (only
+    what the manifest describes) or a manifest that describes no file here."""
     fs.makedirs(root, exist_ok=True)
-    for name in _listing(fs, root):
-        ours = _PART.match(name) or name == MANIFEST
-        if _TEMP.match(name) or (overwrite and ours):
+    names = _listing(fs, root)
+    manifest = _read_manifest(fs, root) if MANIFEST in names else None
+    ours = _ours(manifest)
+    parts = [n for n in names if _PART.match(n)]
+    for name in names:
+        stale = _TEMP.match(name) or (overwrite and name in ours)
+        if stale:
             fs.rm(f"{root}/{name}")
-    manifest = {"npartitions": npartitions, "job": _canonical(job), "writer": "dask_clip.writer"}
-    with fs.open(f"{root}/{MANIFEST}", "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
+    if MANIFEST in names and (overwrite or not parts or manifest is None):
+        fs.rm(f"{root}/{MANIFEST}")  # the first partition written writes this job's
+
+
+def remove_temporaries(path: str | os.PathLike, storage_options: dict | None = None) -> int:
+    """Remove the temporary files a killed run left in an output folder; returns how many."""
+    fs, root = _open(path, storage_options)
+    stale = [n for n in _listing(fs, root) if _TEMP.match(n)]
+    for name in stale:
+        fs.rm(f"{root}/{name}")
+    return len(stale)
 
 
 def write_tasks(
@@ -300,23 +422,38 @@ def write_tasks(
     """Prepare ``path`` and return one lazy write per partition still missing there.
 
     The building block of :func:`write_parquet`, for callers that compute the writes together
-    with other results in one pass over the data (``dask.compute(tasks, ...)``). Each task
-    writes ``part-NNNNN.parquet`` atomically and returns ``{"rows": n, **partition_stats(df)}``.
+    with other results in one pass over the data (``dask.compute(tasks, ...)``). Each partition
+    is written by the task that computes it (fused), atomically, as ``part-NNNNN.parquet``; each
+    returned task gives ``{"rows": n, **partition_stats(df)}``.
 
     Returns
     -------
     list of dask.delayed.Delayed
     """
-    import dask
-
     fs, root = _open(path, storage_options)
     n = ddf.npartitions
     todo = check_output(path, n, job=job, overwrite=overwrite, storage_options=storage_options)
-    _prepare(fs, root, n, job, overwrite)
-    types = arrow_types(ddf._meta)
-    parts = ddf.to_delayed()
-    write = dask.delayed(_write_partition, pure=False)
-    return [write(parts[i], fs, root, part_name(i, n), types, partition_stats) for i in todo]
+    _prepare(fs, root, job, overwrite)
+    if not todo:
+        return []
+    import dask
+
+    selected = ddf if len(todo) == n else ddf.partitions[todo]
+    # One task per partition computes and writes it (dask-expr fuses the two blockwise steps).
+    written = selected.map_partitions(
+        _write_partition,
+        fs,
+        root,
+        tuple(part_name(i, n) for i in todo),
+        arrow_types(ddf._meta),
+        partition_stats,
+        _manifest_text(n, job),
+        meta=pd.Series([], dtype=object),
+        enforce_metadata=False,
+        align_dataframes=False,
+    )
+    stats = dask.delayed(_stats, pure=True)
+    return [stats(part) for part in written.to_delayed()]
 
 
 def write_parquet(

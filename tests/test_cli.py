@@ -153,8 +153,8 @@ def test_folder_of_image_files_on_an_existing_cluster(tmp_path, model_dir, exist
     paths = write_image_files(tmp_path / "images", 10)
     out = tmp_path / "out"
     (out).mkdir()
-    (out / "part-00000.parquet").write_bytes(b"stale output of another tool")
-    proc = run_cli(
+    (out / "part-00000.parquet").write_bytes(b"output of another tool")
+    args = [
         "embed",
         str(tmp_path / "images"),
         str(out),
@@ -166,7 +166,13 @@ def test_folder_of_image_files_on_an_existing_cluster(tmp_path, model_dir, exist
         "--overwrite",
         "--scheduler-address",
         existing_cluster,
-    )
+    ]
+    refused = run_cli(*args, check=False)  # --overwrite removes only what a manifest says is ours
+    assert refused.returncode == 1
+    assert "that no _dask_clip.json describes" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert (out / "part-00000.parquet").read_bytes() == b"output of another tool"
+    (out / "part-00000.parquet").unlink()
+    proc = run_cli(*args)
     assert "wrote 3 partitions (0 already there), 10 images, 0 errors" in proc.stdout
     got = pd.read_parquet(out, dtype_backend="pyarrow")
     assert list(got.columns) == ["embedding", "embedding_error"]

@@ -232,3 +232,25 @@ def test_worker_setup_keeps_freed_memory_so_tensors_are_not_faulted_in_again():
         after = client.submit(_faults_of_a_forward_pass, pure=False).result()
     assert before > 10 * 6000, before  # every activation faulted in anew, every pass
     assert after < before / 5, (before, after)
+
+
+def test_a_cluster_without_workers_raises_instead_of_waiting_forever():
+    import signal
+    import time
+
+    from distributed import LocalCluster
+
+    from dask_clip.errors import NoWorkersError
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        with cl.connect(scheduler_address=cluster.scheduler_address, worker_timeout=1.5) as client:
+            started = time.monotonic()
+            future = client.submit(sum, [1, 2], pure=False)
+            with pytest.raises(NoWorkersError, match=r"no worker alive for 2 s .*run the same command again"):
+                future.result()  # before: waited forever
+            assert 1.5 <= time.monotonic() - started < 10
+        # outside the watch, and inside it before it fires, Ctrl-C is still a KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with cl.connect(scheduler_address=cluster.scheduler_address, worker_timeout=60):
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)

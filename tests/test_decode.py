@@ -42,4 +42,6 @@ def test_read_paths_keeps_order_and_reports_each_row(tmp_path):
     got = read_paths([str(tmp_path / "b"), None, f"file://{tmp_path}/a", str(tmp_path / "c"), "nope://x"])
     assert got[0] == (b"B", None) and got[2] == (b"A", None)
     assert "missing" in got[1][1] and got[3][1].startswith("file not found")
-    assert "cannot open" in got[4][1]
+    assert got[4][1].startswith("protocol 'nope' not allowed")  # refused before fsspec looks
+    unknown = read_paths(["nope://x"], allowed_protocols=("nope",))[0][1]
+    assert unknown.startswith("cannot read nope://x") and "nope" in unknown

@@ -163,3 +163,54 @@ def test_progress_bar_on_a_distributed_client(tmp_path, capsys):
     assert (summary.written, summary.rows) == (8, 40)
     err = capsys.readouterr().err
     assert "8/8" in err and "40 images" in err and "images/s" in err
+
+
+@pytest.mark.parametrize(
+    ("output", "inputs", "how"),
+    [
+        ("d", ["d"], "is the input"),
+        ("d/out", ["d"], "lies inside the input"),
+        (".", ["d/x.parquet"], "contains the input"),
+        ("d/out", ["d/*.parquet"], "lies inside the input"),  # a glob: the folder it starts in
+        ("d/out", ["d/{00000..00009}.tar"], "lies inside the input"),
+        ("s3://b/in/out", ["s3://b/in"], "lies inside the input"),
+        ("e", ["d", "link-to-e"], "is the input"),  # symlinks resolved
+    ],
+)
+def test_outputs_overlapping_an_input_are_refused_before_anything_is_touched(
+    tmp_path, monkeypatch, output, inputs, how
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "link-to-e").symlink_to(tmp_path / "e")
+    with pytest.raises(ValueError, match=how):
+        check_output(output, 1, job={"input": inputs})
+    assert sorted(os.listdir(tmp_path)) == ["d", "e", "link-to-e"]
+
+
+def test_outputs_beside_their_inputs_are_fine(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_output("out", 2, job={"input": ["in", "in2/*.parquet", "s3://b/out"]}) == [0, 1]
+    assert check_output("d-out", 1, job={"input": "d"}) == [0]  # a shared name prefix is not nesting
+
+
+def test_a_manifest_without_part_files_blocks_nothing(tmp_path):
+    ddf = dd.from_pandas(embedding_frame(n=6), npartitions=2, sort=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"npartitions": 9, "job": {"model": "old"}, "writer": "dask_clip.writer"}))
+    summary = write_parquet(ddf, out, job={"model": "new"})  # e.g. left by a run whose model failed to load
+    assert summary.written == 2
+    assert json.loads((out / MANIFEST).read_text())["job"] == {"model": "new"}
+
+
+def test_the_manifest_is_written_by_the_first_partition_and_not_before(tmp_path):
+    from dask_clip.writer import write_tasks
+
+    ddf = dd.from_pandas(embedding_frame(n=6), npartitions=3, sort=False)
+    tasks = write_tasks(ddf, tmp_path / "out", job={"model": "m"})
+    assert os.listdir(tmp_path / "out") == []  # prepared: nothing written before a partition is done
+    tasks[1].compute()
+    assert listed(tmp_path / "out") == [MANIFEST, part_name(1, 3)]
+    assert json.loads((tmp_path / "out" / MANIFEST).read_text())["job"] == {"model": "m"}

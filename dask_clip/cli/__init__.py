@@ -23,6 +23,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -52,8 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``dask-clip``; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
-    from ..errors import DaskClipError
+    """Run ``dask-clip``; returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted).
+
+    Every failure ends in one line on stderr, ``dask-clip CMD: error: <what> — <what to do>``
+    (:func:`~dask_clip.cli.failures.explain`); ``-v`` prints the traceback too.
+    """
+    from .failures import explain
     from .options import say
 
     parser = build_parser()
@@ -71,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted; run the same command again to resume")
         return EXIT_INTERRUPTED
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError, ImportError, DaskClipError) as err:
-        print(f"dask-clip {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if args.verbose:
+            traceback.print_exception(err, file=sys.stderr)
+        print(f"dask-clip {args.command}: error: {explain(err)}", file=sys.stderr)
         return EXIT_ERROR

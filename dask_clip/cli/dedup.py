@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ImportError(f"dask-clip dedup needs the dedup extra ({err}): pip install 'dask-clip[dedup]'") from err
     with connect(**options.cluster_options(args)) as client:
-        options.say(f"cluster: {options.describe(client)}")
+        options.say(f"cluster: {options.describe(client, args)}")
         summary = dedup_parquet(
             args.input,
             args.output,

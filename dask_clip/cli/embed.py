@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
+from ..fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
 from ..readers import INPUT_FORMATS
 from ..sources import image_kinds
 from . import options
@@ -80,6 +82,44 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         action="store_true",
         help="also add zero_shot_probabilities, every label's probability (list<float32>)",
     )
+    reads = parser.add_argument_group("reading images", "Bounds on what one row may cost (docs/robustness.md)")
+    reads.add_argument(
+        "--max-image-bytes",
+        type=options.positive_int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metavar="N",
+        help=f"largest encoded image read, in bytes (default: {DEFAULT_MAX_IMAGE_BYTES // 2**20} MiB)",
+    )
+    reads.add_argument(
+        "--max-image-pixels",
+        type=options.positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help=f"images with more pixels are refused before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
+    reads.add_argument(
+        "--max-decode-bytes",
+        type=options.positive_int,
+        default=DEFAULT_DECODE_BUDGET,
+        metavar="N",
+        help="decoded RGB bytes one image may take; larger JPEGs are decoded at a reduced scale "
+        f"(default: {DEFAULT_DECODE_BUDGET // 2**20} MiB)",
+    )
+    reads.add_argument(
+        "--allow-protocol",
+        action="append",
+        default=[],
+        metavar="PROTO",
+        help="also read paths of this fsspec protocol, e.g. https (needs the http extra); "
+        f"repeatable (default: {', '.join(DEFAULT_PROTOCOLS)})",
+    )
+    reads.add_argument(
+        "--read-timeout",
+        type=float,
+        default=DEFAULT_READ_TIMEOUT,
+        metavar="SECONDS",
+        help=f"seconds one remote read may take (default: {DEFAULT_READ_TIMEOUT:.0f})",
+    )
     part = parser.add_argument_group("partitions and output")
     part.add_argument(
         "--partition-size",
@@ -113,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cluster import connect
     from ..embedder import ImageEmbedder
     from ..jobs import prepare_embed, run_embed
+    from ..writer import remove_temporaries
 
     embedder = ImageEmbedder(
         **options.weights(args),
@@ -127,6 +168,11 @@ def run(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         text_column=args.text_column,
         heads=score_heads(args),
+        max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_decode_bytes=args.max_decode_bytes,
+        allowed_protocols=(*DEFAULT_PROTOCOLS, *(p.lower() for p in args.allow_protocol)),
+        read_timeout=args.read_timeout,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
     job = prepare_embed(
@@ -142,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
     )
     total = job.frame.npartitions
     if not job.todo:
+        remove_temporaries(args.output)  # a killed run's, even when every partition is there
         print(f"dask-clip embed: all {total} partitions of {args.output} are already written; nothing to do")
         return 0
     options.say(f"{len(job.todo)} of {total} partitions to write" + ("" if len(job.todo) == total else " (resuming)"))
     with connect(**options.cluster_options(args)) as client:
-        options.say(f"cluster: {options.describe(client)}")
+        options.say(f"cluster: {options.describe(client, args)}")
         summary = run_embed(
             job, overwrite=args.overwrite, client=client, progress=options.progress(args), retries=args.retries
         )

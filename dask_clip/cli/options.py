@@ -14,6 +14,7 @@ from ..validation import (
     ON_ERROR,
     PRECISIONS,
 )
+from ..watchdog import DEFAULT_WORKER_TIMEOUT
 
 __all__ = [
     "add_cluster_options",
@@ -49,6 +50,16 @@ def nonnegative_int(text: str) -> int:
 
 def _optional_address(text: str) -> str | None:
     return None if text.lower() in ("", "none", "off") else text
+
+
+def _seconds_or_none(text: str) -> float | None:
+    """argparse type: positive seconds, or ``none``/``0`` for no limit."""
+    if text.lower() in ("none", "off", "0"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected positive seconds or 'none', got {text}")
+    return value
 
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
@@ -94,19 +105,46 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         help="local dashboard, on localhost by default; ':8787' exposes it, 'none' turns the dashboard off",
     )
+    group.add_argument(
+        "--worker-timeout",
+        type=_seconds_or_none,
+        default=DEFAULT_WORKER_TIMEOUT,
+        metavar="SECONDS",
+        help="give up (exit 1, resumable) when the cluster has had no worker for this long; "
+        f"'none' waits forever (default: {DEFAULT_WORKER_TIMEOUT:.0f})",
+    )
+    tls = parser.add_argument_group(
+        "TLS", "Certificates for a TLS cluster, as `dask scheduler`/`dask worker` take them (docs/clusters.md)"
+    )
+    tls.add_argument("--tls-ca-file", metavar="FILE", help="CA certificate (PEM) that signed the cluster's")
+    tls.add_argument("--tls-cert", metavar="FILE", help="this client's certificate (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="this client's private key (PEM), unless it is in --tls-cert")
 
 
 def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
     """Arguments for :func:`dask_clip.cluster.connect`."""
-    if args.scheduler_file or args.scheduler_address:
+    from ..cluster import tls_security
+
+    existing = bool(args.scheduler_file or args.scheduler_address)
+    security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key, local=not existing)
+    common: dict[str, Any] = {"worker_timeout": args.worker_timeout}
+    if security is not None:
+        common["security"] = security
+    if existing:
         local = [f"--{name.replace('_', '-')}" for name in LOCAL_ONLY if getattr(args, name)]
         if local or args.cluster != "auto":
             raise ValueError(
                 f"{' '.join(local) or '--cluster'} only apply to a local cluster, "
                 "not with --scheduler-file/--scheduler-address"
             )
-        return {"scheduler_file": args.scheduler_file, "scheduler_address": args.scheduler_address}
-    options: dict[str, Any] = {"kind": args.cluster, "dashboard_address": args.dashboard_address}
+        return {"scheduler_file": args.scheduler_file, "scheduler_address": args.scheduler_address, **common}
+    options: dict[str, Any] = {
+        "kind": args.cluster,
+        "dashboard_address": args.dashboard_address,
+        # the workers share this terminal: a failed task is the CLI's one line, its traceback is -v's
+        "log_task_errors": bool(getattr(args, "verbose", False)),
+        **common,
+    }
     for name in LOCAL_ONLY:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -198,14 +236,13 @@ def weights(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "pretrained": None if args.random_weights else args.pretrained}
 
 
-def describe(client: Any) -> str:
+def describe(client: Any, args: argparse.Namespace | None = None) -> str:
     """One line about the cluster a client is connected to."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
     threads = sum(w.get("nthreads", 0) for w in workers.values())
-    return (
-        f"{len(workers)} worker(s), {threads} thread(s), scheduler {client.scheduler.address}, "
-        f"dashboard {client.dashboard_link}"
-    )
+    off = args is not None and not (args.scheduler_file or args.scheduler_address) and args.dashboard_address is None
+    dashboard = "off" if off else client.dashboard_link
+    return f"{len(workers)} worker(s), {threads} thread(s), scheduler {client.scheduler.address}, dashboard {dashboard}"
 
 
 def say(message: str) -> None:
