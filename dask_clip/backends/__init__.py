@@ -22,8 +22,8 @@ Columns out
     ``empty_column(meta, kind)``                   its empty version, for ``meta``
     ``embedding_matrix(series, device)``           an embedding column read back as (m, d) + valid
 Frames (used by the dedup steps)
-    ``new_column``, ``new_frame``, ``with_columns``, ``take``, ``numeric_tensor``, ``nullable``,
-    ``local_positions``, ``arange_index``, ``content_hashes``, ``pack_rows``
+    ``new_column``, ``new_frame``, ``with_columns``, ``take``, ``take_rows``, ``numeric_tensor``,
+    ``nullable``, ``local_positions``, ``arange_index``, ``content_hashes``, ``pack_rows``
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ __all__ = [
     "sample_values",
     "string_rows",
     "take",
+    "take_rows",
     "with_columns",
 ]
 
@@ -92,6 +93,7 @@ new_column = _dispatch("new_column")
 new_frame = _dispatch("new_frame")
 with_columns = _dispatch("with_columns")
 take = _dispatch("take")
+take_rows = _dispatch("take_rows")
 numeric_tensor = _dispatch("numeric_tensor")
 nullable = _dispatch("nullable")
 local_positions = _dispatch("local_positions")
