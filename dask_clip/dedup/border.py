@@ -1,0 +1,246 @@
+"""Border-aware SemDeDup: rows close to another centroid are also compared across the border.
+
+SemDeDup compares rows only inside their k-means cluster, so a near-duplicate pair whose two
+rows fall into different clusters is never found. This module closes that hole with a bound,
+not a heuristic.
+
+Geometry
+--------
+Let ``a``, ``b`` be unit vectors with ``cos(a, b) >= 1 - eps``, so ``|a - b| <= delta =
+sqrt(2 eps)``. Let ``a`` be nearest to centroid ``c_A`` and ``b`` to ``c_B``, ``A != B``. Their
+*gaps* ``g_a = a.c_A - a.c_B >= 0`` and ``g_b = b.c_B - b.c_A >= 0`` add up to
+
+    g_a + g_b = (a - b).(c_A - c_B) <= delta * |c_A - c_B|        (Cauchy-Schwarz)
+
+so ``min(g_a, g_b) <= h_AB = delta * |c_A - c_B| / 2``, and the other gap is at most
+``2 h_AB - min(g_a, g_b)``. Hence:
+
+- a row ``a`` of cluster A is a **border row** of every cluster B with ``g_a(B) <= h_AB`` (all
+  such B, not only the second-nearest: the partner may sit in the third-nearest cluster);
+- in cluster B's block, a border row ``a`` from A is compared with the rows ``b`` of B whose own
+  gap towards A is at most ``2 h_AB - g_a(B)``.
+
+Every pair with cosine >= 1 - eps is then compared exactly once or twice, whatever the
+centroids: in its common cluster, or in the cluster of whichever row has the smaller gap. With
+``border_margin = f < 1`` the margins shrink by ``f`` and the same argument holds for
+``delta' = f * delta``: every pair with cosine >= ``1 - f**2 * eps`` is guaranteed, pairs
+between ``1 - eps`` and that are found unless their difference points along the centroids'
+difference. :data:`MARGIN_SLACK` absorbs float32 rounding of the similarities.
+
+Keep rule across a border
+-------------------------
+Within a cluster the order is the paper's (``(rank key, row id)``, the key of
+:func:`~dask_clip.dedup.assign.rank_keys` measured to the row's own centroid). Across a
+border the same key orders the two rows: the row ranked later is flagged and names the
+earlier one in ``duplicate_of``. Every pair is thus decided once, by one global order, and a
+cluster with no cross-border duplicate gets exactly the plain SemDeDup answer. Cross-border
+similarities count only when they reach ``1 - eps`` (the pairs the bound covers), so
+``max_similarity`` is the plain within-cluster value unless a cross-border duplicate was found.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MARGIN_SLACK",
+    "cross_cluster_best",
+    "duplicate_threshold",
+    "half_margins",
+    "merge_best",
+    "split_border_rows",
+]
+
+# Float32 similarities of unit vectors in a few hundred dimensions are off by ~1e-6; the
+# margins are widened by this much so rounding can never drop a pair the bound covers.
+MARGIN_SLACK = 1e-4
+
+
+def half_margins(centroids: np.ndarray, eps: float, fraction: float = 1.0) -> np.ndarray:
+    """The border margins ``h_AB = fraction * sqrt(2 eps) * |c_A - c_B| / 2 + MARGIN_SLACK``.
+
+    Parameters
+    ----------
+    centroids
+        float32 ``(k, d)``, unit-length rows.
+    eps
+        The dedup threshold (duplicate when cosine >= 1 - eps).
+    fraction
+        ``border_margin``: 1 guarantees every pair within eps; ``f`` guarantees pairs within
+        ``f**2 * eps``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(k, k)``, symmetric; ``-inf`` on the diagonal (a row is never a border row of
+        its own cluster).
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    gram = np.clip(c @ c.T, -1.0, 1.0)
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * gram, 0.0))
+    h = fraction * np.sqrt(2.0 * eps) * dist / 2.0 + MARGIN_SLACK
+    np.fill_diagonal(h, -np.inf)
+    return h.astype(np.float32)
+
+
+def split_border_rows(sims: Any, labels: Any, half: Any) -> tuple[Any, Any, Any]:
+    """The border rows of one block of rows: which row goes to which other cluster.
+
+    Parameters
+    ----------
+    sims
+        torch float32 ``(b, k)``: similarity of each row to every centroid.
+    labels
+        torch int64 ``(b,)``: each row's nearest centroid (argmax of ``sims``).
+    half
+        torch float32 ``(k, k)``: :func:`half_margins`.
+
+    Returns
+    -------
+    rows, hosts : torch.Tensor
+        int64 ``(g,)``: row ``rows[i]`` is a border row of cluster ``hosts[i]``.
+    gaps : torch.Tensor
+        float32 ``(g,)``: ``sims[row, label] - sims[row, host]`` (>= 0).
+    """
+    top = sims.gather(1, labels[:, None])
+    gap = top - sims  # (b, k), >= 0; 0 at the own cluster
+    rows, hosts = torch_nonzero(gap <= half[labels])
+    return rows, hosts, gap[rows, hosts]
+
+
+def torch_nonzero(mask: Any) -> tuple[Any, Any]:
+    """Row and column indices of the True entries of a 2-D bool tensor (row-major order)."""
+    idx = mask.nonzero()
+    return idx[:, 0], idx[:, 1]
+
+
+def duplicate_threshold(eps: float) -> float:
+    """The smallest float32 ``t`` with ``float64(t) >= 1 - eps``.
+
+    ``s >= t`` on float32 similarities then agrees with the float64 rule ``s >= 1 - eps`` that
+    flags duplicates (:func:`~dask_clip.dedup.workflow.is_duplicate`).
+    """
+    t = np.float32(1.0 - eps)
+    if float(t) < 1.0 - eps:
+        t = np.nextafter(t, np.float32(2.0))
+    return float(t)
+
+
+def merge_best(best: Any, part: Any, idx: Any, val: Any, cand: Any) -> None:
+    """Fold candidates into running maxima, in place: larger value wins, then smaller partner.
+
+    Parameters
+    ----------
+    best
+        torch float32 ``(n,)``: current best similarity per row (``-inf`` where none).
+    part
+        torch int64 ``(n,)``: current partner of each row (any value where ``best`` is -inf).
+    idx
+        torch int64 ``(m,)``: the rows the candidates are for (repeats allowed).
+    val
+        torch float32 ``(m,)``: candidate similarities.
+    cand
+        torch int64 ``(m,)``: candidate partners; smaller means ranked earlier.
+    """
+    import torch
+
+    if idx.numel() == 0:
+        return
+    order = torch.argsort(cand, stable=True)
+    order = order[torch.argsort(-val[order], stable=True)]
+    order = order[torch.argsort(idx[order], stable=True)]
+    i, v, c = idx[order], val[order], cand[order]
+    first = torch.ones_like(i, dtype=torch.bool)
+    first[1:] = i[1:] != i[:-1]
+    i, v, c = i[first], v[first], c[first]
+    cur, cur_part = best[i], part[i]
+    better = (v > cur) | ((v == cur) & (c < cur_part))
+    best[i[better]] = v[better]
+    part[i[better]] = c[better]
+
+
+def cross_cluster_best(
+    own_x: Any,
+    guest_x: Any,
+    *,
+    own_pos: Any,
+    own_gap: Any,
+    guest_pos: Any,
+    guest_gap: Any,
+    limit: float,
+    threshold: float,
+    block_size: int,
+) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
+    """Cross-border duplicates between one cluster's rows and border rows from one neighbour.
+
+    Only pairs whose gaps can add up to at most ``limit`` (``2 h_AB``) are multiplied: guests
+    sorted by gap, hosts by gap, and each chunk of ``block_size`` guests against the prefix of
+    hosts it may pair with, in ``block_size`` tiles (memory: one tile).
+
+    Parameters
+    ----------
+    own_x
+        torch float32 ``(n, d)``: the host cluster's rows, unit length.
+    own_pos, guest_pos
+        torch int64 ``(n,)``, ``(m,)``: positions in the block's global rank order (smaller =
+        ranked earlier = kept first).
+    own_gap
+        torch float32 ``(n,)``: each host row's gap towards the guests' cluster.
+    guest_x
+        torch float32 ``(m, d)``: border rows from the neighbour, unit length.
+    guest_gap
+        torch float32 ``(m,)``: their gaps towards the host cluster.
+    limit
+        ``2 h_AB``: a pair with ``gap_host + gap_guest > limit`` cannot be within eps.
+    threshold
+        float32 similarity from which a pair counts (:func:`duplicate_threshold`).
+    block_size
+        Tile side.
+
+    Returns
+    -------
+    (own_idx, own_val, own_partner), (guest_idx, guest_val, guest_partner)
+        Candidates for host rows (partner: a guest ranked ahead) and for guests (partner: a
+        host row ranked ahead): indices into the inputs, similarities, partner positions.
+    """
+    import torch
+
+    dev = own_x.device
+    empty = (
+        torch.empty(0, dtype=torch.int64, device=dev),
+        torch.empty(0, dtype=torch.float32, device=dev),
+        torch.empty(0, dtype=torch.int64, device=dev),
+    )
+    own_out: list[tuple[Any, Any, Any]] = []
+    guest_out: list[tuple[Any, Any, Any]] = []
+    g_order = torch.argsort(guest_gap, stable=True)
+    h_order = torch.argsort(own_gap, stable=True)
+    h_gap = own_gap[h_order].contiguous()
+    for s in range(0, g_order.numel(), block_size):
+        gi = g_order[s : s + block_size]
+        need = torch.tensor([limit], dtype=torch.float32, device=dev) - guest_gap[gi[0]]
+        stop = int(torch.searchsorted(h_gap, need, right=True).item())
+        if stop == 0:
+            break  # guests are sorted by gap: later chunks need even smaller host gaps
+        gx = guest_x[gi]
+        gp = guest_pos[gi]
+        for t in range(0, stop, block_size):
+            hi = h_order[t : min(t + block_size, stop)]
+            sim = gx @ own_x[hi].T
+            hit = sim >= threshold
+            if not bool(hit.any()):
+                continue
+            r, c = torch_nonzero(hit)
+            v = sim[r, c]
+            g_first = gp[r] < own_pos[hi][c]  # the guest is ranked ahead: the host row is flagged
+            own_out.append((hi[c][g_first], v[g_first], gp[r][g_first]))
+            guest_out.append((gi[r][~g_first], v[~g_first], own_pos[hi][c][~g_first]))
+
+    def cat(parts: list[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+        if not parts:
+            return empty
+        return tuple(torch.cat([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+
+    return cat(own_out), cat(guest_out)
