@@ -46,7 +46,7 @@ import numpy as np
 
 __all__ = [
     "MARGIN_SLACK",
-    "cross_cluster_best",
+    "cluster_cross_candidates",
     "duplicate_threshold",
     "half_margins",
     "merge_best",
@@ -106,8 +106,11 @@ def split_border_rows(sims: Any, labels: Any, half: Any) -> tuple[Any, Any, Any]
     """
     top = sims.gather(1, labels[:, None])
     gap = top - sims  # (b, k), >= 0; 0 at the own cluster
-    rows, hosts = torch_nonzero(gap <= half[labels])
-    return rows, hosts, gap[rows, hosts]
+    # cheap first cut by the widest margin, then each candidate against its own pair's margin
+    rows, hosts = torch_nonzero(gap <= half.max())
+    g = gap[rows, hosts]
+    keep = g <= half[labels[rows], hosts]
+    return rows[keep], hosts[keep], g[keep]
 
 
 def torch_nonzero(mask: Any) -> tuple[Any, Any]:
@@ -161,39 +164,45 @@ def merge_best(best: Any, part: Any, idx: Any, val: Any, cand: Any) -> None:
     part[i[better]] = c[better]
 
 
-def cross_cluster_best(
+def cluster_cross_candidates(
     own_x: Any,
     guest_x: Any,
     *,
     own_pos: Any,
-    own_gap: Any,
     guest_pos: Any,
     guest_gap: Any,
-    limit: float,
+    guest_home: Any,
+    host: int,
+    centroids: Any,
+    half: Any,
     threshold: float,
     block_size: int,
 ) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
-    """Cross-border duplicates between one cluster's rows and border rows from one neighbour.
+    """Cross-border duplicates between one cluster's own rows and its border rows.
 
-    Only pairs whose gaps can add up to at most ``limit`` (``2 h_AB``) are multiplied: guests
-    sorted by gap, hosts by gap, and each chunk of ``block_size`` guests against the prefix of
-    hosts it may pair with, in ``block_size`` tiles (memory: one tile).
+    For every neighbouring cluster ``A`` the border rows come from, only pairs whose gaps can
+    add up to at most ``2 h_A,host`` are multiplied: border rows sorted by gap, in chunks of
+    ``block_size``, each chunk against the host rows whose gap towards ``A`` leaves room for
+    the chunk's smallest gap, in ``block_size`` tiles (memory: one tile). Computing more pairs
+    than the bound needs changes nothing (only pairs at or above ``threshold`` count); the
+    bound only saves work.
 
     Parameters
     ----------
     own_x
-        torch float32 ``(n, d)``: the host cluster's rows, unit length.
+        torch float32 ``(n, d)``: the host cluster's own rows, unit length.
+    guest_x
+        torch float32 ``(m, d)``: its border rows, unit length.
     own_pos, guest_pos
         torch int64 ``(n,)``, ``(m,)``: positions in the block's global rank order (smaller =
         ranked earlier = kept first).
-    own_gap
-        torch float32 ``(n,)``: each host row's gap towards the guests' cluster.
-    guest_x
-        torch float32 ``(m, d)``: border rows from the neighbour, unit length.
-    guest_gap
-        torch float32 ``(m,)``: their gaps towards the host cluster.
-    limit
-        ``2 h_AB``: a pair with ``gap_host + gap_guest > limit`` cannot be within eps.
+    guest_gap, guest_home
+        torch float32 ``(m,)``, int64 ``(m,)``: each border row's gap towards the host
+        cluster, and its own cluster.
+    host
+        The host cluster.
+    centroids, half
+        torch float32 ``(k, d)`` centroids and ``(k, k)`` :func:`half_margins`.
     threshold
         float32 similarity from which a pair counts (:func:`duplicate_threshold`).
     block_size
@@ -202,45 +211,59 @@ def cross_cluster_best(
     Returns
     -------
     (own_idx, own_val, own_partner), (guest_idx, guest_val, guest_partner)
-        Candidates for host rows (partner: a guest ranked ahead) and for guests (partner: a
-        host row ranked ahead): indices into the inputs, similarities, partner positions.
+        Candidates for own rows (partner: a border row ranked ahead) and for border rows
+        (partner: an own row ranked ahead): indices into ``own_x`` / ``guest_x``,
+        similarities, partner positions.
     """
     import torch
 
     dev = own_x.device
-    empty = (
-        torch.empty(0, dtype=torch.int64, device=dev),
-        torch.empty(0, dtype=torch.float32, device=dev),
-        torch.empty(0, dtype=torch.int64, device=dev),
-    )
+    # border rows grouped by their cluster, by gap within it
+    order = torch.argsort(guest_gap, stable=True)
+    order = order[torch.argsort(guest_home[order], stable=True)]
+    homes, counts = torch.unique_consecutive(guest_home[order], return_counts=True)
+    # host rows' gaps towards every neighbouring cluster at once: x.c_host - x.c_A
+    own_gap = (own_x @ centroids[host])[:, None] - own_x @ centroids[homes].T  # (n, H)
+    limit = 2 * half[homes, host]  # (H,)
+    first_gap = guest_gap[order[torch.cumsum(counts, 0) - counts]]  # smallest gap per home
+    reach = own_gap <= (limit - first_gap)[None, :]  # (n, H): host rows any border row may pair with
+    active = torch.nonzero(reach.any(dim=0)).flatten().tolist()
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    sizes = counts.tolist()
     own_out: list[tuple[Any, Any, Any]] = []
     guest_out: list[tuple[Any, Any, Any]] = []
-    g_order = torch.argsort(guest_gap, stable=True)
-    h_order = torch.argsort(own_gap, stable=True)
-    h_gap = own_gap[h_order].contiguous()
-    for s in range(0, g_order.numel(), block_size):
-        gi = g_order[s : s + block_size]
-        need = torch.tensor([limit], dtype=torch.float32, device=dev) - guest_gap[gi[0]]
-        stop = int(torch.searchsorted(h_gap, need, right=True).item())
-        if stop == 0:
-            break  # guests are sorted by gap: later chunks need even smaller host gaps
-        gx = guest_x[gi]
-        gp = guest_pos[gi]
-        for t in range(0, stop, block_size):
-            hi = h_order[t : min(t + block_size, stop)]
-            sim = gx @ own_x[hi].T
-            hit = sim >= threshold
-            if not bool(hit.any()):
-                continue
-            r, c = torch_nonzero(hit)
-            v = sim[r, c]
-            g_first = gp[r] < own_pos[hi][c]  # the guest is ranked ahead: the host row is flagged
-            own_out.append((hi[c][g_first], v[g_first], gp[r][g_first]))
-            guest_out.append((gi[r][~g_first], v[~g_first], own_pos[hi][c][~g_first]))
+    for h in active:
+        rows = order[starts[h] : starts[h] + sizes[h]]
+        lim = float(limit[h])
+        column = own_gap[:, h]
+        for s in range(0, rows.numel(), block_size):
+            gi = rows[s : s + block_size]
+            hosts = torch.nonzero(column <= lim - float(guest_gap[gi[0]])).flatten()
+            if hosts.numel() == 0:
+                break  # border rows are sorted by gap: later chunks reach even fewer host rows
+            gx, gp = guest_x[gi], guest_pos[gi]
+            for t in range(0, hosts.numel(), block_size):
+                hi = hosts[t : t + block_size]
+                sim = gx @ own_x[hi].T
+                hit = sim >= threshold
+                if not bool(hit.any()):
+                    continue
+                r, c = torch_nonzero(hit)
+                v = sim[r, c]
+                hp = own_pos[hi][c]
+                g_first = gp[r] < hp  # the border row is ranked ahead: the host row is flagged
+                own_out.append((hi[c][g_first], v[g_first], gp[r][g_first]))
+                guest_out.append((gi[r][~g_first], v[~g_first], hp[~g_first]))
+    return _cat(own_out, dev), _cat(guest_out, dev)
 
-    def cat(parts: list[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
-        if not parts:
-            return empty
-        return tuple(torch.cat([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
 
-    return cat(own_out), cat(guest_out)
+def _cat(parts: list[tuple[Any, Any, Any]], dev: Any) -> tuple[Any, Any, Any]:
+    import torch
+
+    if not parts:
+        return (
+            torch.empty(0, dtype=torch.int64, device=dev),
+            torch.empty(0, dtype=torch.float32, device=dev),
+            torch.empty(0, dtype=torch.int64, device=dev),
+        )
+    return tuple(torch.cat([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]

@@ -3,7 +3,7 @@
 ``max_memory`` bounds what one task holds of the embeddings at a time:
 
 - **k-means sample**: at most ``max_memory / SAMPLE_COPIES`` of embeddings are gathered on the
-  client (the gathered Arrow column, the float32 matrix and faiss' own copy);
+  client (the gathered Arrow column, its combined chunks, the float32 matrix, faiss' work);
 - **assign**: one input partition plus a ``(rows, k)`` similarity block of at most
   ``max_memory / ASSIGN_BLOCK_SHARE``;
 - **shuffle**: clusters are packed into output partitions of at most
@@ -40,7 +40,7 @@ __all__ = [
     "sample_rows_cap",
 ]
 
-SAMPLE_COPIES = 3
+SAMPLE_COPIES = 4
 PAIRWISE_COPIES = 4
 ASSIGN_BLOCK_SHARE = 8
 # Bytes of one shuffled row besides its embedding: row id, clusters, gap, rank key, id, offsets.

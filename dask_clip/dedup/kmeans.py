@@ -40,10 +40,16 @@ def _import_faiss() -> Any:
     return faiss
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero): float32 ``(n, d)`` -> float32 ``(n, d)``."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
+def normalize_rows(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero): float32 ``(n, d)`` -> float32 ``(n, d)``.
+
+    ``inplace=True`` scales a writable float32 ``x`` itself (no copy) and returns it.
+    """
+    norms = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+    if inplace and x.dtype == np.float32 and x.flags.writeable:
+        x /= norms
+        return x
+    return (x / norms).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -129,9 +135,10 @@ def draw_sample(
         enforce_metadata=False,
     ).compute()
     x, _ = backends.embedding_matrix(picked[embedding_column], device="cpu")
+    del picked  # the gathered column: one copy less while normalising
     if x.shape[0] == 0 and total > max_rows:
         raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
-    return Sample(normalize_rows(_frame.to_host(x)), total, len(chosen))
+    return Sample(normalize_rows(_frame.to_host(x), inplace=True), total, len(chosen))
 
 
 def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0) -> np.ndarray:

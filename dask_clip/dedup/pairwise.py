@@ -210,6 +210,7 @@ def _border_partition(
         c_all = torch.as_tensor(np.asarray(centroids, np.float32), device=dev)
         half = torch.as_tensor(np.asarray(half_margins, np.float32), device=dev)
         threshold = border.duplicate_threshold(eps)
+        found: list[tuple[Any, Any, Any]] = []
         start = 0
         for c, size, n_own in zip(values.tolist(), counts.tolist(), own_counts.tolist()):
             seg = order[start : start + size]
@@ -225,35 +226,34 @@ def _border_partition(
             best_pos[o[has]] = gpos[o[arg[has]]]
             if g.numel() == 0:
                 continue
-            g_home = home[g]
-            for a in torch.unique(g_home).tolist():
-                gs = g[g_home == a]
-                own_gap = xo @ (c_all[c] - c_all[a])  # host rows' gaps towards the guests' cluster
-                (oi, ov, op), (gi, gv, gp) = border.cross_cluster_best(
-                    xo,
-                    x[gs],
-                    own_pos=gpos[o],
-                    own_gap=own_gap,
-                    guest_pos=gpos[gs],
-                    guest_gap=gap[gs],
-                    limit=float(2 * half[a, c]),
-                    threshold=threshold,
-                    block_size=block_size,
-                )
-                border.merge_best(best, best_pos, o[oi], ov, op)
-                border.merge_best(best, best_pos, gs[gi], gv, gp)
+            (oi, ov, op), (gi, gv, gp) = border.cluster_cross_candidates(
+                xo,
+                x[g],
+                own_pos=gpos[o],
+                guest_pos=gpos[g],
+                guest_gap=gap[g],
+                guest_home=home[g],
+                host=c,
+                centroids=c_all,
+                half=half,
+                threshold=threshold,
+                block_size=block_size,
+            )
+            found.append((torch.cat([o[oi], g[gi]]), torch.cat([ov, gv]), torch.cat([op, gp])))
+        if found:  # cross-border duplicates: one merge for the whole partition
+            border.merge_best(best, best_pos, *(torch.cat([f[j] for f in found]) for j in range(3)))
         keep = own | (best > float("-inf"))
     else:
         keep = torch.zeros(0, dtype=torch.bool, device=dev)
         by_rank = torch.zeros(0, dtype=torch.int64, device=dev)
     idx = torch.nonzero(keep).flatten()
-    found = best_pos[idx] >= 0
-    partner = torch.where(found, by_rank[best_pos[idx].clamp(min=0)] if n else best_pos[idx], -1)
-    has = found.cpu().numpy()
+    matched = best_pos[idx] >= 0
+    partner = torch.where(matched, by_rank[best_pos[idx].clamp(min=0)] if n else best_pos[idx], -1)
+    has = matched.cpu().numpy()
     partner_host = np.where(has, _frame.to_host(partner), 0)
     idx_host = _frame.to_host(idx)
     value = best[idx]
-    value = torch.where(found, value, torch.full_like(value, float("nan")))
+    value = torch.where(matched, value, torch.full_like(value, float("nan")))
     return backends.new_frame(
         df,
         {
@@ -263,7 +263,7 @@ def _border_partition(
             "duplicate_of": backends.take(df["_id"], partner_host).where(
                 backends.new_column(df, torch.from_numpy(has))
             ),
-            "_pkey": backends.new_column(df, torch.where(found, rank[partner.clamp(min=0)], float("nan")), "float64"),
-            "_prow": backends.new_column(df, torch.where(found, row[partner.clamp(min=0)], -1), "int64"),
+            "_pkey": backends.new_column(df, torch.where(matched, rank[partner.clamp(min=0)], float("nan")), "float64"),
+            "_prow": backends.new_column(df, torch.where(matched, row[partner.clamp(min=0)], -1), "int64"),
         },
     )
