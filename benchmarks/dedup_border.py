@@ -138,10 +138,10 @@ def make_set(name: str, eps: float, seed: int = 0, n: int = 200_000):
 
 def block_stats(x: np.ndarray, c: np.ndarray, eps: float, margin: float) -> dict:
     """Border rows per row, and the (own x border) products computed vs. the rectangle."""
-    from dask_clip.dedup.border import half_margins
+    from dask_clip.dedup.border import margin_scale
     from dask_clip.dedup.workflow import sample_block_counts
 
-    own, guests = sample_block_counts(x, c, half_margins(c, eps, margin))
+    own, guests = sample_block_counts(x, c, margin_scale(eps, margin))
     plain = float((own * (own - 1) / 2).sum())
     rect = float((own * guests).sum())
     return {

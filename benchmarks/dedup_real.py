@@ -1,8 +1,10 @@
 """Dedup on real image embeddings: the bundled sample (319 images, 36 planted copies).
 
-The images are embedded with a real architecture, open_clip ViT-B-32, through
-``ImageEmbedder`` — with **random weights** (``pretrained=None``): no pretrained weights can be
-downloaded here. A random ViT maps pictures into a narrow cone, so what its embeddings tell
+The images are embedded with a real architecture, open_clip ViT-B-32 — with **random weights**
+(``pretrained=None``): no pretrained weights can be downloaded here. ``ImageEmbedder`` was mid
+refactor on this branch, so the script calls the same pieces it runs per partition:
+``decode_bytes`` (Pillow), ``get_model(ModelSpec(...))`` and ``encode_images`` (the model's own
+open_clip preprocessing, L2-normalised). A random ViT maps pictures into a narrow cone, so what its embeddings tell
 apart is pixel-level likeness, not meaning; the thresholds that separate planted copies from
 other pictures are therefore much tighter than CLIP's (the script reports the similarity of
 every planted copy to its original and of every image to its nearest non-copy).
@@ -43,23 +45,31 @@ def main(argv: list[str] | None = None) -> None:
     import dask
     import dask.dataframe as dd
     import pandas as pd
+    import pyarrow as pa
     import torch
 
-    from dask_clip import ImageEmbedder
-    from dask_clip.columns import embeddings_to_numpy
+    from dask_clip.decode import decode_bytes
     from dask_clip.dedup import semantic_dedup, train_centroids
     from dask_clip.demo import planted_groups, sample_path, score_planted
+    from dask_clip.infer import encode_images
+    from dask_clip.models import get_model
+    from dask_clip.spec import ModelSpec
 
     torch.set_num_threads(os.cpu_count() or 1)
-    df = pd.read_parquet(sample_path(), dtype_backend="pyarrow")
-    embedder = ImageEmbedder(model=a.model, pretrained=None, image_column="jpg", device="cpu")
+    df = pd.read_parquet(sample_path())
+    loaded = get_model(ModelSpec(a.model, pretrained=None, precision="fp32", device="cpu"))
     t0 = time.perf_counter()
-    emb = embedder.embed_partition(df)
+    decoded = [decode_bytes(v)[0] for v in df["jpg"]]
+    valid = np.array([d is not None for d in decoded])
+    images = [torch.from_numpy(np.ascontiguousarray(d)) for d in decoded if d is not None]
+    z = encode_images(loaded, images, batch_size=32).cpu().numpy()
     embed_s = time.perf_counter() - t0
-    x = embeddings_to_numpy(emb[embedder.output_column])
-    valid = ~np.isnan(x).any(axis=1)
+    x = np.full((len(df), z.shape[1]), np.nan, np.float32)
+    x[valid] = z
     print(f"embedded {len(df)} images in {embed_s:.1f} s, {valid.sum()} with an embedding", flush=True)
-    emb = emb.drop(columns=["jpg"]).set_index("key", drop=False)
+    column = pa.array([list(r) if ok else None for r, ok in zip(x, valid)], type=pa.list_(pa.float32()))
+    emb = df.drop(columns=["jpg"]).assign(embedding=pd.arrays.ArrowExtensionArray(column))
+    emb = emb.set_index("key", drop=False)
     xs = np.where(valid[:, None], x, 0).astype(np.float64)
     xs /= np.maximum(np.linalg.norm(xs, axis=1, keepdims=True), 1e-300)
     sim = xs @ xs.T

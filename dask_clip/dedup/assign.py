@@ -103,7 +103,7 @@ def nearest_centroid(x: Any, centroids: Any, *, block_rows: int = ASSIGN_BLOCK_R
 
 
 def nearest_centroid_and_border(
-    x: Any, centroids: Any, half: Any, *, block_rows: int = ASSIGN_BLOCK_ROWS
+    x: Any, centroids: Any, scale: float, *, block_rows: int = ASSIGN_BLOCK_ROWS
 ) -> tuple[Any, Any, tuple[Any, Any, Any]]:
     """:func:`nearest_centroid`, plus the border rows of :func:`.border.split_border_rows`.
 
@@ -113,8 +113,8 @@ def nearest_centroid_and_border(
         torch float32 ``(n, d)``, unit-length rows.
     centroids
         torch float32 ``(k, d)``, unit length, same device.
-    half
-        torch float32 ``(k, k)``: :func:`.border.half_margins`.
+    scale
+        :func:`.border.margin_scale`.
     block_rows
         Rows per ``(block_rows, k)`` block (the border test holds about four such blocks).
 
@@ -141,7 +141,7 @@ def nearest_centroid_and_border(
         lab = torch.argmax(block, dim=1)
         labels[s : s + block_rows] = lab.to(torch.int32)
         sims[s : s + block_rows] = (xb.to(torch.float64) * c64[lab]).sum(dim=1).to(torch.float32)
-        rows, hosts, gaps = split_border_rows(block, lab, half)
+        rows, hosts, gaps = split_border_rows(block, lab, centroids, scale)
         found.append((rows + s, hosts, gaps))
         del block
     if not found:
@@ -177,7 +177,7 @@ def assign_partition(
     which_to_keep: str,
     seed: int,
     device: str | None = None,
-    half_margins: np.ndarray | None = None,
+    border_scale: float | None = None,
     cluster_parts: np.ndarray | None = None,
     block_rows: int = ASSIGN_BLOCK_ROWS,
     partition_info: dict | None = None,
@@ -196,9 +196,9 @@ def assign_partition(
         Keep rule of :func:`rank_keys`.
     device
         torch device; ``None``: CPU for pandas, CUDA for cuDF.
-    half_margins
-        float32 ``(k, k)`` border margins (:func:`.border.half_margins`); ``None``: plain
-        SemDeDup, no border rows.
+    border_scale
+        Border margins' scale (:func:`.border.margin_scale`); ``None``: plain SemDeDup, no
+        border rows.
     cluster_parts
         int64 ``(k,)`` output partition of each cluster (:func:`.budget.plan_shuffle`); adds the
         column ``_part`` that the shuffle routes by.
@@ -213,7 +213,7 @@ def assign_partition(
         Same backend, one row per row of ``df`` that has an embedding, columns ``_row`` (int64),
         ``cluster`` (int32), ``_rank`` (float64), ``_id`` (the id's dtype, nullable) and
         ``_emb`` (the unit-length embeddings, packed by :func:`dask_clip.backends.pack_rows`), with a
-        default index. With ``half_margins``, also ``_home`` (int32, the row's own cluster) and
+        default index. With ``border_scale``, also ``_home`` (int32, the row's own cluster) and
         ``_gap`` (float32, 0 for own rows), and one more row per border row: ``cluster`` is
         then the neighbouring cluster, ``_gap`` the row's gap towards it.
     """
@@ -223,15 +223,16 @@ def assign_partition(
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
     ids = backends.nullable(ids)
     x, valid = backends.embedding_matrix(df[embedding_column], device=device)
-    border = half_margins is not None
+    border = border_scale is not None
     if x.shape[0]:
         x = torch.nn.functional.normalize(x, dim=1)
         c = torch.as_tensor(np.asarray(centroids, np.float32), device=x.device)
         if c.shape[1] != x.shape[1]:
             raise ValueError(f"embeddings have {x.shape[1]} dims, centroids {c.shape[1]}")
         if border:
-            half = torch.as_tensor(half_margins, device=x.device)
-            labels, sims, (g_rows, g_hosts, g_gaps) = nearest_centroid_and_border(x, c, half, block_rows=block_rows)
+            labels, sims, (g_rows, g_hosts, g_gaps) = nearest_centroid_and_border(
+                x, c, border_scale, block_rows=block_rows
+            )
         else:
             labels, sims = nearest_centroid(x, c, block_rows=block_rows)
         keys = rank_keys(sims, x, which_to_keep, seed)

@@ -49,7 +49,9 @@ __all__ = [
     "cluster_cross_candidates",
     "duplicate_threshold",
     "half_margins",
+    "margin_scale",
     "merge_best",
+    "pair_margins",
     "split_border_rows",
 ]
 
@@ -58,34 +60,63 @@ __all__ = [
 MARGIN_SLACK = 1e-4
 
 
-def half_margins(centroids: np.ndarray, eps: float, fraction: float = 1.0) -> np.ndarray:
-    """The border margins ``h_AB = fraction * sqrt(2 eps) * |c_A - c_B| / 2 + MARGIN_SLACK``.
+def margin_scale(eps: float, fraction: float = 1.0) -> float:
+    """``fraction * sqrt(2 eps) / 2``: the margin of two clusters is this times ``|c_A - c_B|``.
 
     Parameters
     ----------
-    centroids
-        float32 ``(k, d)``, unit-length rows.
     eps
         The dedup threshold (duplicate when cosine >= 1 - eps).
     fraction
         ``border_margin``: 1 guarantees every pair within eps; ``f`` guarantees pairs within
         ``f**2 * eps``.
+    """
+    return float(fraction * np.sqrt(2.0 * eps) / 2.0)
+
+
+def pair_margins(centroids: Any, a: Any, b: Any, scale: float) -> Any:
+    """The border margins ``h_AB = scale * |c_A - c_B| + MARGIN_SLACK`` of cluster pairs.
+
+    Computed from the centroids on the fly (never a ``(k, k)`` matrix: k may be 50,000).
+
+    Parameters
+    ----------
+    centroids
+        torch float32 ``(k, d)``, unit-length rows.
+    a, b
+        torch int64 index tensors of the same shape (or one of them a Python int).
+    scale
+        :func:`margin_scale`.
 
     Returns
     -------
-    numpy.ndarray
-        float32 ``(k, k)``, symmetric; ``-inf`` on the diagonal (a row is never a border row of
-        its own cluster).
+    torch.Tensor
+        float32, the shape of ``a`` / ``b``.
     """
-    c = np.asarray(centroids, dtype=np.float64)
-    gram = np.clip(c @ c.T, -1.0, 1.0)
-    dist = np.sqrt(np.maximum(2.0 - 2.0 * gram, 0.0))
-    h = fraction * np.sqrt(2.0 * eps) * dist / 2.0 + MARGIN_SLACK
+    import torch
+
+    ca, cb = centroids[a], centroids[b]
+    if ca.dim() == 1 and cb.dim() == 2:
+        ca = ca.expand_as(cb)
+    elif cb.dim() == 1 and ca.dim() == 2:
+        cb = cb.expand_as(ca)
+    gram = (ca * cb).sum(dim=-1).clamp(-1.0, 1.0)
+    return scale * torch.sqrt(torch.clamp(2.0 - 2.0 * gram, min=0.0)) + MARGIN_SLACK
+
+
+def half_margins(centroids: np.ndarray, eps: float, fraction: float = 1.0) -> np.ndarray:
+    """All pair margins as a float32 ``(k, k)`` matrix, ``-inf`` on the diagonal (small k; tests)."""
+    import torch
+
+    c = torch.as_tensor(np.asarray(centroids, np.float32))
+    k = c.shape[0]
+    i, j = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+    h = pair_margins(c, i, j, margin_scale(eps, fraction)).numpy()
     np.fill_diagonal(h, -np.inf)
-    return h.astype(np.float32)
+    return h
 
 
-def split_border_rows(sims: Any, labels: Any, half: Any) -> tuple[Any, Any, Any]:
+def split_border_rows(sims: Any, labels: Any, centroids: Any, scale: float) -> tuple[Any, Any, Any]:
     """The border rows of one block of rows: which row goes to which other cluster.
 
     Parameters
@@ -94,8 +125,10 @@ def split_border_rows(sims: Any, labels: Any, half: Any) -> tuple[Any, Any, Any]
         torch float32 ``(b, k)``: similarity of each row to every centroid.
     labels
         torch int64 ``(b,)``: each row's nearest centroid (argmax of ``sims``).
-    half
-        torch float32 ``(k, k)``: :func:`half_margins`.
+    centroids
+        torch float32 ``(k, d)``, unit length.
+    scale
+        :func:`margin_scale`.
 
     Returns
     -------
@@ -106,10 +139,13 @@ def split_border_rows(sims: Any, labels: Any, half: Any) -> tuple[Any, Any, Any]
     """
     top = sims.gather(1, labels[:, None])
     gap = top - sims  # (b, k), >= 0; 0 at the own cluster
-    # cheap first cut by the widest margin, then each candidate against its own pair's margin
-    rows, hosts = torch_nonzero(gap <= half.max())
+    # cheap first cut by the widest possible margin (|c_A - c_B| <= 2), then each candidate
+    # against its own pair's margin
+    rows, hosts = torch_nonzero(gap <= 2 * scale + MARGIN_SLACK)
+    own = labels[rows]
+    rows, hosts, own = rows[hosts != own], hosts[hosts != own], own[hosts != own]
     g = gap[rows, hosts]
-    keep = g <= half[labels[rows], hosts]
+    keep = g <= pair_margins(centroids, own, hosts, scale)
     return rows[keep], hosts[keep], g[keep]
 
 
@@ -174,7 +210,7 @@ def cluster_cross_candidates(
     guest_home: Any,
     host: int,
     centroids: Any,
-    half: Any,
+    scale: float,
     threshold: float,
     block_size: int,
 ) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
@@ -201,8 +237,8 @@ def cluster_cross_candidates(
         cluster, and its own cluster.
     host
         The host cluster.
-    centroids, half
-        torch float32 ``(k, d)`` centroids and ``(k, k)`` :func:`half_margins`.
+    centroids, scale
+        torch float32 ``(k, d)`` centroids and :func:`margin_scale`.
     threshold
         float32 similarity from which a pair counts (:func:`duplicate_threshold`).
     block_size
@@ -224,7 +260,7 @@ def cluster_cross_candidates(
     homes, counts = torch.unique_consecutive(guest_home[order], return_counts=True)
     # host rows' gaps towards every neighbouring cluster at once: x.c_host - x.c_A
     own_gap = (own_x @ centroids[host])[:, None] - own_x @ centroids[homes].T  # (n, H)
-    limit = 2 * half[homes, host]  # (H,)
+    limit = 2 * pair_margins(centroids, homes, host, scale)  # (H,)
     first_gap = guest_gap[order[torch.cumsum(counts, 0) - counts]]  # smallest gap per home
     reach = own_gap <= (limit - first_gap)[None, :]  # (n, H): host rows any border row may pair with
     active = torch.nonzero(reach.any(dim=0)).flatten().tolist()

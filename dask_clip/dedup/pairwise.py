@@ -77,7 +77,7 @@ def dedup_partition(
     block_size: int = PAIRWISE_BLOCK_SIZE,
     device: str | None = None,
     centroids: np.ndarray | None = None,
-    half_margins: np.ndarray | None = None,
+    border_scale: float | None = None,
     eps: float | None = None,
     max_memory: int | None = None,
 ) -> Any:
@@ -94,9 +94,9 @@ def dedup_partition(
         Tile side of :func:`max_similarity_to_earlier`.
     device
         torch device; ``None``: CPU for pandas, CUDA for cuDF.
-    centroids, half_margins, eps
-        Border-aware runs only: float32 ``(k, d)`` centroids, float32 ``(k, k)`` margins
-        (:func:`.border.half_margins`) and the dedup threshold.
+    centroids, border_scale, eps
+        Border-aware runs only: float32 ``(k, d)`` centroids, the margins' scale
+        (:func:`.border.margin_scale`) and the dedup threshold.
     max_memory
         Budget in bytes: a cluster whose rows exceed its share raises
         :class:`~dask_clip.dedup.budget.ClusterTooLargeError`.
@@ -122,14 +122,14 @@ def dedup_partition(
     if x.shape[0] != len(df):
         raise ValueError("the cluster shuffle received rows without an embedding")
     if "_home" in df.columns:
-        if centroids is None or half_margins is None or eps is None:
-            raise ValueError("border rows need centroids, half_margins and eps")
+        if centroids is None or border_scale is None or eps is None:
+            raise ValueError("border rows need centroids, border_scale and eps")
         return _border_partition(
             df,
             x,
             block_size=block_size,
             centroids=centroids,
-            half_margins=half_margins,
+            border_scale=border_scale,
             eps=eps,
             max_memory=max_memory,
         )
@@ -173,7 +173,7 @@ def _border_partition(
     *,
     block_size: int,
     centroids: np.ndarray,
-    half_margins: np.ndarray,
+    border_scale: float,
     eps: float,
     max_memory: int | None,
 ) -> Any:
@@ -208,7 +208,6 @@ def _border_partition(
             0, torch.repeat_interleave(torch.arange(len(counts), device=dev), counts), own[order].to(counts.dtype)
         )
         c_all = torch.as_tensor(np.asarray(centroids, np.float32), device=dev)
-        half = torch.as_tensor(np.asarray(half_margins, np.float32), device=dev)
         threshold = border.duplicate_threshold(eps)
         found: list[tuple[Any, Any, Any]] = []
         start = 0
@@ -235,7 +234,7 @@ def _border_partition(
                 guest_home=home[g],
                 host=c,
                 centroids=c_all,
-                half=half,
+                scale=border_scale,
                 threshold=threshold,
                 block_size=block_size,
             )

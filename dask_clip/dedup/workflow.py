@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # Fraction of the guaranteed border margin (see dedup/border.py): 1.0 finds every pair within eps.
 DEFAULT_BORDER_MARGIN = 1.0
+# Warn when the k-means sample shows more border rows than rows: the shuffle would more than double.
+BORDER_ROWS_WARNING = 1.0
 
 OUTPUT_COLUMNS = ("cluster", "max_similarity", "duplicate", "duplicate_of")
 
@@ -202,7 +205,7 @@ class DedupPlan:
     npartitions: int
     device: str | None
     shuffle_method: str | None
-    half_margins: np.ndarray | None = None
+    border_scale: float | None = None
     max_memory: int | None = None
     shuffle_plan: budget.ShufflePlan | None = None
     assign_block_rows: int = assign.ASSIGN_BLOCK_ROWS
@@ -210,7 +213,7 @@ class DedupPlan:
 
     @property
     def border_aware(self) -> bool:
-        return self.half_margins is not None
+        return self.border_scale is not None
 
 
 def prepare(
@@ -296,34 +299,45 @@ def prepare(
         max_memory=max_memory,
     )
     if border_aware:
-        plan.half_margins = border.half_margins(centroids, eps, border_margin)
+        plan.border_scale = border.margin_scale(eps, border_margin)
         plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
     elif max_memory is not None:
         plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
-    if max_memory is not None and sample is not None and sample.x.shape[0] and sample.x.shape[1] == centroids.shape[1]:
-        own, guests = sample_block_counts(sample.x, centroids, plan.half_margins)
-        plan.shuffle_plan = budget.plan_shuffle(
-            own,
-            guests,
-            scale=sample.scale,
-            dim=centroids.shape[1],
-            max_memory=max_memory,
-            min_partitions=plan.npartitions,
-        )
-        plan.info.update(
-            estimated_border_rows_per_row=float(guests.sum() / max(own.sum(), 1)),
-            shuffle_partitions=plan.shuffle_plan.npartitions,
-        )
-        logger.info(
-            "dedup shuffle plan: %d partitions of at most %s of embeddings; %.3f border rows per row (sample)",
-            plan.shuffle_plan.npartitions,
-            budget.format_bytes(max_memory / budget.PAIRWISE_COPIES),
-            plan.info["estimated_border_rows_per_row"],
-        )
+    usable = sample is not None and sample.x.shape[0] > 0 and sample.x.shape[1] == centroids.shape[1]
+    if usable and (border_aware or max_memory is not None):
+        own, guests = sample_block_counts(sample.x, centroids, plan.border_scale)
+        per_row = float(guests.sum() / max(own.sum(), 1))
+        plan.info["estimated_border_rows_per_row"] = per_row
+        if border_aware and per_row > BORDER_ROWS_WARNING:
+            warnings.warn(
+                f"border-aware dedup: about {per_row:.2f} border rows per row (estimated from the k-means "
+                f"sample), so the cluster shuffle moves {1 + per_row:.1f}x the embeddings and its disk "
+                "space. Centroids with fewer rows near their borders cost less (raise max_train_rows or "
+                f"max_iter); border_margin={border_margin:g} -> 0.5 guarantees pairs within eps/4 for less; "
+                "border_aware=False is plain SemDeDup.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if max_memory is not None:
+            plan.shuffle_plan = budget.plan_shuffle(
+                own,
+                guests,
+                scale=sample.scale,
+                dim=centroids.shape[1],
+                max_memory=max_memory,
+                min_partitions=plan.npartitions,
+            )
+            plan.info["shuffle_partitions"] = plan.shuffle_plan.npartitions
+            logger.info(
+                "dedup shuffle plan: %d partitions of at most %s of embeddings; %.3f border rows per row (sample)",
+                plan.shuffle_plan.npartitions,
+                budget.format_bytes(max_memory / budget.PAIRWISE_COPIES),
+                per_row,
+            )
     return plan
 
 
-def sample_block_counts(x: np.ndarray, centroids: np.ndarray, half: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the sample nearest to each cluster, and border rows each cluster would receive.
 
     Returns two int64 ``(k,)`` arrays.
@@ -333,12 +347,12 @@ def sample_block_counts(x: np.ndarray, centroids: np.ndarray, half: np.ndarray |
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
     k = c.shape[0]
-    if half is None:
+    if scale is None:
         labels, _ = assign.nearest_centroid(xt, c)
         hosts = torch.empty(0, dtype=torch.int64)
     else:
         block = budget.assign_block_rows(None, k, assign.ASSIGN_BLOCK_ROWS)
-        labels, _, (_, hosts, _) = assign.nearest_centroid_and_border(xt, c, torch.from_numpy(half), block_rows=block)
+        labels, _, (_, hosts, _) = assign.nearest_centroid_and_border(xt, c, scale, block_rows=block)
     own = np.bincount(labels.numpy().astype(np.int64), minlength=k)
     guests = np.bincount(hosts.numpy().astype(np.int64), minlength=k)
     return own, guests
@@ -364,14 +378,14 @@ def cluster_results(plan: DedupPlan) -> Any:
         seed=plan.seed,
     )
     if plan.border_aware:
-        assign_kw["half_margins"] = dask.delayed(plan.half_margins, traverse=False)
+        assign_kw["border_scale"] = plan.border_scale
     if plan.shuffle_plan is not None:
         assign_kw["cluster_parts"] = dask.delayed(plan.shuffle_plan.part_of_cluster, traverse=False)
     if plan.assign_block_rows != assign.ASSIGN_BLOCK_ROWS:
         assign_kw["block_rows"] = plan.assign_block_rows
     meta_kw = {
         **assign_kw,
-        "half_margins": plan.half_margins,
+        "border_scale": plan.border_scale,
         "cluster_parts": None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster,
     }
     payload = ddf.map_partitions(
@@ -394,10 +408,10 @@ def cluster_results(plan: DedupPlan) -> Any:
     if plan.border_aware:
         step.update(
             centroids=dask.delayed(centroids, traverse=False),
-            half_margins=dask.delayed(plan.half_margins, traverse=False),
+            border_scale=plan.border_scale,
             eps=plan.eps,
         )
-        meta_step.update(centroids=centroids, half_margins=plan.half_margins, eps=plan.eps)
+        meta_step.update(centroids=centroids, border_scale=plan.border_scale, eps=plan.eps)
     scored = clustered.map_partitions(
         pairwise.dedup_partition,
         **step,

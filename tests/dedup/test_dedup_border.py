@@ -16,7 +16,7 @@ import torch
 
 from dask_clip.dedup import semantic_dedup
 from dask_clip.dedup.assign import random_keys
-from dask_clip.dedup.border import MARGIN_SLACK, half_margins, split_border_rows
+from dask_clip.dedup.border import MARGIN_SLACK, half_margins, margin_scale, split_border_rows
 
 EPS = (0.01, 0.05)
 
@@ -144,6 +144,8 @@ def test_margin_bound_holds_for_aligned_pairs():
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     half = half_margins(c.astype(np.float32), eps)
     assert np.isneginf(np.diag(half)).all() and np.allclose(half, half.T)
+    d01 = np.linalg.norm(c[0] - c[1])
+    assert half[0, 1] == pytest.approx(np.sqrt(2 * eps) * d01 / 2 + MARGIN_SLACK, rel=1e-5)
     caught = 0
     for a_, b_ in [(0, 1), (2, 3), (4, 5), (1, 4)]:
         u = (c[a_] - c[b_]) / np.linalg.norm(c[a_] - c[b_])
@@ -160,7 +162,8 @@ def test_margin_bound_holds_for_aligned_pairs():
             labels = torch.argmax(sims, dim=1)
             if labels[0] == labels[1]:
                 continue
-            rows, hosts, _ = split_border_rows(sims, labels, torch.from_numpy(half))
+            ct = torch.from_numpy(c.astype(np.float32))
+            rows, hosts, _ = split_border_rows(sims, labels, ct, margin_scale(eps))
             crossed = {(int(r), int(h)) for r, h in zip(rows, hosts)}
             # one row is a border row of the other's cluster, and the other's gap fits the rest
             la, lb = int(labels[0]), int(labels[1])
@@ -184,3 +187,10 @@ def test_bad_border_arguments(border_df):
         semantic_dedup(ddf, max_memory="lots")
     with pytest.raises(ValueError, match="max_memory"):
         semantic_dedup(ddf, max_memory=1000)
+
+
+def test_warns_when_border_rows_outnumber_rows(border_df):
+    """A wide margin (eps 0.3 on a crowded set) would more than double the shuffle: say so."""
+    ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
+    with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match=r"border rows per row.*border_margin"):
+        semantic_dedup(ddf, n_clusters=16, eps=0.3, max_iter=10)
