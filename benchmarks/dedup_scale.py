@@ -1,273 +1,440 @@
-"""Scale benchmark of dask_clip.dedup.semantic_dedup on synthetic CLIP-like embeddings.
+"""Scale benchmark of ``dedup_parquet``: an embeddings folder larger than memory, bounded steps.
 
-Synthetic data: ``n`` unit vectors in ``d`` dims around ``n / 1000`` random centres (each row's
-cosine to its centre is about 0.7), plus planted near-duplicates: 2% of the rows are a copy of
-another row with a little noise (cosine about 0.997, so within eps = 0.01).
+One size per command. The synthetic embeddings (``dedup_data.py``: CLIP-like by default, 1%
+planted near-duplicates at cosine 0.99-0.9995) are generated straight to a Parquet folder in
+chunks of ``--partition-rows`` (never all in memory), then ``dedup_parquet`` runs on a
+``LocalCluster`` of worker processes with a memory limit each, with ``max_memory`` as the
+budget of one task, writing ids and flags only (``columns=["id"]``). Measured:
 
-Each step of the workflow is run on its own and persisted (``persist`` + ``wait``), timed with
-``time.perf_counter``, and its memory measured by sampling this process's RSS (psutil, every
-20 ms). The scheduler is an in-process distributed cluster (``LocalCluster(processes=False)``,
-one worker with ``--threads`` threads), so every task runs in this process and the RSS is all of
-it (tracemalloc would miss torch, faiss and Arrow allocations); shuffles use distributed's P2P
-shuffle, as they would on a real cluster. The table shows each step's seconds and the peak RSS
-of the whole process during it (the persisted data of earlier steps included); the JSON also has
-the increase over the RSS before the step, the largest cluster, and what one dense similarity
-matrix of it (and of all rows) would need. ``e2e`` is ``semantic_dedup`` + ``dedup_summary``
-in one go on the same input.
+- **time per step**: the client-side phases are timed by wrapping the library's own functions
+  (row numbering, sample, k-means, the results pass, the attach-and-write pass); inside the
+  results pass, distributed's task stream splits the time into assign, shuffle, pairwise and
+  routing (the span from the first task of a kind to the last, and the summed task seconds);
+- **memory**: RSS of this process and all its children (the nanny and worker processes),
+  summed, sampled every 0.25 s with psutil; the peak, and the peak per phase. RSS counts pages
+  shared between processes (libraries) once per process: an upper bound of the real total.
+  The scheduler runs in this process;
+- **disk**: the largest size of the workers' spill/shuffle folder (``local_directory``);
+- planted pairs found (a row of the pair flagged) and the summary.
 
 Usage::
 
-    python benchmarks/dedup_scale.py --sizes 100000 300000 1000000
-    python benchmarks/dedup_scale.py --from-json benchmarks/results/dedup-scale.json  # table + plot
+    python benchmarks/dedup_scale.py --rows 100000
+    python benchmarks/dedup_scale.py --rows 1000000
+    python benchmarks/dedup_scale.py --rows 10000000 --workdir /work/tmp-dedup   # ~20 GB of input
+    python benchmarks/dedup_scale.py --rows 1000000 --plain                        # plain SemDeDup
+    python benchmarks/dedup_scale.py --table          # table + plot of every results/dedup-scale-*.json
+
+Add ``--keep-data`` to keep the generated folder (deleted after the run by default).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import contextlib
 import json
 import os
 import platform
+import shutil
+import sys
 import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from dedup_data import clip_like_chunks, isotropic_chunks, write_parquet_dataset
+
 RESULTS = Path(__file__).parent / "results"
 
 
-class PeakRSS:
-    """Context manager sampling the process RSS in a thread; ``peak`` and ``start`` in bytes."""
+class Sampler:
+    """Sums the RSS of this process and its children every ``interval`` s; peak per phase."""
 
-    def __init__(self, interval: float = 0.02) -> None:
+    def __init__(self, interval: float = 0.25, watch_dir: Path | None = None) -> None:
         import psutil
 
-        self._proc = psutil.Process()
-        self._interval = interval
-        self.start = self.peak = 0
-
-    def __enter__(self) -> PeakRSS:
-        gc.collect()
-        self.start = self.peak = self._proc.memory_info().rss
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.phase = "start"
+        self.peak: dict[str, float] = defaultdict(float)
+        self.peak_by_process: dict[str, float] = defaultdict(float)
+        self.timeline: list[tuple[float, float, float]] = []  # (t, rss GiB, disk GiB)
+        self.watch_dir = watch_dir
+        self.disk_peak = 0.0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
         self.t0 = time.perf_counter()
-        return self
+
+    def _dir_size(self) -> float:
+        total = 0
+        if self.watch_dir is None:
+            return 0.0
+        for root, _, files in os.walk(self.watch_dir):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    total += os.stat(os.path.join(root, f)).st_size
+        return total / 2**30
 
     def _run(self) -> None:
+        import psutil
+
+        tick = 0
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
+            total = 0.0
+            procs = [self.proc, *self.proc.children(recursive=True)]
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    rss = p.memory_info().rss / 2**30
+                    total += rss
+                    name = "client+scheduler" if p.pid == self.proc.pid else f"{p.name()}-{p.pid}"
+                    self.peak_by_process[name] = max(self.peak_by_process[name], rss)
+            disk = self._dir_size() if tick % 8 == 0 else (self.timeline[-1][2] if self.timeline else 0.0)
+            self.disk_peak = max(self.disk_peak, disk)
+            self.peak[self.phase] = max(self.peak[self.phase], total)
+            self.peak["all"] = max(self.peak["all"], total)
+            self.timeline.append((round(time.perf_counter() - self.t0, 2), round(total, 3), round(disk, 3)))
+            tick += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.t0
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
-def make_embeddings(n: int, d: int, seed: int, dup_fraction: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
-    """float32 ``(n, d)`` unit rows and int64 ``(m, 2)`` planted (duplicate, source) pairs."""
-    rng = np.random.default_rng(seed)
-    n_centres = max(1, n // 1000)
-    centres = rng.standard_normal((n_centres, d), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = np.empty((n, d), np.float32)
-    step = 65536
-    for s in range(0, n, step):
-        e = min(s + step, n)
-        noise = rng.standard_normal((e - s, d), dtype=np.float32)
-        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-        x[s:e] = centres[rng.integers(0, n_centres, e - s)] + noise
-        x[s:e] /= np.linalg.norm(x[s:e], axis=1, keepdims=True)
-    m = int(n * dup_fraction)
-    rows = rng.permutation(n)[: 2 * m]
-    dup, src = rows[:m], rows[m:]
-    noise = rng.standard_normal((m, d), dtype=np.float32)
-    noise *= 0.08 / np.linalg.norm(noise, axis=1, keepdims=True)
-    x[dup] = x[src] + noise
-    x[dup] /= np.linalg.norm(x[dup], axis=1, keepdims=True)
-    return x, np.stack([dup, src], axis=1)
+class PhaseTimer:
+    """Wraps library functions so each call is timed and labels the sampler's phase."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._patched: list[tuple[object, str, object]] = []
+
+    def wrap(self, module: object, name: str, phase: str) -> None:
+        original = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            before = self.sampler.phase
+            self.sampler.phase = phase
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - t0
+                self.sampler.phase = before
+
+        setattr(module, name, timed)
+        self._patched.append((module, name, original))
+
+    def capture(self, module: object, name: str) -> None:
+        """Keep the return value of each call of ``module.name`` in ``self.returned[name]``."""
+        original = getattr(module, name)
+        self.returned: dict[str, object] = getattr(self, "returned", {})
+
+        def kept(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self.returned[name] = out
+            return out
+
+        setattr(module, name, kept)
+        self._patched.append((module, name, original))
+
+    def restore(self) -> None:
+        for module, name, original in reversed(self._patched):
+            setattr(module, name, original)
 
 
-def persist(coll):
-    """Persist on the cluster and wait (a bare persist returns at once under distributed)."""
-    from distributed import wait
+def task_prefixes(stream: list[dict]) -> dict[str, dict[str, float]]:
+    """Span and summed compute seconds of the recorded tasks, by task prefix (``key_split``)."""
+    from dask.utils import key_split
 
-    coll = coll.persist()
-    wait(coll)
-    return coll
+    spans: dict[str, list[float]] = {}
+    for t in stream:
+        prefix = key_split(t.get("key"))
+        for s in t.get("startstops", ()):
+            if s.get("action") == "compute":
+                lo, hi, tot = spans.get(prefix, [np.inf, -np.inf, 0.0])
+                spans[prefix] = [min(lo, s["start"]), max(hi, s["stop"]), tot + s["stop"] - s["start"]]
+    return {p: {"span_seconds": round(hi - lo, 2), "task_seconds": round(tot, 2)} for p, (lo, hi, tot) in spans.items()}
 
 
-def to_ddf(x: np.ndarray, partition_rows: int):
-    import dask.dataframe as dd
+# Dask fuses the library's functions into tasks with other names (read + assign, unpack +
+# pairwise + routing), so the steps are timed inside the workers instead: a worker plugin
+# wraps the step functions before any task is deserialised, and each call is recorded.
+TIMED = {
+    "assign": ("dask_clip.dedup.assign", "assign_partition"),
+    "pairwise": ("dask_clip.dedup.pairwise", "dedup_partition"),
+}
+
+
+def _step_timer_plugin():
+    from distributed import WorkerPlugin
+
+    class StepTimer(WorkerPlugin):
+        """Records (step, start, stop) of every call of the TIMED functions on ``worker.dedup_calls``."""
+
+        name = "dedup-step-timer"
+
+        def setup(self, worker) -> None:
+            install_step_timer(worker)
+
+    return StepTimer()
+
+
+def install_step_timer(worker) -> None:
+    import functools
+    import importlib
+
+    calls = worker.dedup_calls = []
+    for step, (module_name, fn_name) in TIMED.items():
+        module = importlib.import_module(module_name)
+        original = getattr(module, fn_name)
+
+        @functools.wraps(original)
+        def timed(*args, _original=original, _step=step, **kwargs):
+            t0 = time.time()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                calls.append((_step, t0, time.time()))
+
+        setattr(module, fn_name, timed)
+
+
+def collected_calls(dask_worker) -> list[tuple[str, float, float]]:
+    return list(getattr(dask_worker, "dedup_calls", []))
+
+
+def step_times(calls: list[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
+    """Summed seconds in each step's function over all workers, and the span first to last."""
+    out: dict[str, dict[str, float]] = {}
+    for step in TIMED:
+        mine = [(a, b) for s, a, b in calls if s == step]
+        if mine:
+            out[step] = {
+                "task_seconds": round(sum(b - a for a, b in mine), 2),
+                "span_seconds": round(max(b for _, b in mine) - min(a for a, _ in mine), 2),
+                "calls": len(mine),
+            }
+    return out
+
+
+GENERATORS = {"isotropic": isotropic_chunks, "clip-like": clip_like_chunks}
+DATA_NOTES = {
+    "isotropic": "rows/1000 random centres + isotropic noise (cosine to centre ~0.7), 1% planted pairs at 0.99-0.9995",
+    "clip-like": "CLIP-like (benchmarks/dedup_data.py), 1% planted pairs at cosine 0.99-0.9995 (anisotropic)",
+}
+
+
+def generate(folder: Path, rows: int, dim: int, partition_rows: int, seed: int, data: str) -> tuple[np.ndarray, float]:
+    pairs_file = folder / "planted_pairs.npy"
+    if pairs_file.exists():
+        print(f"reusing {folder}", flush=True)
+        return np.load(pairs_file), 0.0
+    t0 = time.perf_counter()
+    pairs = write_parquet_dataset(folder, GENERATORS[data](rows, dim, seed=seed, chunk=partition_rows))
+    np.save(pairs_file, pairs)
+    return pairs, time.perf_counter() - t0
+
+
+def run(a: argparse.Namespace) -> dict:
+    import logging
+
+    import dask
     import pandas as pd
-    import pyarrow as pa
+    from distributed import Client, LocalCluster, get_task_stream
 
-    n, d = x.shape
-    col = pa.ListArray.from_arrays(pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)), pa.array(x.reshape(-1)))
-    from distributed import get_client
+    from dask_clip.dedup import dedup_parquet, kmeans, parquet
 
-    pdf = pd.DataFrame({"id": np.arange(n), "embedding": pd.arrays.ArrowExtensionArray(col)})
-    parts = [pdf.iloc[s : s + partition_rows] for s in range(0, n, partition_rows)]
-    # scatter the partitions instead of embedding them in the graph
-    return persist(dd.from_delayed(get_client().scatter(parts), meta=pdf.iloc[:0], verify_meta=False))
-
-
-def run_size(n: int, d: int, rows_per_cluster: int, partition_rows: int, max_iter: int, seed: int) -> dict:
-
-    from dask_clip.dedup import _join, assign, kmeans, pairwise, workflow
-    from dask_clip.dedup.results import dedup_summary
-
-    k = max(1, n // rows_per_cluster)
+    workdir = a.workdir
+    data = workdir / f"emb-{a.data}-{a.rows}-{a.dim}-{a.partition_rows}"
+    out_dir = workdir / f"out-{a.rows}"
+    scratch = workdir / "worker-scratch"
+    pairs, gen_s = generate(data, a.rows, a.dim, a.partition_rows, a.seed, a.data)
+    input_gib = sum(f.stat().st_size for f in data.glob("*.parquet")) / 2**30
+    print(f"input {data}: {input_gib:.2f} GiB on disk (generated in {gen_s:.0f} s)", flush=True)
+    k = a.n_clusters or round(np.sqrt(a.rows / 2))
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
+    logging.getLogger("dask_clip").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     rec: dict = {
-        "rows": n,
-        "dim": d,
+        "rows": a.rows,
+        "dim": a.dim,
+        "data": a.data,
+        "data_note": DATA_NOTES[a.data],
+        "input_gib_on_disk": round(input_gib, 2),
+        "input_gib_float32": round(a.rows * a.dim * 4 / 2**30, 2),
+        "partition_rows": a.partition_rows,
         "n_clusters": k,
-        "max_iter": max_iter,
-        "max_train_rows": kmeans.TRAIN_ROWS_PER_CENTROID * k,
-        "steps": {},
+        "max_iter": a.max_iter,
+        "eps": a.eps,
+        "border_aware": not a.plain,
+        "max_memory": a.max_memory,
+        "workers": f"{a.workers} processes x 1 thread, memory_limit {a.worker_memory}",
+        "shuffle_method": a.shuffle_method or "p2p (distributed default)",
+        "p2p_comm_buffer": a.p2p_buffer,
+        "generate_seconds": round(gen_s, 1),
     }
-
-    def step(name: str, meter: PeakRSS, **extra: object) -> None:
-        rec["steps"][name] = {
-            "seconds": round(meter.seconds, 2),
-            "peak_rss_gib": round(meter.peak / 2**30, 2),
-            "peak_increase_gib": round((meter.peak - meter.start) / 2**30, 2),
-            **extra,
-        }
-        print(f"  {name:<10} {meter.seconds:8.1f} s   peak +{(meter.peak - meter.start) / 2**30:5.2f} GiB", flush=True)
-
-    with PeakRSS() as m:
-        x, planted = make_embeddings(n, d, seed)
-        ddf = to_ddf(x, partition_rows)
-        del x
-    step("generate", m)
-    rec["npartitions"] = ddf.npartitions
-
-    with PeakRSS() as m:
-        sample = kmeans.sample_embeddings(ddf, "embedding", max_rows=rec["max_train_rows"], seed=seed)
-    step("sample", m, sample_rows=len(sample))
-    import faiss
-
-    faiss.omp_set_num_threads(os.cpu_count() or 1)  # torch.set_num_threads(1) may have lowered it
-    with PeakRSS() as m:
-        centroids = kmeans.fit_centroids(sample, k, max_iter=max_iter, seed=seed)
-    step("kmeans", m)
-    del sample
-
-    kw = dict(embedding_column="embedding", device=None)
-    akw = dict(kw, id_column=None, which_to_keep="hard", seed=seed)
-    with PeakRSS() as m:
-        payload = persist(
-            ddf.map_partitions(
-                assign.assign_partition,
-                centroids=centroids,
-                **akw,
-                meta=assign.assign_partition(ddf._meta, centroids, **akw),
-                enforce_metadata=False,
-            )
-        )
-    step("assign", m)
-    with PeakRSS() as m:
-        clustered = persist(payload.shuffle(on="cluster", npartitions=ddf.npartitions))
-        sizes = clustered["cluster"].value_counts().compute()
-    step("shuffle", m)
-    del payload
-    largest = int(sizes.max())
-    with PeakRSS() as m:
-        scored = persist(
-            clustered.map_partitions(
-                pairwise.dedup_partition,
-                block_size=pairwise.PAIRWISE_BLOCK_SIZE,
-                meta=pairwise.dedup_partition(clustered._meta),
-                enforce_metadata=False,
-            )
-        )
-    step(
-        "pairwise",
-        m,
-        largest_cluster=largest,
-        dense_largest_cluster_gib=round(largest**2 * 4 / 2**30, 3),
-        dense_all_rows_gib=round(n**2 * 4 / 2**30, 1),
-        pairs_compared=int((sizes.astype(np.int64) * (sizes - 1) // 2).sum()),
-    )
-    del clustered
-    result = _join.join_back(ddf, scored, workflow._attach, eps=0.01)
-    with PeakRSS() as m:  # route results back to the input rows, attach, summarise
-        summary = dedup_summary(result, eps=[0.001, 0.01, 0.05])
-    step("join_back", m)
-
-    del scored
-    # the public function end to end (k-means included), the same work without the persists
-    from dask_clip.dedup import semantic_dedup
-
-    with PeakRSS() as m:
-        e2e = semantic_dedup(ddf, n_clusters=k, eps=0.01, seed=seed, max_iter=max_iter)
-        dedup_summary(e2e, eps=[0.01])
-    rec["end_to_end"] = {
-        "seconds": round(m.seconds, 2),
-        "peak_rss_gib": round(m.peak / 2**30, 2),
-        "peak_increase_gib": round((m.peak - m.start) / 2**30, 2),
+    with (
+        dask.config.set(
+            {
+                "temporary-directory": str(scratch),
+                "distributed.worker.daemon": False,
+                # P2P buffers up to 1 GiB of outgoing shards per worker by default: bound it too
+                "distributed.p2p.comm.buffer": a.p2p_buffer,
+            }
+        ),
+        Sampler(watch_dir=scratch) as sampler,
+        LocalCluster(
+            n_workers=a.workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=a.worker_memory,
+            dashboard_address=None,
+            local_directory=str(scratch),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(_step_timer_plugin())
+        timer = PhaseTimer(sampler)
+        timer.wrap(parquet, "with_row_numbers", "row_numbers")
+        timer.capture(parquet, "prepare")
+        timer.wrap(kmeans, "draw_sample", "sample")
+        timer.wrap(kmeans, "fit_centroids", "kmeans")
+        timer.wrap(parquet, "persist_and_wait", "results")
+        t0 = time.perf_counter()
+        try:
+            with get_task_stream(client) as ts:
+                summary = dedup_parquet(
+                    str(data),
+                    str(out_dir),
+                    eps=a.eps,
+                    n_clusters=k,
+                    max_iter=a.max_iter,
+                    columns=["id"],
+                    max_memory=a.max_memory,
+                    border_aware=not a.plain,
+                    shuffle_method=a.shuffle_method,
+                    overwrite=True,
+                )
+        finally:
+            timer.restore()
+        total = time.perf_counter() - t0
+        stream = ts.data
+        calls = [c for per_worker in client.run(collected_calls).values() for c in per_worker]
+    steps = {name: {"seconds": round(s, 2)} for name, s in timer.seconds.items()}
+    steps["attach_write"] = {
+        "seconds": round(total - sum(timer.seconds.values()), 2),
+        "note": "reading the input again, attaching the results, writing, summary",
     }
-    print(f"  {'end2end':<10} {m.seconds:8.1f} s   peak +{(m.peak - m.start) / 2**30:5.2f} GiB", flush=True)
-
-    dup = result[["duplicate"]].compute()["duplicate"].to_numpy()
-    # a planted pair is found when at least one of its two rows is flagged
-    found = dup[planted[:, 0]] | dup[planted[:, 1]]
-    rec["planted_pairs"] = len(planted)
-    rec["planted_found_eps_0.01"] = round(float(found.mean()), 5)
+    prefixes = task_prefixes(stream)
+    rec["task_prefixes"] = prefixes
+    for name, v in step_times(calls).items():
+        steps.setdefault(name, {}).update(v)
+    shuffle = [v for p, v in prefixes.items() if "shuffle" in p]
+    if shuffle:  # both shuffles (cluster shuffle and the routing back): P2P transfer + unpack tasks
+        steps["shuffle"] = {"task_seconds": round(sum(v["task_seconds"] for v in shuffle), 2)}
+    for phase, peak in sampler.peak.items():
+        steps.setdefault(phase, {})["peak_rss_gib"] = round(peak, 2)
+    rec["steps"] = steps
+    plan = timer.returned.get("prepare")
+    if plan is not None:
+        rec["plan"] = {**plan.info, "assign_block_rows": plan.assign_block_rows}
+    rec["end_to_end_seconds"] = round(total, 1)
+    rec["peak_rss_gib_all_processes"] = round(sampler.peak["all"], 2)
+    rec["peak_rss_gib_by_process"] = {k2: round(v, 2) for k2, v in sampler.peak_by_process.items()}
+    rec["peak_scratch_disk_gib"] = round(sampler.disk_peak, 2)
+    rec["rss_timeline"] = sampler.timeline[:: max(1, len(sampler.timeline) // 400)]
+    back = pd.read_parquet(out_dir, columns=["id", "duplicate"])
+    flagged = np.zeros(a.rows, bool)
+    flagged[back["id"].to_numpy()] = back["duplicate"].to_numpy()
+    found = flagged[pairs[:, 0]] | flagged[pairs[:, 1]]
+    rec["planted_pairs"] = len(pairs)
+    rec[f"planted_found_eps_{a.eps:g}"] = round(float(found.mean()), 6)
     rec["summary"] = summary.reset_index().to_dict(orient="records")
-    rec["total_seconds_excl_generate"] = round(sum(v["seconds"] for s, v in rec["steps"].items() if s != "generate"), 2)
     print(summary.to_string(), flush=True)
-    del result, ddf, e2e
-    gc.collect()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if not a.keep_data:
+        shutil.rmtree(data, ignore_errors=True)
     return rec
 
 
+def load_all() -> list[dict]:
+    recs = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("dedup-scale-*.json"))]
+    return sorted(recs, key=lambda r: (r.get("data", ""), r["border_aware"], r["rows"]))
+
+
+PHASES = ("row_numbers", "sample", "kmeans", "results", "attach_write")
+IN_RESULTS = ("assign", "shuffle", "pairwise")
+
+
 def table(records: list[dict]) -> str:
-    """Seconds and peak process RSS (GiB) per step, end to end, and the planted pairs found."""
-    steps = ["sample", "kmeans", "assign", "shuffle", "pairwise", "join_back"]
-    head = (
-        f"{'rows':>9} {'k':>5} {'input GiB':>9} "
-        + " ".join(f"{s:>13}" for s in steps)
-        + f" {'sum s':>7} {'e2e s':>7} {'e2e GiB':>7} {'largest':>8} {'found':>6}"
-    )
-    lines = [head, " " * 26 + " ".join(f"{'s / GiB':>13}" for _ in steps)]
+    """Wall seconds per phase, task seconds inside the results pass, peak RSS, disk, recall."""
+    head = f"{'rows':>9} {'data':>9} {'mode':>6} {'k':>5} {'brd/row':>7} "
+    head += " ".join(f"{s[:10]:>10}" for s in PHASES) + " |" + " ".join(f"{s:>9}" for s in IN_RESULTS)
+    head += f" | {'total s':>8} {'peak GiB':>8} {'disk GiB':>8} {'found':>6}"
+    lines = [head, f"{'':>41}{'wall seconds per phase':^54} | {'task seconds (2 workers)':^29} |"]
     for r in records:
-        cells = [f"{r['steps'][s]['seconds']:6.1f} /{r['steps'][s]['peak_rss_gib']:5.2f}" for s in steps]
+        phase = [r["steps"].get(s, {}).get("seconds") for s in PHASES]
+        inner = [r["steps"].get(s, {}).get("task_seconds") for s in IN_RESULTS]
+        found = next((v for key, v in r.items() if key.startswith("planted_found")), float("nan"))
+        border = r.get("plan", {}).get("estimated_border_rows_per_row", float("nan")) if r["border_aware"] else 0.0
         lines.append(
-            f"{r['rows']:>9} {r['n_clusters']:>5} {r['rows'] * r['dim'] * 4 / 2**30:>9.2f} "
-            + " ".join(f"{c:>13}" for c in cells)
-            + f" {r['total_seconds_excl_generate']:>7.1f} {r['end_to_end']['seconds']:>7.1f}"
-            + f" {r['end_to_end']['peak_rss_gib']:>7.2f}"
-            + f" {r['steps']['pairwise']['largest_cluster']:>8} {r['planted_found_eps_0.01']:>6.3f}"
+            f"{r['rows']:>9} {r.get('data', '?'):>9} {'border' if r['border_aware'] else 'plain':>6} "
+            f"{r['n_clusters']:>5} {border:>7.3f} "
+            + " ".join(f"{v:>10.1f}" if v is not None else f"{'-':>10}" for v in phase)
+            + " |"
+            + " ".join(f"{v:>9.1f}" if v is not None else f"{'-':>9}" for v in inner)
+            + f" | {r['end_to_end_seconds']:>8.1f} {r['peak_rss_gib_all_processes']:>8.2f}"
+            f" {r['peak_scratch_disk_gib']:>8.2f} {found:>6.4f}"
         )
     return "\n".join(lines)
 
 
 def plot(records: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    steps = ["sample", "kmeans", "assign", "shuffle", "pairwise", "join_back"]
-    rows = [r["rows"] for r in records]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for s in steps:
-        a.plot(rows, [r["steps"][s]["seconds"] for r in records], marker="o", label=s)
-        b.plot(rows, [r["steps"][s]["peak_rss_gib"] for r in records], marker="o", label=s)
-    b.plot(rows, [r["rows"] * r["dim"] * 4 / 2**30 for r in records], "k--", label="input embeddings")
-    for ax, title in ((a, "seconds per step"), (b, "peak process RSS during the step (GiB)")):
-        ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("rows"), ax.set_title(title)
-    a.legend(fontsize=8), b.legend(fontsize=8)
-    fig.suptitle(f"dask_clip semantic_dedup, d={records[0]['dim']}, k=rows/1000, {os.cpu_count()} CPU cores")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 4.8))
+    series = sorted({(r.get("data", "?"), r["border_aware"]) for r in records})
+    for data, mode in series:
+        rs = sorted(
+            (r for r in records if r.get("data", "?") == data and r["border_aware"] == mode), key=lambda r: r["rows"]
+        )
+        rows = [r["rows"] for r in rs]
+        label = f"{data}, {'border-aware' if mode else 'plain'}"
+        style = "o-" if mode else "s--"
+        a.plot(rows, [r["end_to_end_seconds"] for r in rs], style, label=f"end to end: {label}")
+        b.plot(rows, [r["peak_rss_gib_all_processes"] for r in rs], style, label=label)
+        if data == "isotropic" and mode:
+            for s in PHASES:
+                a.plot(rows, [r["steps"].get(s, {}).get("seconds", np.nan) for r in rs], ":", marker=".", label=s)
+    lo = min(r["rows"] for r in records)
+    a.plot([lo, 100 * lo], [20, 2000], "k", lw=0.5, alpha=0.5, label="linear")
+    inputs = sorted({(r["rows"], r["input_gib_float32"]) for r in records})
+    b.plot(*zip(*inputs), "k^", label="input embeddings (float32)")
+    b.axhline(8, color="r", lw=1, ls="--", label="goal 8 GiB")
+    for ax, title in ((a, "seconds"), (b, "peak RSS, all processes (GiB)")):
+        ax.set_xscale("log"), ax.set_yscale("log"), ax.set_xlabel("rows"), ax.set_title(title), ax.legend(fontsize=7)
+    big = max((r for r in records if r["border_aware"]), key=lambda r: r["rows"], default=None)
+    if big:
+        t, rss, disk = zip(*big["rss_timeline"])
+        c.plot(t, rss, label="RSS, all processes (GiB)")
+        c.plot(t, disk, label="worker scratch on disk (GiB)")
+        c.axhline(8, color="r", lw=1, ls="--")
+        c.set_xlabel("seconds"), c.legend(fontsize=7)
+        c.set_title(f"{big['rows']:,} rows ({big.get('data', '?')}), border-aware")
+    fig.suptitle(f"dask_clip dedup_parquet, d=512, k=sqrt(rows/2), {records[-1]['workers']}, {os.cpu_count()} cores")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     print(f"wrote {path}")
@@ -275,56 +442,46 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--rows-per-cluster", type=int, default=1000, help="n_clusters = rows // this")
-    p.add_argument("--partition-rows", type=int, default=50_000)
-    p.add_argument("--max-iter", type=int, default=100)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="Dask threads")
+    p.add_argument("--n-clusters", type=int, default=None, help="default: round(sqrt(rows / 2))")
+    p.add_argument("--eps", type=float, default=0.01)
+    p.add_argument("--plain", action="store_true", help="plain SemDeDup (border_aware=False)")
+    p.add_argument("--data", choices=sorted(GENERATORS), default="isotropic")
+    p.add_argument("--partition-rows", type=int, default=25_000)
+    p.add_argument("--max-iter", type=int, default=20)
+    p.add_argument("--max-memory", default="1GiB", help="dedup budget of one task")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--worker-memory", default="4GiB", help="memory_limit of each worker process")
+    p.add_argument("--p2p-buffer", default="128MiB", help="distributed.p2p.comm.buffer of the workers")
+    p.add_argument("--shuffle-method", default=None, choices=("p2p", "tasks", "disk"))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/dask-clip-dedup-scale"))
+    p.add_argument("--keep-data", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS / "dedup-scale.json")
-    p.add_argument("--from-json", type=Path, help="only print the table and plot of a results file")
+    p.add_argument("--table", action="store_true", help="only print the table and plot of all results")
     a = p.parse_args(argv)
-    if a.from_json:
-        records = json.loads(a.from_json.read_text())["records"]
+    if a.table:
+        records = load_all()
         print(table(records))
-        plot(records, a.from_json.with_suffix(".png"))
+        plot(records, RESULTS / "dedup-scale.png")
         return
-
-    import logging
-
     import torch
-    from distributed import Client, LocalCluster
 
-    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)  # per-shuffle INFO/WARNING chatter
-    torch.set_num_threads(1)  # one torch thread per Dask thread: no oversubscription
-    records = []
-    with (
-        LocalCluster(processes=False, n_workers=1, threads_per_worker=a.threads, dashboard_address=None) as cluster,
-        Client(cluster),
-    ):
-        for n in a.sizes:
-            print(f"rows={n}", flush=True)
-            records.append(run_size(n, a.dim, a.rows_per_cluster, a.partition_rows, a.max_iter, a.seed))
-    out = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "memory_gib": round(__import__("psutil").virtual_memory().total / 2**30, 1),
-        },
-        "scheduler": (
-            f"distributed LocalCluster(processes=False), 1 worker x {a.threads} threads, P2P "
-            "shuffle; torch 1 thread per task; faiss OpenMP on all cores (client)"
-        ),
-        "note": "shared 2-core machine: other jobs ran at the same time, timings are noisy",
-        "memory": "peak process RSS sampled every 20 ms (psutil); increase = peak - RSS before the step",
-        "records": records,
+    torch.set_num_threads(1)
+    rec = run(a)
+    rec["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "memory_gib": round(__import__("psutil").virtual_memory().total / 2**30, 1),
+        "note": "shared 2-core machine: other jobs may run at the same time",
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=2))
-    print(table(records))
-    print(f"wrote {a.out}")
-    plot(records, a.out.with_suffix(".png"))
+    name = f"dedup-scale-{a.data}-{a.rows}-{'plain' if a.plain else 'border'}"
+    if a.shuffle_method:
+        name += f"-{a.shuffle_method}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(rec, indent=1))
+    print(table([rec]))
+    print(f"wrote {RESULTS / name}.json")
 
 
 if __name__ == "__main__":

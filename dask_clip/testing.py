@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 __all__ = [
+    "CAPTIONS",
     "TINY_MODEL_CFG",
     "TINY_TEXT_MODEL_CFG",
     "TRANSFORMERS_CONFIGS",
@@ -716,3 +717,16 @@ def _damage_entropy_data(jpeg: bytes, rng: np.random.Generator) -> bytes:
         value = int(rng.integers(0, 255))
         data[int(at)] = value if value != 0xFF else 0x00  # no new markers
     return bytes(data)
+
+
+#: Captions for tests of the text tower: real ones, then the kinds a caption column holds wrong
+#: (an empty string, and a null).
+CAPTIONS = [
+    "an astronaut in a white spacesuit",
+    "a cup of coffee on a saucer",
+    "a cat lying on a table",
+    "a rocket on the launch pad, photographed at dawn with a long lens from across the water",
+    "",
+    "a picture that could not be decoded",
+    None,
+]

@@ -26,6 +26,7 @@ __all__ = [
     "check_eps",
     "check_gpu_share",
     "check_int",
+    "check_memory",
     "check_timeout",
 ]
 
@@ -97,3 +98,24 @@ def check_eps(eps: object) -> float:
     if not 0.0 <= float(eps) <= 1.0:
         raise ValueError(f"eps must be in [0, 1] (a pair is a duplicate when cosine >= 1 - eps), not {eps}")
     return float(eps)
+
+
+def check_memory(name: str, value: object, minimum: int = 2**20) -> int | None:
+    """A memory budget: None, an int of bytes, or a string such as ``"4GiB"`` / ``"500MB"``.
+
+    Returns the number of bytes (None stays None); ValueError below ``minimum`` or unparsable.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        from dask.utils import parse_bytes
+
+        try:
+            value = parse_bytes(value)
+        except ValueError as err:
+            raise ValueError(f"{name}={value!r} is not a size; write bytes or e.g. '4GiB', '500MB'") from err
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a number of bytes or a string such as '4GiB', not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum} bytes, not {value}")
+    return int(value)

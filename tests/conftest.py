@@ -96,24 +96,14 @@ def nemo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(write_transformers_model_dir(tmp_path_factory.mktemp("nemo-model-dir"), nemo_layout=True))
 
 
-#: Captions of :func:`captioned_frame`'s rows: real ones, then the kinds a caption column holds wrong.
-CAPTIONS = [
-    "an astronaut in a white spacesuit",
-    "a cup of coffee on a saucer",
-    "a cat lying on a table",
-    "a rocket on the launch pad, photographed at dawn with a long lens from across the water",
-    "",
-    "a picture that could not be decoded",
-    None,
-]
-
-
 @pytest.fixture(scope="session")
 def captioned_frame(photo_jpegs):
     """img2dataset-like rows: 5 photos, a broken image and a null one; captions with an empty
     one (row 4) and a null one (row 6)."""
     import pandas as pd
     import pyarrow as pa
+
+    from dask_clip.testing import CAPTIONS
 
     images = [*photo_jpegs, b"not an image", None]
     return pd.DataFrame(

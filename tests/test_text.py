@@ -8,12 +8,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
-from conftest import CAPTIONS
 
 from dask_clip import ImageEmbedder, ModelSpec, TextEmbedder, embeddings_to_numpy
 from dask_clip.columns import EMBEDDING_DTYPE, ERROR_DTYPE, SCORE_DTYPE
 from dask_clip.models import get_model, load_counts
-from dask_clip.testing import reference_embeddings
+from dask_clip.testing import CAPTIONS, reference_embeddings
 from dask_clip.text import EMPTY_CAPTION, MISSING_CAPTION, caption_errors, get_tokenizer
 from dask_clip.text_embedder import embed_texts
 

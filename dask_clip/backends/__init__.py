@@ -23,8 +23,8 @@ Columns out
     ``empty_column(meta, kind)``                   its empty version, for ``meta``
     ``embedding_matrix(series, device)``           an embedding column read back as (m, d) + valid
 Frames (used by the dedup steps)
-    ``new_column``, ``new_frame``, ``with_columns``, ``take``, ``numeric_tensor``, ``nullable``,
-    ``local_positions``, ``arange_index``, ``content_hashes``, ``pack_rows``
+    ``new_column``, ``new_frame``, ``with_columns``, ``take``, ``take_rows``, ``numeric_tensor``,
+    ``nullable``, ``local_positions``, ``arange_index``, ``content_hashes``, ``pack_rows``
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from .dispatch import (
     sample_values,
     string_rows,
     take,
+    take_rows,
     with_columns,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "sample_values",
     "string_rows",
     "take",
+    "take_rows",
     "with_columns",
 ]
 
@@ -113,6 +115,7 @@ for _function in (
     sample_values,
     string_rows,
     take,
+    take_rows,
     with_columns,
 ):
     _function.register_lazy("pandas", _register_pandas)

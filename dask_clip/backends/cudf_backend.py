@@ -255,6 +255,13 @@ def take(series: Any, positions: Any) -> Any:
     return series.iloc[_to_cupy(positions)].reset_index(drop=True)
 
 
+@be.take_rows.register(_FRAME)
+def take_rows(df: Any, positions: Any) -> Any:
+    """The rows of ``df`` at integer ``positions`` (a gather on the device), with their index labels."""
+    positions = np.asarray(positions) if isinstance(positions, list) else positions
+    return df.iloc[_to_cupy(positions)]
+
+
 @be.numeric_tensor.register(_SERIES)
 def numeric_tensor(series: Any, device: Any = None) -> torch.Tensor:
     return torch.from_dlpack(series.values).to(device)  # a zero-copy view, then moved if asked

@@ -245,6 +245,12 @@ def take(series: pd.Series, positions: Any) -> pd.Series:
     return series.iloc[_host(positions)].reset_index(drop=True)
 
 
+@be.take_rows.register(_FRAME)
+def take_rows(df: pd.DataFrame, positions: Any) -> pd.DataFrame:
+    """The rows of ``df`` at integer ``positions``, with their index labels."""
+    return df.iloc[_host(positions)]
+
+
 @be.numeric_tensor.register(_SERIES)
 def numeric_tensor(series: pd.Series, device: Any = None) -> torch.Tensor:
     return torch.tensor(series.to_numpy(), device=device)  # copies: pandas may hand out read-only views

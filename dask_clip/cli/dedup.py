@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..validation import KEEP_RULES
+from ..validation import KEEP_RULES, check_memory
 from . import options
 
 __all__ = ["add_parser", "run"]
@@ -35,6 +35,25 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser.add_argument("--which-to-keep", choices=KEEP_RULES, default="hard")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--drop-duplicates", action="store_true", help="write only the rows kept")
+    parser.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="memory budget of one task, e.g. 4GiB: bounds the k-means sample, the assignment blocks and the "
+        "per-cluster blocks; a cluster that cannot fit is an error naming it (default: no budget)",
+    )
+    parser.add_argument(
+        "--plain-semdedup",
+        action="store_true",
+        help="compare rows only within their own cluster, as SemDeDup and NeMo Curator do (misses pairs split "
+        "across cluster borders; default: border-aware, docs/dedup.md)",
+    )
+    parser.add_argument(
+        "--border-margin",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="fraction of the guaranteed border margin (1.0 finds every pair within eps; less is cheaper)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     options.add_cluster_options(parser)
     parser.set_defaults(func=run)
@@ -60,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             which_to_keep=args.which_to_keep,
             seed=args.seed,
+            max_memory=check_memory("--max-memory", args.max_memory),
+            border_aware=not args.plain_semdedup,
+            border_margin=args.border_margin,
         )
     print(f"dask-clip dedup: -> {args.output}")
     print(summary.to_string())

@@ -1,14 +1,17 @@
 """Semantic deduplication (SemDeDup) of a Dask DataFrame of CLIP embeddings.
 
 One module per step: :mod:`.kmeans` (spherical k-means on a sample, faiss), :mod:`.assign`
-(nearest centroid and keep-rule key per row), :mod:`.pairwise` (blocked within-cluster max
-similarity), :mod:`.workflow` (the Dask graph), :mod:`.results` (keep masks, pairs, summary),
-:mod:`.exact` (identical bytes) and :mod:`.parquet` (Parquet in and out).
+(nearest centroid, keep-rule key and border rows per row), :mod:`.border` (the margin that
+finds pairs across cluster borders), :mod:`.pairwise` (blocked within-cluster max similarity),
+:mod:`.budget` (the memory budget and the shuffle plan), :mod:`.workflow` (the Dask graph),
+:mod:`.results` (keep masks, pairs, summary), :mod:`.exact` (identical bytes) and
+:mod:`.parquet` (Parquet in and out, larger than memory).
 """
 
 from __future__ import annotations
 
 from ..validation import KEEP_RULES
+from .budget import ClusterTooLargeError
 from .exact import exact_duplicates
 from .kmeans import train_centroids
 from .pairwise import max_similarity_to_earlier
@@ -18,6 +21,7 @@ from .workflow import semantic_dedup
 
 __all__ = [
     "KEEP_RULES",
+    "ClusterTooLargeError",
     "dedup_parquet",
     "dedup_summary",
     "duplicate_pairs",

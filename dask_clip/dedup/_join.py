@@ -30,14 +30,24 @@ def join_back(
     ddf
         The input Dask DataFrame (``N`` partitions).
     results
-        Dask DataFrame with an int64 ``_row`` column, at most one row per input row.
+        Dask DataFrame with an int64 ``_row`` column, at most one row per input row (or
+        several, if ``attach`` reduces them).
     attach
         Function of (input partition, results for it indexed by ``_row`` in position order)
         returning the output partition; it is also called on the metas to get the output meta.
     """
+    return attach_routed(ddf, route(ddf, results, shuffle_method=shuffle_method), attach, **kwargs)
+
+
+def route(ddf: Any, results: Any, *, shuffle_method: str | None = None) -> Any:
+    """``results`` indexed by ``_row``, partition ``p`` holding the results of input partition ``p``."""
+    return results.set_index("_row", divisions=_frame.row_divisions(ddf.npartitions), shuffle_method=shuffle_method)
+
+
+def attach_routed(ddf: Any, routed: Any, attach: Callable[..., Any], **kwargs: Any) -> Any:
+    """Zip every input partition with its routed results (:func:`route`) through ``attach``."""
     import dask.dataframe as dd
 
-    routed = results.set_index("_row", divisions=_frame.row_divisions(ddf.npartitions), shuffle_method=shuffle_method)
     meta = attach(ddf._meta, routed._meta, **kwargs)
     zipped = dd.map_partitions(
         attach,
@@ -62,3 +72,36 @@ def by_position(df: Any, res: Any) -> Any:
     res = res.copy(deep=False)
     res.index = backends.local_positions(res.index, _frame.ROW_MASK)
     return res.reindex(backends.arange_index(df, len(df)))
+
+
+def best_per_row(res: Any, value: str, tie_keys: tuple[str, ...]) -> Any:
+    """One result per ``_row`` label of ``res``: the largest ``value``, ties to the smallest ``tie_keys``.
+
+    Parameters
+    ----------
+    res
+        Results indexed by ``_row`` (labels may repeat); ``value`` is float (NaN lowest),
+        ``tie_keys`` are numeric columns compared in order (NaN highest).
+
+    Returns
+    -------
+    DataFrame
+        The chosen rows of ``res``, same columns, unique index labels in ascending order.
+    """
+    import torch
+
+    if len(res) == 0:
+        return res
+    rows = backends.numeric_tensor(_frame.index_values(res)).to(torch.int64)
+    inf = float("inf")
+    order = torch.arange(len(res), device=rows.device)
+    for key in reversed(tie_keys):
+        k = backends.numeric_tensor(res[key]).to(torch.float64)
+        order = order[torch.argsort(torch.nan_to_num(k, nan=inf)[order], stable=True)]
+    v = backends.numeric_tensor(res[value]).to(torch.float64)
+    order = order[torch.argsort(-torch.nan_to_num(v, nan=-inf)[order], stable=True)]
+    order = order[torch.argsort(rows[order], stable=True)]
+    r = rows[order]
+    first = torch.ones_like(r, dtype=torch.bool)
+    first[1:] = r[1:] != r[:-1]
+    return backends.take_rows(res, order[first])

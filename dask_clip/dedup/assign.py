@@ -3,7 +3,8 @@
 One task per input partition (``map_partitions``); the output is the small payload that the
 cluster shuffle moves: row id, cluster, rank key, caller's id and the embedding, for rows that
 have an embedding only. Rows without one never enter the shuffle; they get ``cluster = -1``
-when the results are joined back.
+when the results are joined back. Border-aware runs (:mod:`.border`) add one more payload row
+for every neighbouring cluster a row is a border row of, from the same similarity block.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .. import backends
 from ..validation import KEEP_RULES
 from . import _frame
 
-__all__ = ["assign_partition", "nearest_centroid", "rank_keys"]
+__all__ = ["assign_partition", "nearest_centroid", "nearest_centroid_and_border", "rank_keys"]
 
 
 # Rows per matmul against the centroids: bounds the (rows, k) similarity block.
@@ -101,6 +102,55 @@ def nearest_centroid(x: Any, centroids: Any, *, block_rows: int = ASSIGN_BLOCK_R
     return labels, sims
 
 
+def nearest_centroid_and_border(
+    x: Any, centroids: Any, scale: float, *, block_rows: int = ASSIGN_BLOCK_ROWS
+) -> tuple[Any, Any, tuple[Any, Any, Any]]:
+    """:func:`nearest_centroid`, plus the border rows of :func:`.border.split_border_rows`.
+
+    Parameters
+    ----------
+    x
+        torch float32 ``(n, d)``, unit-length rows.
+    centroids
+        torch float32 ``(k, d)``, unit length, same device.
+    scale
+        :func:`.border.margin_scale`.
+    block_rows
+        Rows per ``(block_rows, k)`` block (the border test holds about four such blocks).
+
+    Returns
+    -------
+    labels, similarity
+        As :func:`nearest_centroid` (the same values).
+    (rows, hosts, gaps)
+        int64 ``(g,)``, int64 ``(g,)``, float32 ``(g,)``: row ``rows[i]`` is a border row of
+        cluster ``hosts[i]``, with gap ``gaps[i]``.
+    """
+    import torch
+
+    from .border import split_border_rows
+
+    n = x.shape[0]
+    labels = torch.empty(n, dtype=torch.int32, device=x.device)
+    sims = torch.empty(n, dtype=torch.float32, device=x.device)
+    c64 = centroids.to(torch.float64)
+    found: list[tuple[Any, Any, Any]] = []
+    for s in range(0, n, block_rows):
+        xb = x[s : s + block_rows]
+        block = xb @ centroids.T
+        lab = torch.argmax(block, dim=1)
+        labels[s : s + block_rows] = lab.to(torch.int32)
+        sims[s : s + block_rows] = (xb.to(torch.float64) * c64[lab]).sum(dim=1).to(torch.float32)
+        rows, hosts, gaps = split_border_rows(block, lab, centroids, scale)
+        found.append((rows + s, hosts, gaps))
+        del block
+    if not found:
+        empty = torch.empty(0, dtype=torch.int64, device=x.device)
+        return labels, sims, (empty, empty, torch.empty(0, dtype=torch.float32, device=x.device))
+    rows, hosts, gaps = (torch.cat([f[j] for f in found]) for j in range(3))
+    return labels, sims, (rows, hosts, gaps)
+
+
 def rank_keys(similarity: Any, x: Any, which_to_keep: str, seed: int) -> Any:
     """Sort key of the keep rule: ascending key = kept first (then ascending row id).
 
@@ -127,6 +177,9 @@ def assign_partition(
     which_to_keep: str,
     seed: int,
     device: str | None = None,
+    border_scale: float | None = None,
+    cluster_parts: np.ndarray | None = None,
+    block_rows: int = ASSIGN_BLOCK_ROWS,
     partition_info: dict | None = None,
 ) -> Any:
     """The cluster-shuffle payload of one partition.
@@ -143,6 +196,14 @@ def assign_partition(
         Keep rule of :func:`rank_keys`.
     device
         torch device; ``None``: CPU for pandas, CUDA for cuDF.
+    border_scale
+        Border margins' scale (:func:`.border.margin_scale`); ``None``: plain SemDeDup, no
+        border rows.
+    cluster_parts
+        int64 ``(k,)`` output partition of each cluster (:func:`.budget.plan_shuffle`); adds the
+        column ``_part`` that the shuffle routes by.
+    block_rows
+        Rows per ``(rows, k)`` similarity block.
     partition_info
         Passed by Dask; its ``"number"`` makes the row ids.
 
@@ -152,7 +213,9 @@ def assign_partition(
         Same backend, one row per row of ``df`` that has an embedding, columns ``_row`` (int64),
         ``cluster`` (int32), ``_rank`` (float64), ``_id`` (the id's dtype, nullable) and
         ``_emb`` (the unit-length embeddings, packed by :func:`dask_clip.backends.pack_rows`), with a
-        default index.
+        default index. With ``border_scale``, also ``_home`` (int32, the row's own cluster) and
+        ``_gap`` (float32, 0 for own rows), and one more row per border row: ``cluster`` is
+        then the neighbouring cluster, ``_gap`` the row's gap towards it.
     """
     import torch
 
@@ -160,26 +223,51 @@ def assign_partition(
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
     ids = backends.nullable(ids)
     x, valid = backends.embedding_matrix(df[embedding_column], device=device)
+    border = border_scale is not None
     if x.shape[0]:
         x = torch.nn.functional.normalize(x, dim=1)
         c = torch.as_tensor(np.asarray(centroids, np.float32), device=x.device)
         if c.shape[1] != x.shape[1]:
             raise ValueError(f"embeddings have {x.shape[1]} dims, centroids {c.shape[1]}")
-        labels, sims = nearest_centroid(x, c)
+        if border_scale is not None:
+            labels, sims, (g_rows, g_hosts, g_gaps) = nearest_centroid_and_border(
+                x, c, border_scale, block_rows=block_rows
+            )
+        else:
+            labels, sims = nearest_centroid(x, c, block_rows=block_rows)
         keys = rank_keys(sims, x, which_to_keep, seed)
     else:
         x = torch.empty((0, 0), dtype=torch.float32)
         labels = torch.empty(0, dtype=torch.int32)
+        sims = torch.empty(0, dtype=torch.float32)
         keys = torch.empty(0, dtype=torch.float64)
+        g_rows = g_hosts = torch.empty(0, dtype=torch.int64)
+        g_gaps = torch.empty(0, dtype=torch.float32)
     pos = torch.nonzero(valid.cpu()).flatten().numpy()
     rows = _frame.row_ids(len(df), number)[pos]
-    return backends.new_frame(
-        df,
-        {
+    cluster = labels if not border else torch.cat([labels, g_hosts.to(labels.dtype)])
+    if not border:
+        columns = {
             "_row": backends.new_column(df, rows, "int64"),
             "cluster": backends.new_column(df, labels, "int32"),
             "_rank": backends.new_column(df, keys, "float64"),
             "_id": backends.take(ids, pos),
             "_emb": backends.pack_rows(df, x, df[embedding_column], pos),
-        },
-    )
+        }
+    else:
+        # own rows first, then one row per (border row, neighbouring cluster)
+        local = torch.cat([torch.arange(labels.shape[0], device=labels.device), g_rows.to(labels.device)])
+        local_host = local.cpu().numpy()
+        columns = {
+            "_row": backends.new_column(df, rows[local_host], "int64"),
+            "cluster": backends.new_column(df, cluster, "int32"),
+            "_home": backends.new_column(df, labels[local], "int32"),
+            "_gap": backends.new_column(df, torch.cat([torch.zeros_like(sims), g_gaps]), "float32"),
+            "_rank": backends.new_column(df, keys[local], "float64"),
+            "_id": backends.take(ids, pos[local_host]),
+            "_emb": backends.pack_rows(df, x[local] if g_rows.numel() else x, df[embedding_column], pos[local_host]),
+        }
+    if cluster_parts is not None:
+        parts = np.asarray(cluster_parts, dtype=np.int64)[_frame.to_host(cluster).astype(np.int64)]
+        columns["_part"] = backends.new_column(df, parts, "int64")
+    return backends.new_frame(df, columns)

@@ -8,15 +8,19 @@ partitioning. faiss trains on the sample in the client process; the result is a 
 
 from __future__ import annotations
 
+import logging
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .. import backends
-from . import _frame
+from . import _frame, budget
 
-__all__ = ["fit_centroids", "sample_embeddings", "train_centroids"]
+__all__ = ["Sample", "draw_sample", "fit_centroids", "sample_embeddings", "train_centroids"]
+
+logger = logging.getLogger(__name__)
 
 # faiss' own floor: with fewer training points per centroid it warns that the fit is poor.
 MIN_POINTS_PER_CENTROID = 39
@@ -36,10 +40,105 @@ def _import_faiss() -> Any:
     return faiss
 
 
-def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero): float32 ``(n, d)`` -> float32 ``(n, d)``."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, np.float32(1e-12))).astype(np.float32, copy=False)
+def normalize_rows(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero): float32 ``(n, d)`` -> float32 ``(n, d)``.
+
+    ``inplace=True`` scales a writable float32 ``x`` itself (no copy) and returns it.
+    """
+    norms = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-12))
+    if inplace and x.dtype == np.float32 and x.flags.writeable:
+        x /= norms
+        return x
+    return (x / norms).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A seeded sample of the embeddings, and what it stands for.
+
+    Attributes
+    ----------
+    x : numpy.ndarray
+        float32 ``(m, d)``, unit-length rows, in global input order (rows without an
+        embedding dropped).
+    total_rows : int
+        Rows of the input (with or without an embedding).
+    drawn_rows : int
+        Rows drawn (``m`` plus the drawn rows that had no embedding).
+    """
+
+    x: np.ndarray
+    total_rows: int
+    drawn_rows: int
+
+    @property
+    def scale(self) -> float:
+        """Input rows per drawn row."""
+        return self.total_rows / max(self.drawn_rows, 1)
+
+
+def _embedding_dim(df: Any, column: str) -> int:
+    """Width of the first usable embedding of a partition (0 if it has none)."""
+    series = df[column]
+    for head in (series.head(256), series):
+        x, _ = backends.embedding_matrix(head, device="cpu")
+        if x.shape[0]:
+            return int(x.shape[1])
+        if len(head) == len(series):
+            break
+    return 0
+
+
+def draw_sample(
+    ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0, max_memory: int | None = None
+) -> Sample:
+    """A seeded sample of at most ``max_rows`` embeddings, gathered on the client.
+
+    Two passes over ``ddf``: the partition lengths (and the embedding width), then the chosen
+    rows of the embedding column only. Rows without an embedding are dropped after sampling,
+    so the sample may hold fewer rows than asked. With ``max_memory`` the sample holds at
+    most ``max_memory / SAMPLE_COPIES`` bytes of embeddings (:mod:`.budget`).
+
+    Raises
+    ------
+    ValueError
+        If the input is larger than the sample and no sampled row has an embedding.
+    """
+    import dask
+
+    sub = ddf[[embedding_column]]
+    # the lengths of the same partitions as the gather's, and the width, in one pass
+    lengths, dims = dask.compute(
+        sub.map_partitions(len, meta=(None, "int64")),
+        sub.map_partitions(_embedding_dim, embedding_column, meta=(None, "int64")),
+    )
+    lengths = np.asarray(lengths, dtype=np.int64)
+    cap = budget.sample_rows_cap(max_memory, int(np.max(np.asarray(dims, dtype=np.int64), initial=0)))
+    if cap is not None and cap < max_rows:
+        logger.info("k-means sample capped at %d rows by max_memory (asked: %d)", cap, max_rows)
+        max_rows = cap
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    total = int(offsets[-1])
+    if total > max_rows:
+        chosen = np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
+    else:
+        chosen = np.arange(total, dtype=np.int64)
+    # local positions of the chosen rows, one array per partition (sent with the tasks)
+    bounds = np.searchsorted(chosen, offsets)
+    local = [chosen[bounds[p] : bounds[p + 1]] - offsets[p] for p in range(len(lengths))]
+
+    # one Delayed holding every partition's positions: the graph carries it once, not per task
+    picked = sub.map_partitions(
+        _take_positions,
+        local=dask.delayed(local, traverse=False),
+        meta=sub._meta,
+        enforce_metadata=False,
+    ).compute()
+    x, _ = backends.embedding_matrix(picked[embedding_column], device="cpu")
+    del picked  # the gathered column: one copy less while normalising
+    if x.shape[0] == 0 and total > max_rows:
+        raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
+    return Sample(normalize_rows(_frame.to_host(x), inplace=True), total, len(chosen))
 
 
 def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0) -> np.ndarray:
@@ -70,31 +169,7 @@ def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: i
     ValueError
         If the input is larger than ``max_rows`` and no sampled row has an embedding.
     """
-    sub = ddf[[embedding_column]]
-    lengths = _frame.partition_lengths(sub)  # the lengths of the same partitions as the gather's
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    total = int(offsets[-1])
-    if total > max_rows:
-        chosen = np.sort(np.random.default_rng(seed).choice(total, size=max_rows, replace=False))
-    else:
-        chosen = np.arange(total, dtype=np.int64)
-    # local positions of the chosen rows, one array per partition (sent with the tasks)
-    bounds = np.searchsorted(chosen, offsets)
-    local = [chosen[bounds[p] : bounds[p + 1]] - offsets[p] for p in range(len(lengths))]
-
-    import dask
-
-    # one Delayed holding every partition's positions: the graph carries it once, not per task
-    picked = sub.map_partitions(
-        _take_positions,
-        local=dask.delayed(local, traverse=False),
-        meta=sub._meta,
-        enforce_metadata=False,
-    ).compute()
-    x, _ = backends.embedding_matrix(picked[embedding_column], device="cpu")
-    if x.shape[0] == 0 and total > max_rows:
-        raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
-    return normalize_rows(_frame.to_host(x))
+    return draw_sample(ddf, embedding_column, max_rows=max_rows, seed=seed).x
 
 
 def _take_positions(df: Any, local: list[np.ndarray], partition_info: dict | None = None) -> Any:
@@ -179,16 +254,21 @@ def train_centroids(
     seed: int = 0,
     max_train_rows: int | None = None,
     gpu: bool | None = None,
+    max_memory: int | None = None,
+    sample: Sample | None = None,
 ) -> np.ndarray:
-    """Sample (:func:`sample_embeddings`) then fit (:func:`fit_centroids`).
+    """Sample (:func:`draw_sample`) then fit (:func:`fit_centroids`).
 
-    ``max_train_rows`` defaults to ``256 * n_clusters``; ``gpu=None`` uses faiss-gpu when a GPU
-    is visible to the client. Returns float32 ``(k, d)`` unit-length centroids (a ``(1, 1)``
+    ``max_train_rows`` defaults to ``256 * n_clusters``, capped by ``max_memory`` (bytes);
+    ``gpu=None`` uses faiss-gpu when a GPU is visible to the client; ``sample``: train on this
+    one instead of drawing. Returns float32 ``(k, d)`` unit-length centroids (a ``(1, 1)``
     placeholder, with a warning, when no row has an embedding).
     """
-    if max_train_rows is None:
-        max_train_rows = TRAIN_ROWS_PER_CENTROID * n_clusters
-    x = sample_embeddings(ddf, embedding_column, max_rows=max_train_rows, seed=seed)
+    if sample is None:
+        if max_train_rows is None:
+            max_train_rows = TRAIN_ROWS_PER_CENTROID * n_clusters
+        sample = draw_sample(ddf, embedding_column, max_rows=max_train_rows, seed=seed, max_memory=max_memory)
+    x = sample.x
     if x.shape[0] == 0:  # every row was looked at: nothing to cluster, every row will be kept
         warnings.warn("no row has an embedding: nothing to deduplicate", UserWarning, stacklevel=2)
         return np.zeros((1, 1), np.float32)

@@ -1,4 +1,12 @@
-"""Parquet in, Parquet out: the function behind ``dask-clip dedup INPUT OUTPUT``."""
+"""Parquet in, Parquet out: the function behind ``dask-clip dedup INPUT OUTPUT``.
+
+Built for inputs larger than memory: k-means trains on a bounded sample, every step works on
+one partition or one cluster block at a time (:mod:`.budget`), the cluster shuffle goes
+through disk (distributed's P2P shuffle spills to disk; without a distributed client Dask
+shuffles through partd on disk), and the per-row results (tens of bytes a row) are computed
+and kept first, so the input is read once more to attach them and write the output, instead of
+being held in memory from the assign step until the results come back.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ from ..validation import check_eps
 from ..writer import location, write_tasks
 from . import _frame
 from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
-from .workflow import semantic_dedup
+from .workflow import OUTPUT_COLUMNS, attach_results, cluster_results, prepare
 
 __all__ = ["ROW_NUMBER", "SUMMARY_FILE", "dedup_parquet", "with_row_numbers"]
 
@@ -47,6 +55,16 @@ def with_row_numbers(ddf: Any) -> Any:
     return ddf.map_partitions(_number_rows, offsets=dask.delayed(offsets, traverse=False), meta=meta)
 
 
+def persist_and_wait(collection: Any) -> Any:
+    """``collection.persist()``, returning once it is computed (also on a distributed cluster)."""
+    from distributed import futures_of, wait
+
+    persisted = collection.persist()
+    if futures_of(persisted):
+        wait(persisted)
+    return persisted
+
+
 def dedup_parquet(
     input_path: str | Sequence[str],
     output_path: str,
@@ -59,6 +77,8 @@ def dedup_parquet(
     summary_eps: Sequence[float] | None = None,
     storage_options: dict | None = None,
     overwrite: bool = False,
+    columns: Sequence[str] | None = None,
+    max_memory: int | str | None = None,
     **kwargs: Any,
 ) -> pd.DataFrame:
     """Read an embeddings Parquet dataset, run :func:`semantic_dedup`, write Parquet.
@@ -81,9 +101,16 @@ def dedup_parquet(
         eps values of the returned summary; default 0.001, 0.01, 0.05 and ``eps``.
     storage_options, overwrite
         Passed to ``read_parquet`` / ``to_parquet``.
+    columns
+        Input columns to write next to the dedup columns; default: all of them. Leave the
+        embedding column out to write only ids and flags.
+    max_memory
+        Memory budget of one task (bytes or a string such as ``"4GiB"``), as in
+        :func:`semantic_dedup`.
     **kwargs
         Other :func:`semantic_dedup` arguments (``which_to_keep``, ``seed``, ``max_iter``,
-        ``max_train_rows``, ``block_size``, ``npartitions``, ``device``).
+        ``max_train_rows``, ``block_size``, ``npartitions``, ``device``, ``shuffle_method``,
+        ``border_aware``, ``border_margin``).
 
     Returns
     -------
@@ -102,14 +129,25 @@ def dedup_parquet(
     meta_index = ddf._meta.index
     if id_column is None and meta_index.name is None and isinstance(meta_index, pd.RangeIndex):
         ddf = with_row_numbers(ddf)
-    result = semantic_dedup(
+    if columns is not None:
+        missing = [c for c in columns if c not in ddf.columns]
+        if missing:
+            raise ValueError(f"columns {missing} are not in the input; columns are {list(ddf.columns)}")
+    plan = prepare(
         ddf,
         embedding_column=embedding_column,
         n_clusters=n_clusters,
         eps=eps,
         id_column=id_column,
+        max_memory=max_memory,
         **kwargs,
     )
+    # The results first, kept (small); then the input is read again to attach them. One graph
+    # for both would hold every input partition from its assign task until its attach task.
+    results = persist_and_wait(cluster_results(plan))
+    result = attach_results(plan, results)
+    if columns is not None:
+        result = result[[*columns, *OUTPUT_COLUMNS]]
     out = result[~result["duplicate"]] if drop_duplicates else result
     # What defines the output: a rerun into the same folder must agree, or it is refused.
     inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)

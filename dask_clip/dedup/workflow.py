@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import numbers
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from .. import backends
-from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int
-from . import _frame, _join, assign, kmeans, pairwise
+from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int, check_memory
+from . import _frame, _join, assign, border, budget, kmeans, pairwise
 
-__all__ = ["OUTPUT_COLUMNS", "is_duplicate", "semantic_dedup"]
+__all__ = ["DEFAULT_BORDER_MARGIN", "OUTPUT_COLUMNS", "is_duplicate", "semantic_dedup"]
+
+logger = logging.getLogger(__name__)
+
+# Fraction of the guaranteed border margin (see dedup/border.py): 1.0 finds every pair within eps.
+DEFAULT_BORDER_MARGIN = 1.0
+# Warn when the k-means sample shows more border rows than rows: the shuffle would more than double.
+BORDER_ROWS_WARNING = 1.0
 
 OUTPUT_COLUMNS = ("cluster", "max_similarity", "duplicate", "duplicate_of")
 
@@ -52,6 +63,18 @@ def check_embedding_dtype(meta: Any, column: str) -> None:
     )
 
 
+def check_border_margin(value: Any) -> float:
+    """A border margin fraction in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"border_margin must be a float in (0, 1], not {type(value).__name__}")
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(
+            f"border_margin must be in (0, 1] (1: every pair within eps is found), not {value}; "
+            "pass border_aware=False for plain SemDeDup"
+        )
+    return float(value)
+
+
 def semantic_dedup(
     ddf: Any,
     *,
@@ -68,15 +91,20 @@ def semantic_dedup(
     centroids: np.ndarray | None = None,
     device: str | None = None,
     shuffle_method: str | None = None,
+    border_aware: bool = True,
+    border_margin: float = DEFAULT_BORDER_MARGIN,
+    max_memory: int | str | None = None,
 ) -> Any:
     """Flag semantic near-duplicates (SemDeDup) in a Dask DataFrame of embeddings.
 
     Spherical k-means on a seeded sample (faiss), nearest centroid for every row, a shuffle
     that gathers each cluster's rows, then in every cluster the rows are ranked by the keep
     rule and each row gets its largest cosine similarity to a row ranked ahead of it, in
-    ``block_size`` tiles. The k-means runs now (two passes over ``ddf``: partition lengths,
-    then the sample); the rest is lazy. Persist ``ddf`` or read it from Parquet first, or those
-    passes recompute whatever produced it.
+    ``block_size`` tiles. Border-aware (the default), rows close to another centroid are also
+    compared with that cluster's rows, within a margin derived from ``eps`` that misses no
+    pair with cosine >= 1 - eps (:mod:`dask_clip.dedup.border`). The k-means runs now (two
+    passes over ``ddf``: partition lengths, then the sample); the rest is lazy. Persist ``ddf``
+    or read it from Parquet first, or those passes recompute whatever produced it.
 
     Parameters
     ----------
@@ -99,13 +127,15 @@ def semantic_dedup(
     max_iter
         k-means iterations (faiss ``niter``).
     max_train_rows
-        Training sample size; default ``256 * n_clusters`` (faiss' ``max_points_per_centroid``).
+        Training sample size; default ``256 * n_clusters`` (faiss' ``max_points_per_centroid``),
+        capped by ``max_memory``.
     block_size
         Tile side of the pairwise step (NeMo Curator's ``pairwise_batch_size``).
     id_column
         Column whose value names a row in ``duplicate_of``; default: the index label.
     npartitions
-        Partitions of the cluster shuffle; default ``ddf.npartitions``.
+        Partitions of the cluster shuffle; default ``ddf.npartitions`` (more where
+        ``max_memory`` needs them).
     centroids
         float32 ``(k, d)`` centroids to reuse instead of training (e.g. from
         :func:`dask_clip.dedup.kmeans.train_centroids`).
@@ -114,16 +144,99 @@ def semantic_dedup(
         CUDA for cuDF partitions.
     shuffle_method
         Dask's shuffle method (``"p2p"``, ``"tasks"``, ``"disk"``); default: Dask's choice.
+    border_aware
+        Also compare rows close to another centroid with that cluster (default). ``False``:
+        plain SemDeDup, rows compared only within their cluster, as the paper and NeMo
+        Curator (identical results to theirs for the same centroids).
+    border_margin
+        Fraction ``f`` in (0, 1] of the guaranteed margin: 1 finds every pair with cosine
+        >= 1 - eps; ``f`` guarantees pairs with cosine >= 1 - f² eps, for less work.
+    max_memory
+        Budget of one task's dedup data, bytes or a string such as ``"4GiB"``
+        (:mod:`dask_clip.dedup.budget`): caps the k-means sample, sizes the assign blocks,
+        packs clusters into shuffle partitions of at most a quarter of it, and raises
+        :class:`~dask_clip.dedup.budget.ClusterTooLargeError` naming a cluster too large for
+        it. Default: no budget (a hash shuffle on ``cluster``).
 
     Returns
     -------
     dask DataFrame
         The input rows (same index, columns, row order and partitions) plus ``cluster``
         (int32, -1 for rows without an embedding), ``max_similarity`` (float32: cosine
-        similarity to the most similar row ranked ahead in its cluster; NaN for the first row
-        of a cluster and for rows without an embedding), ``duplicate`` (bool) and
-        ``duplicate_of`` (the id of that most similar row; null where there is none).
+        similarity to the most similar row ranked ahead in its cluster, or across a border
+        when that one is a duplicate; NaN for the first row of a cluster and for rows without
+        an embedding), ``duplicate`` (bool) and ``duplicate_of`` (the id of that most similar
+        row; null where there is none).
     """
+    plan = prepare(
+        ddf,
+        embedding_column=embedding_column,
+        n_clusters=n_clusters,
+        eps=eps,
+        which_to_keep=which_to_keep,
+        seed=seed,
+        max_iter=max_iter,
+        max_train_rows=max_train_rows,
+        block_size=block_size,
+        id_column=id_column,
+        npartitions=npartitions,
+        centroids=centroids,
+        device=device,
+        shuffle_method=shuffle_method,
+        border_aware=border_aware,
+        border_margin=border_margin,
+        max_memory=max_memory,
+    )
+    return attach_results(plan, cluster_results(plan))
+
+
+@dataclass
+class DedupPlan:
+    """Everything the lazy steps need, once the arguments are checked and k-means has run."""
+
+    ddf: Any
+    centroids: np.ndarray
+    embedding_column: str
+    eps: float
+    which_to_keep: str
+    seed: int
+    block_size: int
+    id_column: str | None
+    npartitions: int
+    device: str | None
+    shuffle_method: str | None
+    border_scale: float | None = None
+    max_memory: int | None = None
+    shuffle_plan: budget.ShufflePlan | None = None
+    assign_block_rows: int = assign.ASSIGN_BLOCK_ROWS
+    info: dict = field(default_factory=dict)
+
+    @property
+    def border_aware(self) -> bool:
+        return self.border_scale is not None
+
+
+def prepare(
+    ddf: Any,
+    *,
+    embedding_column: str = "embedding",
+    n_clusters: int = 1000,
+    eps: float = 0.01,
+    which_to_keep: str = "hard",
+    seed: int = 0,
+    max_iter: int = 100,
+    max_train_rows: int | None = None,
+    block_size: int = pairwise.PAIRWISE_BLOCK_SIZE,
+    id_column: str | None = None,
+    npartitions: int | None = None,
+    centroids: np.ndarray | None = None,
+    device: str | None = None,
+    shuffle_method: str | None = None,
+    border_aware: bool = True,
+    border_margin: float = DEFAULT_BORDER_MARGIN,
+    max_memory: int | str | None = None,
+) -> DedupPlan:
+    """Check the arguments of :func:`semantic_dedup`, run k-means, plan the shuffle."""
     check_dask_frame(ddf)
     meta = ddf._meta
     _frame.require_column(meta, embedding_column, "embedding_column")
@@ -142,6 +255,10 @@ def semantic_dedup(
     check_int("block_size", block_size, 1)
     check_int("npartitions", npartitions, 1, allow_none=True)
     check_shuffle_method(shuffle_method)
+    if not isinstance(border_aware, bool):
+        raise TypeError(f"border_aware must be True or False, not {border_aware!r}")
+    border_margin = check_border_margin(border_margin)
+    max_memory = check_memory("max_memory", max_memory)
     if device is not None and not isinstance(device, str):
         raise TypeError(f"device must be a torch device string such as 'cpu' or 'cuda', not {device!r}")
     if centroids is not None:
@@ -152,6 +269,10 @@ def semantic_dedup(
     _frame.row_divisions(ddf.npartitions)  # raises if there are too many partitions
     ddf = _frame.settle_partitions(ddf)
 
+    sample = None
+    if centroids is None or max_memory is not None:
+        rows = max_train_rows or kmeans.TRAIN_ROWS_PER_CENTROID * (n_clusters if centroids is None else len(centroids))
+        sample = kmeans.draw_sample(ddf, embedding_column, max_rows=rows, seed=seed, max_memory=max_memory)
     if centroids is None:
         centroids = kmeans.train_centroids(
             ddf,
@@ -159,66 +280,164 @@ def semantic_dedup(
             n_clusters,
             max_iter=max_iter,
             seed=seed,
-            max_train_rows=max_train_rows,
             gpu=None if device is None else device.startswith("cuda"),
+            sample=sample,
         )
-    return cluster_dedup(
-        ddf,
-        centroids,
+    k = centroids.shape[0]
+    plan = DedupPlan(
+        ddf=ddf,
+        centroids=centroids,
         embedding_column=embedding_column,
         eps=eps,
         which_to_keep=which_to_keep,
         seed=seed,
         block_size=block_size,
         id_column=id_column,
-        npartitions=npartitions,
+        npartitions=npartitions or ddf.npartitions,
         device=device,
         shuffle_method=shuffle_method,
+        max_memory=max_memory,
     )
+    if border_aware:
+        plan.border_scale = border.margin_scale(eps, border_margin)
+        plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
+    elif max_memory is not None:
+        plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
+    usable = sample is not None and sample.x.shape[0] > 0 and sample.x.shape[1] == centroids.shape[1]
+    if sample is not None and usable and (border_aware or max_memory is not None):
+        own, guests = sample_block_counts(sample.x, centroids, plan.border_scale)
+        per_row = float(guests.sum() / max(own.sum(), 1))
+        plan.info["estimated_border_rows_per_row"] = per_row
+        if border_aware and per_row > BORDER_ROWS_WARNING:
+            warnings.warn(
+                f"border-aware dedup: about {per_row:.2f} border rows per row (estimated from the k-means "
+                f"sample), so the cluster shuffle moves {1 + per_row:.1f}x the embeddings and its disk "
+                "space. Centroids with fewer rows near their borders cost less (raise max_train_rows or "
+                f"max_iter); border_margin={border_margin:g} -> 0.5 guarantees pairs within eps/4 for less; "
+                "border_aware=False is plain SemDeDup.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if max_memory is not None:
+            plan.shuffle_plan = budget.plan_shuffle(
+                own,
+                guests,
+                scale=sample.scale,
+                dim=centroids.shape[1],
+                max_memory=max_memory,
+                min_partitions=plan.npartitions,
+            )
+            plan.info["shuffle_partitions"] = plan.shuffle_plan.npartitions
+            logger.info(
+                "dedup shuffle plan: %d partitions of at most %s of embeddings; %.3f border rows per row (sample)",
+                plan.shuffle_plan.npartitions,
+                budget.format_bytes(max_memory / budget.PAIRWISE_COPIES),
+                per_row,
+            )
+    return plan
 
 
-def cluster_dedup(
-    ddf: Any,
-    centroids: np.ndarray,
-    *,
-    embedding_column: str,
-    eps: float,
-    which_to_keep: str,
-    seed: int,
-    block_size: int,
-    id_column: str | None,
-    npartitions: int | None,
-    device: str | None,
-    shuffle_method: str | None = None,
-) -> Any:
-    """The lazy part of :func:`semantic_dedup`, given centroids (arguments already checked)."""
+def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the sample nearest to each cluster, and border rows each cluster would receive.
+
+    Returns two int64 ``(k,)`` arrays.
+    """
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    c = torch.from_numpy(np.ascontiguousarray(centroids, dtype=np.float32))
+    k = c.shape[0]
+    if scale is None:
+        labels, _ = assign.nearest_centroid(xt, c)
+        hosts = torch.empty(0, dtype=torch.int64)
+    else:
+        block = budget.assign_block_rows(None, k, assign.ASSIGN_BLOCK_ROWS)
+        labels, _, (_, hosts, _) = assign.nearest_centroid_and_border(xt, c, scale, block_rows=block)
+    own = np.bincount(labels.numpy().astype(np.int64), minlength=k)
+    guests = np.bincount(hosts.numpy().astype(np.int64), minlength=k)
+    return own, guests
+
+
+def cluster_results(plan: DedupPlan) -> Any:
+    """The per-row results, lazily: assign, cluster shuffle, pairwise, routed to input partitions.
+
+    Returns a Dask DataFrame indexed by ``_row``, partition ``p`` holding the results of input
+    partition ``p`` (in border-aware runs, possibly several per row: :func:`attach_results`
+    reduces them). It is small (tens of bytes per row): persist it to read the input only once
+    more when attaching (what :func:`~dask_clip.dedup.dedup_parquet` does).
+    """
     import dask
 
+    ddf = plan.ddf
+    centroids = plan.centroids
     assign_kw: dict[str, Any] = dict(
-        embedding_column=embedding_column, device=device, id_column=id_column, which_to_keep=which_to_keep, seed=seed
+        embedding_column=plan.embedding_column,
+        device=plan.device,
+        id_column=plan.id_column,
+        which_to_keep=plan.which_to_keep,
+        seed=plan.seed,
     )
+    if plan.border_aware:
+        assign_kw["border_scale"] = plan.border_scale
+    if plan.shuffle_plan is not None:
+        assign_kw["cluster_parts"] = dask.delayed(plan.shuffle_plan.part_of_cluster, traverse=False)
+    if plan.assign_block_rows != assign.ASSIGN_BLOCK_ROWS:
+        assign_kw["block_rows"] = plan.assign_block_rows
+    meta_kw = {
+        **assign_kw,
+        "border_scale": plan.border_scale,
+        "cluster_parts": None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster,
+    }
     payload = ddf.map_partitions(
         assign.assign_partition,
         # one graph key for the centroids instead of a copy inside every task
         centroids=dask.delayed(centroids, traverse=False),
         **assign_kw,
-        meta=assign.assign_partition(ddf._meta, centroids, **assign_kw),
+        meta=assign.assign_partition(ddf._meta, centroids, **meta_kw),
         enforce_metadata=False,
     )
-    clustered = payload.shuffle(on="cluster", npartitions=npartitions or ddf.npartitions, shuffle_method=shuffle_method)
-    step: dict[str, Any] = dict(device=device, block_size=block_size)
+    if plan.shuffle_plan is None:
+        clustered = payload.shuffle(on="cluster", npartitions=plan.npartitions, shuffle_method=plan.shuffle_method)
+    else:  # clusters packed into partitions of bounded size: route by partition number
+        p = plan.shuffle_plan.npartitions
+        clustered = payload.set_index("_part", divisions=[*range(p), p], shuffle_method=plan.shuffle_method)
+    step: dict[str, Any] = dict(device=plan.device, block_size=plan.block_size)
+    if plan.max_memory is not None:
+        step["max_memory"] = plan.max_memory
+    meta_step = dict(step)
+    if plan.border_aware:
+        step.update(
+            centroids=dask.delayed(centroids, traverse=False),
+            border_scale=plan.border_scale,
+            eps=plan.eps,
+        )
+        meta_step.update(centroids=centroids, border_scale=plan.border_scale, eps=plan.eps)
     scored = clustered.map_partitions(
         pairwise.dedup_partition,
         **step,
-        meta=pairwise.dedup_partition(payload._meta, **step),
+        meta=pairwise.dedup_partition(clustered._meta, **meta_step),
         enforce_metadata=False,
     )
-    id_dtype = payload._meta["_id"].dtype
-    return _join.join_back(ddf, scored, _attach, eps=eps, id_dtype=id_dtype, shuffle_method=shuffle_method)
+    return _join.route(ddf, scored, shuffle_method=plan.shuffle_method)
 
 
-def _attach(df: Any, res: Any, eps: float, id_dtype: Any = None) -> Any:
+def attach_results(plan: DedupPlan, routed: Any) -> Any:
+    """The input rows with the dedup columns (:func:`cluster_results` zipped with the input)."""
+    id_dtype = _id_dtype(plan)
+    return _join.attach_routed(plan.ddf, routed, _attach, eps=plan.eps, id_dtype=id_dtype, border=plan.border_aware)
+
+
+def _id_dtype(plan: DedupPlan) -> Any:
+    meta = plan.ddf._meta
+    ids = meta[plan.id_column].reset_index(drop=True) if plan.id_column is not None else _frame.index_values(meta)
+    return backends.nullable(ids).dtype
+
+
+def _attach(df: Any, res: Any, eps: float, id_dtype: Any = None, border: bool = False) -> Any:
     """Input partition plus its rows' results (rows absent from ``res`` have no embedding)."""
+    if border:
+        res = _join.best_per_row(res, "max_similarity", pairwise.BORDER_RESULT_COLUMNS)
+        res = res[["cluster", "max_similarity", "duplicate_of"]]
     r = _join.by_position(df, res)
     max_sim = r["max_similarity"].astype("float32")
     return backends.with_columns(

@@ -58,14 +58,16 @@ def test_nulls_in_the_list_column(planted):
     np.testing.assert_array_equal(x.cpu().numpy(), planted.x[:300][planted.valid[:300]])
 
 
-def test_semantic_dedup_matches_pandas(planted_df):
+@pytest.mark.parametrize("border_aware", [True, False])
+def test_semantic_dedup_matches_pandas(planted_df, border_aware):
     pdf = planted_df.reset_index()
     with dask.config.set(scheduler="threads"):
         ddf = dd.from_pandas(pdf, npartitions=4, sort=False)
         c = train_centroids(ddf, "embedding", ARGS["n_clusters"], max_iter=20, seed=0)
-        ref = semantic_dedup(ddf, **ARGS, centroids=c, id_column="key").compute()
+        kw = dict(ARGS, centroids=c, id_column="key", border_aware=border_aware)
+        ref = semantic_dedup(ddf, **kw).compute()
         gdf = dask_cudf.from_cudf(to_cudf(pdf), npartitions=4)
-        out = semantic_dedup(gdf, **ARGS, centroids=c, id_column="key")
+        out = semantic_dedup(gdf, **kw)
         got = out.compute()
     assert isinstance(got, cudf.DataFrame)
     got = got.to_pandas()
@@ -80,6 +82,19 @@ def test_semantic_dedup_matches_pandas(planted_df):
         atol=1e-5,
         equal_nan=True,
     )
+
+
+def test_border_pairs_and_budget_on_cudf(helpers):
+    """Border-aware with a packed shuffle (max_memory) on cuDF partitions: the pandas answer."""
+    bs = helpers.make_border_set()
+    pdf = helpers.frame(bs).reset_index()
+    kw = dict(centroids=bs.centroids, eps=0.05, id_column="key", max_memory="1MiB")
+    with dask.config.set(scheduler="threads"):
+        ref = semantic_dedup(dd.from_pandas(pdf, npartitions=3, sort=False), **kw).compute()
+        got = semantic_dedup(dask_cudf.from_cudf(to_cudf(pdf), npartitions=3), **kw).compute().to_pandas()
+    np.testing.assert_array_equal(got["duplicate"].to_numpy(), ref["duplicate"].to_numpy())
+    flagged = ref["duplicate"].to_numpy()
+    assert (got["duplicate_of"][flagged].to_numpy() == ref["duplicate_of"][flagged].to_numpy()).all()
 
 
 def test_exact_duplicates_cudf():

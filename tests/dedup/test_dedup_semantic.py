@@ -1,4 +1,10 @@
-"""semantic_dedup end to end against brute force over all pairs (NumPy, float64)."""
+"""semantic_dedup end to end against brute force (NumPy, float64).
+
+Most tests here run plain SemDeDup (``border_aware=False``, NeMo Curator's and the paper's
+algorithm) and check it against a brute force *within clusters*: the switch must keep giving
+exactly that answer. Border-aware runs are checked against brute force over all pairs in
+``test_dedup_border.py``; here only on the boundary pairs that plain SemDeDup misses.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from dask_clip.dedup import (
 )
 
 K = 10
-ARGS = dict(n_clusters=K, eps=0.01, seed=0, max_iter=20)
+ARGS = dict(n_clusters=K, eps=0.01, seed=0, max_iter=20, border_aware=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +109,8 @@ def test_recall_and_split_pairs(planted, result, helpers, capsys):
             assert flagged[g].sum() == len(g) - 1
 
 
-def test_split_pairs_are_the_only_misses(planted, planted_df, helpers, capsys):
-    """Plant pairs straddling the boundary of two given centroids: they split, and are missed."""
+def straddling(planted, planted_df, helpers):
+    """The planted set plus 5 pairs straddling the boundary of two given centroids."""
     ddf = dd.from_pandas(planted_df, npartitions=3, sort=False)
     c = train_centroids(ddf, "embedding", K, max_iter=ARGS["max_iter"], seed=0)
     rows = []
@@ -115,14 +121,44 @@ def test_split_pairs_are_the_only_misses(planted, planted_df, helpers, capsys):
         rows += [(mid + step) / np.linalg.norm(mid + step), (mid - step) / np.linalg.norm(mid - step)]
     x = np.concatenate([planted.x, np.array(rows, np.float32)])
     more = type(planted)(x, np.concatenate([planted.valid, np.ones(len(rows), bool)]), [], np.empty((0, 2)))
-    df = helpers.frame(more)
+    return more, helpers.frame(more), c
+
+
+def test_split_pairs_are_the_only_misses(planted, planted_df, helpers, capsys):
+    """Plain SemDeDup: pairs straddling the boundary of two centroids split, and are missed."""
+    more, df, c = straddling(planted, planted_df, helpers)
     with dask.config.set(scheduler="threads"):
         out = semantic_dedup(dd.from_pandas(df, npartitions=4, sort=False), **ARGS, centroids=c).compute()
     cl = out["cluster"].to_numpy()
     n = len(planted.x)
     assert all(cl[n + 2 * i] != cl[n + 2 * i + 1] for i in range(5))  # really split
-    pairs, same, recall = check_recall(more, out, helpers, "straddling pairs", capsys)
+    pairs, same, recall = check_recall(more, out, helpers, "straddling pairs, plain", capsys)
     assert (~same).sum() == 5 and recall == pytest.approx(1 - 5 / len(pairs))
+
+
+def test_border_aware_finds_the_split_pairs(planted, planted_df, helpers, capsys):
+    """The same 5 straddling pairs, border-aware (the default): all found, nothing else changes."""
+    more, df, c = straddling(planted, planted_df, helpers)
+    ddf = dd.from_pandas(df, npartitions=4, sort=False)
+    with dask.config.set(scheduler="threads"):
+        plain = semantic_dedup(ddf, **ARGS, centroids=c).compute()
+        out = semantic_dedup(ddf, **{**ARGS, "border_aware": True}, centroids=c).compute()
+    n = len(planted.x)
+    _, same, recall = check_recall(more, out, helpers, "straddling pairs, border-aware", capsys)
+    assert (~same).sum() == 5 and recall == 1.0
+    # each straddling pair: exactly one row flagged, naming the other, across the border
+    names = out.index.to_numpy()
+    for i in range(5):
+        a, b = n + 2 * i, n + 2 * i + 1
+        flagged = out["duplicate"].to_numpy()[[a, b]]
+        assert flagged.sum() == 1
+        dup, kept = (a, b) if flagged[0] else (b, a)
+        assert out["duplicate_of"].iloc[dup] == names[kept]
+        assert out["cluster"].iloc[dup] != out["cluster"].iloc[kept]
+    # every other row: exactly the plain answer
+    rest = np.ones(len(out), bool)
+    rest[n:] = False
+    pd.testing.assert_frame_equal(out[rest], plain[rest])
 
 
 def test_nulls(planted, result):

@@ -1,0 +1,305 @@
+"""Border-aware SemDeDup: rows close to another centroid are also compared across the border.
+
+SemDeDup compares rows only inside their k-means cluster, so a near-duplicate pair whose two
+rows fall into different clusters is never found. This module closes that hole with a bound,
+not a heuristic.
+
+Geometry
+--------
+Let ``a``, ``b`` be unit vectors with ``cos(a, b) >= 1 - eps``, so ``|a - b| <= delta =
+sqrt(2 eps)``. Let ``a`` be nearest to centroid ``c_A`` and ``b`` to ``c_B``, ``A != B``. Their
+*gaps* ``g_a = a.c_A - a.c_B >= 0`` and ``g_b = b.c_B - b.c_A >= 0`` add up to
+
+    g_a + g_b = (a - b).(c_A - c_B) <= delta * |c_A - c_B|        (Cauchy-Schwarz)
+
+so ``min(g_a, g_b) <= h_AB = delta * |c_A - c_B| / 2``, and the other gap is at most
+``2 h_AB - min(g_a, g_b)``. Hence:
+
+- a row ``a`` of cluster A is a **border row** of every cluster B with ``g_a(B) <= h_AB`` (all
+  such B, not only the second-nearest: the partner may sit in the third-nearest cluster);
+- in cluster B's block, a border row ``a`` from A is compared with the rows ``b`` of B whose own
+  gap towards A is at most ``2 h_AB - g_a(B)``.
+
+Every pair with cosine >= 1 - eps is then compared exactly once or twice, whatever the
+centroids: in its common cluster, or in the cluster of whichever row has the smaller gap. With
+``border_margin = f < 1`` the margins shrink by ``f`` and the same argument holds for
+``delta' = f * delta``: every pair with cosine >= ``1 - f**2 * eps`` is guaranteed, pairs
+between ``1 - eps`` and that are found unless their difference points along the centroids'
+difference. :data:`MARGIN_SLACK` absorbs float32 rounding of the similarities.
+
+Keep rule across a border
+-------------------------
+Within a cluster the order is the paper's (``(rank key, row id)``, the key of
+:func:`~dask_clip.dedup.assign.rank_keys` measured to the row's own centroid). Across a
+border the same key orders the two rows: the row ranked later is flagged and names the
+earlier one in ``duplicate_of``. Every pair is thus decided once, by one global order, and a
+cluster with no cross-border duplicate gets exactly the plain SemDeDup answer. Cross-border
+similarities count only when they reach ``1 - eps`` (the pairs the bound covers), so
+``max_similarity`` is the plain within-cluster value unless a cross-border duplicate was found.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MARGIN_SLACK",
+    "cluster_cross_candidates",
+    "duplicate_threshold",
+    "half_margins",
+    "margin_scale",
+    "merge_best",
+    "pair_margins",
+    "split_border_rows",
+]
+
+# Float32 similarities of unit vectors in a few hundred dimensions are off by ~1e-6; the
+# margins are widened by this much so rounding can never drop a pair the bound covers.
+MARGIN_SLACK = 1e-4
+
+
+def margin_scale(eps: float, fraction: float = 1.0) -> float:
+    """``fraction * sqrt(2 eps) / 2``: the margin of two clusters is this times ``|c_A - c_B|``.
+
+    Parameters
+    ----------
+    eps
+        The dedup threshold (duplicate when cosine >= 1 - eps).
+    fraction
+        ``border_margin``: 1 guarantees every pair within eps; ``f`` guarantees pairs within
+        ``f**2 * eps``.
+    """
+    return float(fraction * np.sqrt(2.0 * eps) / 2.0)
+
+
+def pair_margins(centroids: Any, a: Any, b: Any, scale: float) -> Any:
+    """The border margins ``h_AB = scale * |c_A - c_B| + MARGIN_SLACK`` of cluster pairs.
+
+    Computed from the centroids on the fly (never a ``(k, k)`` matrix: k may be 50,000).
+
+    Parameters
+    ----------
+    centroids
+        torch float32 ``(k, d)``, unit-length rows.
+    a, b
+        torch int64 index tensors of the same shape (or one of them a Python int).
+    scale
+        :func:`margin_scale`.
+
+    Returns
+    -------
+    torch.Tensor
+        float32, the shape of ``a`` / ``b``.
+    """
+    import torch
+
+    ca, cb = centroids[a], centroids[b]
+    if ca.dim() == 1 and cb.dim() == 2:
+        ca = ca.expand_as(cb)
+    elif cb.dim() == 1 and ca.dim() == 2:
+        cb = cb.expand_as(ca)
+    gram = (ca * cb).sum(dim=-1).clamp(-1.0, 1.0)
+    return scale * torch.sqrt(torch.clamp(2.0 - 2.0 * gram, min=0.0)) + MARGIN_SLACK
+
+
+def half_margins(centroids: np.ndarray, eps: float, fraction: float = 1.0) -> np.ndarray:
+    """All pair margins as a float32 ``(k, k)`` matrix, ``-inf`` on the diagonal (small k; tests)."""
+    import torch
+
+    c = torch.as_tensor(np.asarray(centroids, np.float32))
+    k = c.shape[0]
+    i, j = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+    h = pair_margins(c, i, j, margin_scale(eps, fraction)).numpy()
+    np.fill_diagonal(h, -np.inf)
+    return h
+
+
+def split_border_rows(sims: Any, labels: Any, centroids: Any, scale: float) -> tuple[Any, Any, Any]:
+    """The border rows of one block of rows: which row goes to which other cluster.
+
+    Parameters
+    ----------
+    sims
+        torch float32 ``(b, k)``: similarity of each row to every centroid.
+    labels
+        torch int64 ``(b,)``: each row's nearest centroid (argmax of ``sims``).
+    centroids
+        torch float32 ``(k, d)``, unit length.
+    scale
+        :func:`margin_scale`.
+
+    Returns
+    -------
+    rows, hosts : torch.Tensor
+        int64 ``(g,)``: row ``rows[i]`` is a border row of cluster ``hosts[i]``.
+    gaps : torch.Tensor
+        float32 ``(g,)``: ``sims[row, label] - sims[row, host]`` (>= 0).
+    """
+    top = sims.gather(1, labels[:, None])
+    gap = top - sims  # (b, k), >= 0; 0 at the own cluster
+    # cheap first cut by the widest possible margin (|c_A - c_B| <= 2), then each candidate
+    # against its own pair's margin
+    rows, hosts = torch_nonzero(gap <= 2 * scale + MARGIN_SLACK)
+    own = labels[rows]
+    rows, hosts, own = rows[hosts != own], hosts[hosts != own], own[hosts != own]
+    g = gap[rows, hosts]
+    keep = g <= pair_margins(centroids, own, hosts, scale)
+    return rows[keep], hosts[keep], g[keep]
+
+
+def torch_nonzero(mask: Any) -> tuple[Any, Any]:
+    """Row and column indices of the True entries of a 2-D bool tensor (row-major order)."""
+    idx = mask.nonzero()
+    return idx[:, 0], idx[:, 1]
+
+
+def duplicate_threshold(eps: float) -> float:
+    """The smallest float32 ``t`` with ``float64(t) >= 1 - eps``.
+
+    ``s >= t`` on float32 similarities then agrees with the float64 rule ``s >= 1 - eps`` that
+    flags duplicates (:func:`~dask_clip.dedup.workflow.is_duplicate`).
+    """
+    t = np.float32(1.0 - eps)
+    if float(t) < 1.0 - eps:
+        t = np.nextafter(t, np.float32(2.0))
+    return float(t)
+
+
+def merge_best(best: Any, part: Any, idx: Any, val: Any, cand: Any) -> None:
+    """Fold candidates into running maxima, in place: larger value wins, then smaller partner.
+
+    Parameters
+    ----------
+    best
+        torch float32 ``(n,)``: current best similarity per row (``-inf`` where none).
+    part
+        torch int64 ``(n,)``: current partner of each row (any value where ``best`` is -inf).
+    idx
+        torch int64 ``(m,)``: the rows the candidates are for (repeats allowed).
+    val
+        torch float32 ``(m,)``: candidate similarities.
+    cand
+        torch int64 ``(m,)``: candidate partners; smaller means ranked earlier.
+    """
+    import torch
+
+    if idx.numel() == 0:
+        return
+    order = torch.argsort(cand, stable=True)
+    order = order[torch.argsort(-val[order], stable=True)]
+    order = order[torch.argsort(idx[order], stable=True)]
+    i, v, c = idx[order], val[order], cand[order]
+    first = torch.ones_like(i, dtype=torch.bool)
+    first[1:] = i[1:] != i[:-1]
+    i, v, c = i[first], v[first], c[first]
+    cur, cur_part = best[i], part[i]
+    better = (v > cur) | ((v == cur) & (c < cur_part))
+    best[i[better]] = v[better]
+    part[i[better]] = c[better]
+
+
+def cluster_cross_candidates(
+    own_x: Any,
+    guest_x: Any,
+    *,
+    own_pos: Any,
+    guest_pos: Any,
+    guest_gap: Any,
+    guest_home: Any,
+    host: int,
+    centroids: Any,
+    scale: float,
+    threshold: float,
+    block_size: int,
+) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
+    """Cross-border duplicates between one cluster's own rows and its border rows.
+
+    For every neighbouring cluster ``A`` the border rows come from, only pairs whose gaps can
+    add up to at most ``2 h_A,host`` are multiplied: border rows sorted by gap, in chunks of
+    ``block_size``, each chunk against the host rows whose gap towards ``A`` leaves room for
+    the chunk's smallest gap, in ``block_size`` tiles (memory: one tile). Computing more pairs
+    than the bound needs changes nothing (only pairs at or above ``threshold`` count); the
+    bound only saves work.
+
+    Parameters
+    ----------
+    own_x
+        torch float32 ``(n, d)``: the host cluster's own rows, unit length.
+    guest_x
+        torch float32 ``(m, d)``: its border rows, unit length.
+    own_pos, guest_pos
+        torch int64 ``(n,)``, ``(m,)``: positions in the block's global rank order (smaller =
+        ranked earlier = kept first).
+    guest_gap, guest_home
+        torch float32 ``(m,)``, int64 ``(m,)``: each border row's gap towards the host
+        cluster, and its own cluster.
+    host
+        The host cluster.
+    centroids, scale
+        torch float32 ``(k, d)`` centroids and :func:`margin_scale`.
+    threshold
+        float32 similarity from which a pair counts (:func:`duplicate_threshold`).
+    block_size
+        Tile side.
+
+    Returns
+    -------
+    (own_idx, own_val, own_partner), (guest_idx, guest_val, guest_partner)
+        Candidates for own rows (partner: a border row ranked ahead) and for border rows
+        (partner: an own row ranked ahead): indices into ``own_x`` / ``guest_x``,
+        similarities, partner positions.
+    """
+    import torch
+
+    dev = own_x.device
+    # border rows grouped by their cluster, by gap within it
+    order = torch.argsort(guest_gap, stable=True)
+    order = order[torch.argsort(guest_home[order], stable=True)]
+    homes, counts = torch.unique_consecutive(guest_home[order], return_counts=True)
+    # host rows' gaps towards every neighbouring cluster at once: x.c_host - x.c_A
+    own_gap = (own_x @ centroids[host])[:, None] - own_x @ centroids[homes].T  # (n, H)
+    limit = 2 * pair_margins(centroids, homes, host, scale)  # (H,)
+    first_gap = guest_gap[order[torch.cumsum(counts, 0) - counts]]  # smallest gap per home
+    reach = own_gap <= (limit - first_gap)[None, :]  # (n, H): host rows any border row may pair with
+    active = torch.nonzero(reach.any(dim=0)).flatten().tolist()
+    starts = (torch.cumsum(counts, 0) - counts).tolist()
+    sizes = counts.tolist()
+    own_out: list[tuple[Any, Any, Any]] = []
+    guest_out: list[tuple[Any, Any, Any]] = []
+    for h in active:
+        rows = order[starts[h] : starts[h] + sizes[h]]
+        lim = float(limit[h])
+        column = own_gap[:, h]
+        for s in range(0, rows.numel(), block_size):
+            gi = rows[s : s + block_size]
+            hosts = torch.nonzero(column <= lim - float(guest_gap[gi[0]])).flatten()
+            if hosts.numel() == 0:
+                break  # border rows are sorted by gap: later chunks reach even fewer host rows
+            gx, gp = guest_x[gi], guest_pos[gi]
+            for t in range(0, hosts.numel(), block_size):
+                hi = hosts[t : t + block_size]
+                sim = gx @ own_x[hi].T
+                hit = sim >= threshold
+                if not bool(hit.any()):
+                    continue
+                r, c = torch_nonzero(hit)
+                v = sim[r, c]
+                hp = own_pos[hi][c]
+                g_first = gp[r] < hp  # the border row is ranked ahead: the host row is flagged
+                own_out.append((hi[c][g_first], v[g_first], gp[r][g_first]))
+                guest_out.append((gi[r][~g_first], v[~g_first], hp[~g_first]))
+    return _cat(own_out, dev), _cat(guest_out, dev)
+
+
+def _cat(parts: list[tuple[Any, Any, Any]], dev: Any) -> tuple[Any, Any, Any]:
+    import torch
+
+    if not parts:
+        return (
+            torch.empty(0, dtype=torch.int64, device=dev),
+            torch.empty(0, dtype=torch.float32, device=dev),
+            torch.empty(0, dtype=torch.int64, device=dev),
+        )
+    return tuple(torch.cat([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
