@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # child processes: ~10 s on a quiet 2-core machin
 def test_fuzz_run_finds_no_crash_hang_or_lost_row_and_sees_planted_ones(tmp_path):
     out = tmp_path / "fuzz.json"
     failures = tmp_path / "failures"
-    args = ["--cases", "100", "--inject-faults", "--timeout", "2", "--out", str(out), "--save-failures", str(failures)]
+    args = ["--cases", "100", "--inject-faults", "--timeout", "8", "--out", str(out), "--save-failures", str(failures)]
     proc = subprocess.run([sys.executable, str(FUZZ), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(out.read_text())

@@ -45,3 +45,10 @@ def test_curation_notebook_runs_offline(tmp_path):
     assert _images(dedup) == 1
     assert "planted copies caught:" in _text(dedup)
     assert (tmp_path / "curation-output" / "embeddings" / "part-00000.parquet").exists()
+    scores = next(c for c in code if "filter_parquet(" in c.source)
+    assert _images(scores) == 1
+    assert "kept" in _text(scores) and "removed" in _text(scores)
+    assert (tmp_path / "curation-output" / "filtered" / "_filter_summary.json").exists()
+    search = next(c for c in code if "search_text(" in c.source)
+    assert _images(search) == 1
+    assert "rank  similarity" in _text(search)

@@ -24,7 +24,7 @@ from dask_clip.decode import PILLOW, decode_bytes
 from dask_clip.pipeline import embed_rows
 from dask_clip.sources import get_source
 from dask_clip.spec import ModelSpec
-from dask_clip.testing import encode_image, png_bomb, write_model_dir
+from dask_clip.testing import encode_image, png_bomb, solid_png, write_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,11 @@ from dask_clip.models import get_model
 from dask_clip.prepare import prepare_chunk
 from dask_clip.sources import get_source
 from dask_clip.spec import ModelSpec
-from dask_clip.testing import solid_png
 
-n, model_dir = int(sys.argv[1]), sys.argv[2]
+n, model_dir, png = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 model = get_model(ModelSpec(model_dir=model_dir, device="cpu", precision="fp32"))
-blobs = [solid_png(6000, 5000, (i, 90, 200)) for i in range(n)]  # 90 MB each, decoded
+with open(png, "rb") as f:  # read, not made here: making it would set the peak before the chunk
+    blobs = [f.read()] * n  # 90 MB each, decoded
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 chunk = prepare_chunk(blobs, 0, get_source("bytes"), decoder=PILLOW, cfg=model.preprocess,
                       device=model.device, max_pixels=None, max_bytes=None)
@@ -52,7 +52,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
 """
 
 
-def _peak_kib(n: int, model_dir: str) -> int:
+def _peak_kib(n: int, model_dir: str, png: str) -> int:
     import dask
     import distributed  # noqa: F401 - loads the distributed config
 
@@ -60,7 +60,7 @@ def _peak_kib(n: int, model_dir: str) -> int:
     # hands freed image memory back instead of keeping it for later, as in production.
     worker_env = {k: str(v) for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()}
     out = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, str(n), model_dir],
+        [sys.executable, "-c", _PEAK_SCRIPT, str(n), model_dir, png],
         capture_output=True,
         text=True,
         check=True,
@@ -70,9 +70,11 @@ def _peak_kib(n: int, model_dir: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_chunk_never_holds_its_images_at_full_size(model_dir):
+def test_a_chunk_never_holds_its_images_at_full_size(model_dir, tmp_path):
     """Peak memory of a chunk of 8 images of 90 MB (decoded) is that of one, not of eight."""
-    one, eight = _peak_kib(1, model_dir), _peak_kib(8, model_dir)
+    png = tmp_path / "big.png"
+    png.write_bytes(solid_png(6000, 5000))
+    one, eight = _peak_kib(1, model_dir, str(png)), _peak_kib(8, model_dir, str(png))
     assert one > 60 * 1024  # one decode does show (about 90 MB of pixels)
     assert eight < 1.5 * one, (one, eight)
 

@@ -319,7 +319,7 @@ def test_every_worker_killed_ends_the_cli_with_one_line_and_a_rerun_resumes(tmp_
         assert cli.returncode == 1, log
         line = one_error_line(log)
         assert "no worker alive for 5 s" in line and "run the same command again to resume" in line
-        assert 5 <= waited < 40, waited
+        assert 4 <= waited < 40, waited  # from when the kill returned: the clock may start a little earlier
         done = len(list(out.glob("part-*.parquet")))
         assert 2 <= done < 24
         worker = start_worker(sched, tmp_path / "worker2.log")

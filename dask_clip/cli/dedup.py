@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         from ..dedup import dedup_parquet
     except ImportError as err:
         raise ImportError(f"dask-clip dedup needs the dedup extra ({err}): pip install 'dask-clip[dedup]'") from err
+    max_memory = check_memory("--max-memory", args.max_memory)  # before a cluster starts
     with connect(**options.cluster_options(args)) as client:
         options.say(f"cluster: {options.describe(client, args)}")
         summary = dedup_parquet(
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             which_to_keep=args.which_to_keep,
             seed=args.seed,
-            max_memory=check_memory("--max-memory", args.max_memory),
+            max_memory=max_memory,
             border_aware=not args.plain_semdedup,
             border_margin=args.border_margin,
         )

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from .report import results_html, results_records
     from .search import SearchIndex, load
     from .server import create_app, serve
-    from .text import encode_texts_open_clip
 
 _EXPORTS = {
     "BuildSummary": "builder",
@@ -32,7 +31,6 @@ _EXPORTS = {
     "build": "builder",
     "choose_index_key": "keys",
     "create_app": "server",
-    "encode_texts_open_clip": "text",
     "load": "search",
     "results_html": "report",
     "results_records": "report",
@@ -46,7 +44,6 @@ __all__ = [
     "build",
     "choose_index_key",
     "create_app",
-    "encode_texts_open_clip",
     "load",
     "results_html",
     "results_records",

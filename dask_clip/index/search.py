@@ -420,18 +420,18 @@ class SearchIndex:
             One text or a list (query ``i`` is ``texts[i]``).
         encode_text
             ``list[str] -> float32 (Q, D)``; default: the recorded model's text tower
-            (:func:`dask_clip.index.text.encode_texts_open_clip`).
+            (:func:`dask_clip.text_embedder.embed_texts`).
         k, kwargs
             As :meth:`search`.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         if encode_text is None:
-            from .text import encode_texts_open_clip
+            from ..text_embedder import embed_texts
 
             spec = self.model
             if spec is None:
                 raise ValueError("the index does not record the embedding model; pass encode_text=")
-            encode_text = functools.partial(encode_texts_open_clip, spec)
+            encode_text = functools.partial(embed_texts, spec)
         return self.search(np.asarray(encode_text(texts), dtype=np.float32), k, **kwargs)
 
 

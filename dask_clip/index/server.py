@@ -161,9 +161,9 @@ def create_app(
             spec = index.model
             if spec is None:
                 raise _Bad(503, "text search needs the embedding model; this index does not record it")
-            from .text import encode_texts_open_clip
+            from ..text_embedder import embed_texts
 
-            text_encoder = functools.partial(encode_texts_open_clip, spec)
+            text_encoder = functools.partial(embed_texts, spec)
         return np.asarray(text_encoder(texts), dtype=np.float32)
 
     def image_embedder() -> Any:
