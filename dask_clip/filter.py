@@ -275,7 +275,12 @@ def filter_parquet(
     )
     ddf = dd.read_parquet(input_path, dtype_backend="pyarrow", storage_options=storage_options)
     kept = _filtered(ddf, rules)
-    job = {"command": "filter", "input": location(input_path), "rules": [r.name for r in rules]}
+    # exact thresholds (the names round them to 6 digits for the summary)
+    job = {
+        "command": "filter",
+        "input": location(input_path),
+        "rules": [[r.column, r.op, list(r.value) if r.op == "in" else r.value] for r in rules],
+    }
     writes = write_tasks(kept, output_path, overwrite=overwrite, job=job, storage_options=storage_options)
     fs, root = url_to_fs(os.fspath(output_path), **(storage_options or {}))
     summary_file = f"{root.rstrip('/')}/{SUMMARY_FILE}"

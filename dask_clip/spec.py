@@ -39,8 +39,10 @@ class ModelSpec:
         (``config.json`` with ``model_type: clip`` + ``model.safetensors``, loaded with the ``hf``
         extra), or NeMo Curator's ``model_dir`` (with ``openai/clip-vit-large-patch14/`` in it).
     precision
-        ``"auto"`` (fp32 on CPU, bf16 on GPUs that support it, else fp16), ``"fp32"``,
-        ``"fp16"`` or ``"bf16"``. Low precisions run under autocast; embeddings are float32.
+        ``"auto"`` (fp32 on CPU; on GPUs fp16 weights, rows whose fp16 embedding overflows
+        recomputed under bf16 autocast), ``"fp32"``, ``"fp16"`` or ``"bf16"`` (fp32 weights
+        under autocast), ``"pure_fp16"`` or ``"pure_bf16"`` (weights held in that dtype).
+        Embeddings are float32 whatever the precision.
     device
         ``"auto"`` (the worker's ``cuda:0`` when CUDA is available, else CPU), ``"cpu"``,
         ``"cuda"``.

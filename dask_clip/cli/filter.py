@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         clip_score_column=args.clip_score_column,
         label_column=args.label_column,
     )
+    if all(v is None for v in (args.min_aesthetic, args.max_nsfw, args.min_clip_score, args.keep_label)):
+        raise ValueError("give at least one threshold: --min-aesthetic, --max-nsfw, --min-clip-score or --keep-label")
     filter_rules(**thresholds)  # a usage mistake is reported before a cluster starts
     with connect(**options.cluster_options(args)) as client:
         options.say(f"cluster: {options.describe(client)}")

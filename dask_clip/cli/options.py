@@ -196,7 +196,11 @@ def add_model_options(
         "--random-weights", action="store_true", help="seeded random weights, no download (tests, benchmarks)"
     )
     group.add_argument(
-        "--precision", choices=PRECISIONS, default="auto", help="auto: fp32 on CPU, bf16 (else fp16) on GPU"
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: fp32 on CPU; fp16 weights on GPU (rows that overflow are redone in bf16); "
+        "fp16/bf16: autocast; pure_fp16/pure_bf16: weights in that dtype",
     )
     group.add_argument("--device", choices=DEVICES, default="auto")
     group.add_argument(

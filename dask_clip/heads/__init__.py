@@ -5,7 +5,7 @@ A head is a frozen, picklable dataclass (its configuration travels in the task g
 the CLIP model it reads from (:func:`dask_clip.models.get_head`). See :class:`Head` for how to
 write one.
 
-The heads shipped here (``docs/heads.md``):
+The heads shipped here (``docs/models.md``):
 
 - :class:`AestheticHead`: LAION's improved aesthetic predictor, an AVA-like score of about 1-10;
 - :class:`NSFWHead`: LAION's CLIP-based NSFW detector, a probability in [0, 1];
