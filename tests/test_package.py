@@ -23,6 +23,24 @@ def test_import_loads_neither_torch_nor_a_gpu_library():
     assert out.stdout.strip() == "[]"
 
 
+def test_planning_a_model_dir_job_on_the_client_imports_no_torch(model_dir, tmp_path):
+    """The client reads, validates and plans; the workers import torch. Importing torch and
+    open_clip on the client costs seconds of a short job's start."""
+    from dask_clip.testing import encode_image, photo_crops
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, crop in enumerate(photo_crops(3, seed=0)):
+        (folder / f"{i}.jpg").write_bytes(encode_image(crop))
+    code = (
+        "import sys; from dask_clip import ImageEmbedder; from dask_clip.jobs import prepare_embed; "
+        f"job = prepare_embed({str(folder)!r}, {str(tmp_path / 'out')!r}, ImageEmbedder(model_dir={model_dir!r})); "
+        "print(len(job.todo), sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1 []"
+
+
 def _imports(path, modules: set[str], name: str) -> set[str]:
     """The dask_clip modules one module imports, anywhere in it (lazy imports in functions
     too), except under ``if TYPE_CHECKING:``, which never runs."""

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from . import arrow
 from . import dispatch as be
 from .kinds import FLOAT32, LIST_FLOAT32, PANDAS_DTYPES, STRING
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a tensor is made: the client side of a job (meta, column types, the
+# job plan) never needs it, and importing it costs seconds.
 
 _FRAME = (pd.DataFrame,)
 _SERIES = (pd.Series,)
@@ -125,7 +130,7 @@ def as_binary(series: pd.Series) -> pd.Series:
 
 
 def _host(values: Any) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
+    if hasattr(values, "detach"):  # a torch.Tensor, without importing torch
         return values.detach().cpu().numpy()
     return np.asarray(values)
 
@@ -162,6 +167,8 @@ def embedding_matrix(series: pd.Series, device: Any = None) -> tuple[torch.Tenso
     ``list``/``large_list``/``fixed_size_list`` Arrow columns, the ``large_binary`` rows of
     :func:`pack_rows`, and object columns of arrays (plain ``pd.read_parquet``).
     """
+    import torch
+
     n = len(series)
     dev = torch.device(device or "cpu")
     if n == 0:
@@ -253,6 +260,8 @@ def take_rows(df: pd.DataFrame, positions: Any) -> pd.DataFrame:
 
 @be.numeric_tensor.register(_SERIES)
 def numeric_tensor(series: pd.Series, device: Any = None) -> torch.Tensor:
+    import torch
+
     return torch.tensor(series.to_numpy(), device=device)  # copies: pandas may hand out read-only views
 
 
