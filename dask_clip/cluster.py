@@ -33,6 +33,7 @@ __all__ = [
     "CLUSTER_KINDS",
     "ClusterPlan",
     "connect",
+    "connect_early",
     "cpu_count",
     "cuda_context_exists",
     "gpu_count",
@@ -451,6 +452,43 @@ def _check_tls(address: str | None, security: Any) -> None:
         )
 
 
+def _open_client(
+    stack: contextlib.ExitStack,
+    scheduler_file: str | None,
+    scheduler_address: str | None,
+    security: Any,
+    preload: Any,
+    cluster_options: dict[str, Any],
+) -> Any:
+    """Connect (starting a local cluster when no scheduler is given); ``stack`` closes both."""
+    from distributed import Client
+
+    if scheduler_file and scheduler_address:
+        raise ValueError("pass scheduler_file or scheduler_address, not both")
+    if scheduler_file or scheduler_address:
+        given = sorted(k for k, v in cluster_options.items() if v is not None)
+        if given:
+            raise ValueError(f"local cluster options {given} do not apply to an existing cluster")
+        if security is True:
+            raise ValueError("security=True (a temporary certificate) only applies to a local cluster")
+        _check_tls(_scheduler_address(scheduler_file, scheduler_address), security)
+        if scheduler_file:
+            client = Client(scheduler_file=scheduler_file, security=security)
+        else:
+            client = Client(scheduler_address, security=security)
+    else:
+        cluster = stack.enter_context(local_cluster(security=security, **cluster_options))
+        client = Client(cluster)
+    # close(), not the client's context manager: that one resets a context variable, which
+    # fails when the client was opened in connect_early's thread and is closed in the caller's
+    stack.callback(client.close)
+    if preload is not None:
+        from .worker_setup import preload_model
+
+        client.run(preload_model, preload)  # returns at once: the load runs in a thread of each worker
+    return client
+
+
 @contextlib.contextmanager
 def connect(
     *,
@@ -458,6 +496,7 @@ def connect(
     scheduler_address: str | None = None,
     security: Any = None,
     worker_timeout: float | None = None,
+    preload: Any = None,
     **cluster_options: Any,
 ) -> Iterator[Any]:
     """A ``distributed.Client`` on an existing cluster, or on a new :func:`local_cluster`.
@@ -475,6 +514,9 @@ def connect(
         Seconds the cluster may have no worker at all while the block runs before
         :class:`~dask_clip.errors.NoWorkersError` is raised in the main thread
         (:func:`~dask_clip.watchdog.watch_workers`); None: wait for workers forever.
+    preload
+        A :class:`~dask_clip.spec.ModelSpec` whose model every worker starts loading as soon
+        as the client is connected (:func:`~dask_clip.worker_setup.preload_model`).
     **cluster_options
         For :func:`local_cluster` when neither is given.
 
@@ -483,29 +525,48 @@ def connect(
     distributed.Client
         Closed on exit, together with the local cluster it started, if any.
     """
-    from distributed import Client
+    from .watchdog import watch_workers
+
+    with contextlib.ExitStack() as stack:
+        client = _open_client(stack, scheduler_file, scheduler_address, security, preload, cluster_options)
+        stack.enter_context(watch_workers(client, worker_timeout))
+        yield client
+
+
+@contextlib.contextmanager
+def connect_early(*, worker_timeout: float | None = None, **connect_options: Any) -> Iterator[Any]:
+    """:func:`connect`, started now in a thread: the cluster starts while the caller plans its job.
+
+    Yields a function that waits for the client and returns it (watching its workers from then
+    on, as :func:`connect` does). On exit the client and the cluster close, also when the
+    function was never called (the job had nothing to do) or the caller failed meanwhile.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     from .watchdog import watch_workers
 
-    if scheduler_file and scheduler_address:
-        raise ValueError("pass scheduler_file or scheduler_address, not both")
-    if scheduler_file or scheduler_address:
-        given = sorted(k for k, v in cluster_options.items() if v is not None)
-        if given:
-            raise ValueError(f"local cluster options {given} do not apply to an existing cluster")
-        if security is True:
-            raise ValueError("security=True (a temporary certificate) only applies to a local cluster")
-        _check_tls(_scheduler_address(scheduler_file, scheduler_address), security)
-        if scheduler_file:
-            client = Client(scheduler_file=scheduler_file, security=security)
-        else:
-            client = Client(scheduler_address, security=security)
-        with client, watch_workers(client, worker_timeout):
-            yield client
-        return
-    with (
-        local_cluster(security=security, **cluster_options) as cluster,
-        Client(cluster) as client,
-        watch_workers(client, worker_timeout),
-    ):
-        yield client
+    options = dict(connect_options)
+    scheduler_file, scheduler_address = options.pop("scheduler_file", None), options.pop("scheduler_address", None)
+    security, preload = options.pop("security", None), options.pop("preload", None)
+    opened = contextlib.ExitStack()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="dask-clip-connect")
+    future = pool.submit(_open_client, opened, scheduler_file, scheduler_address, security, preload, options)
+
+    def close() -> None:
+        try:
+            future.result()  # a cluster that is still starting is closed once it has started
+        except BaseException:
+            pass
+        finally:
+            opened.close()
+            pool.shutdown()
+
+    with contextlib.ExitStack() as stack:
+        stack.callback(close)
+
+        def wait() -> Any:
+            client = future.result()
+            stack.enter_context(watch_workers(client, worker_timeout))
+            return client
+
+        yield wait

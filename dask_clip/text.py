@@ -119,6 +119,41 @@ def get_tokenizer(model: LoadedModel) -> Tokenizer:
     return model.tokenizer
 
 
+def _trims_exactly(module: torch.nn.Module) -> bool:
+    """Whether an open_clip model's text tower may run on captions cut to their longest length.
+
+    open_clip pads every caption to the context length (77) with zeros. Under the causal mask
+    of open_clip's ``CLIP`` text tower, no token attends to a later one, and the ``argmax``
+    pool reads the end-of-text token: the padding after the longest caption changes nothing,
+    yet costs most of the compute (web captions are 10-30 tokens).
+    """
+    from open_clip.model import CLIP
+
+    return (
+        isinstance(module, CLIP)
+        and getattr(module, "text_pool_type", None) == "argmax"
+        and getattr(module, "attn_mask", None) is not None
+        and getattr(module.transformer, "batch_first", True) is True
+    )
+
+
+def _encode_open_clip_trimmed(module: Any, text: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` on ``text`` (long (N, 77), zero-padded), without the
+    columns after the longest caption: the same values (see :func:`_trims_exactly`)."""
+    from open_clip.transformer import text_global_pool
+
+    length = max(1, int((text != 0).sum(dim=1).max())) if text.numel() else text.shape[1]
+    text = text[:, :length]
+    cast_dtype = module.transformer.get_cast_dtype()
+    x = module.token_embedding(text).to(cast_dtype) + module.positional_embedding[:length].to(cast_dtype)
+    x = module.transformer(x, attn_mask=module.attn_mask[:length, :length])
+    x = text_global_pool(module.ln_final(x), text, "argmax")
+    projection = module.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
 def encode_texts(model: LoadedModel, texts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
     """Embed texts with the model's text tower, in batches (halved on out-of-memory).
 
@@ -139,6 +174,7 @@ def encode_texts(model: LoadedModel, texts: Sequence[str], *, batch_size: int = 
     from .infer import is_out_of_memory
 
     tokenizer = get_tokenizer(model)
+    trimmed = model.kind != TRANSFORMERS and _trims_exactly(model.model)
     out = torch.empty((len(texts), model.embed_dim), dtype=torch.float32, device=model.device)
     start, size = 0, max(1, batch_size)
     with torch.inference_mode():
@@ -151,7 +187,11 @@ def encode_texts(model: LoadedModel, texts: Sequence[str], *, batch_size: int = 
                     dtype=model.autocast_dtype or torch.float32,
                     enabled=model.autocast_dtype is not None,
                 ):
-                    out[start : start + len(chunk)] = model.model.encode_text(**tokens).float()
+                    if trimmed:
+                        features = _encode_open_clip_trimmed(model.model, tokens["text"])
+                    else:
+                        features = model.model.encode_text(**tokens)
+                    out[start : start + len(chunk)] = features.float()
             except Exception as err:
                 if not is_out_of_memory(err) or len(chunk) == 1:
                     raise

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import click
 from distributed import WorkerPlugin
@@ -43,6 +44,7 @@ __all__ = [
     "dask_setup",
     "default_torch_threads",
     "keep_freed_memory",
+    "preload_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -195,6 +197,26 @@ class WorkerSetup(WorkerPlugin):
     def setup(self, worker: object) -> None:
         """Runs on the worker's event loop: cheap work only (no model loading)."""
         configure_worker(worker, self.torch_threads, log_task_errors=getattr(self, "log_task_errors", True))
+
+
+def preload_model(spec: object) -> None:
+    """Start loading ``spec``'s model in a background thread of this process, and return.
+
+    Run on every worker (``client.run(preload_model, spec, wait=False)``) as soon as a job's
+    model is known, so that the load overlaps the client's planning instead of starting with
+    the first task; that task then waits for it (:func:`dask_clip.models.get_model` loads once).
+    A load that fails is left to the first task, which raises the error where it is reported.
+    """
+
+    def load() -> None:
+        from .models import get_model
+
+        try:
+            get_model(spec)  # type: ignore[arg-type]
+        except Exception:
+            logger.debug("dask_clip: preloading the model failed; the first task will say why", exc_info=True)
+
+    threading.Thread(target=load, name="dask-clip-preload", daemon=True).start()
 
 
 @click.command()

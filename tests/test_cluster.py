@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from dask_clip import cluster as cl
@@ -254,3 +256,35 @@ def test_a_cluster_without_workers_raises_instead_of_waiting_forever():
         with cl.connect(scheduler_address=cluster.scheduler_address, worker_timeout=60):
             with pytest.raises(KeyboardInterrupt):
                 signal.raise_signal(signal.SIGINT)
+
+
+def test_connect_early_preloads_the_model_once_and_closes_a_cluster_it_never_used(model_dir):
+    """The CLI's start: the cluster (and the model on its workers) starts while the client plans."""
+    import time
+
+    from distributed import Client
+
+    from dask_clip import ImageEmbedder
+    from dask_clip.models import load_counts
+    from dask_clip.testing import encode_image, photo_crops
+
+    embedder = ImageEmbedder(model_dir=model_dir)
+    spec = embedder.spec
+    options = dict(n_workers=1, dashboard_address=None, worker_timeout=30)
+    with cl.connect_early(preload=spec, **options) as wait:
+        client = wait()
+        address = client.scheduler.address
+        deadline = time.monotonic() + 60
+        while client.run(lambda: load_counts().get(spec, 0)) != dict.fromkeys(client.nthreads(), 1):
+            assert time.monotonic() < deadline, "the workers never loaded the model"
+            time.sleep(0.2)  # loaded before any task asked for it
+        frame = pd.DataFrame(
+            {"image": pd.Series([encode_image(photo_crops(1, seed=0)[0])], dtype=pd.ArrowDtype(pa.binary()))}
+        )
+        out = client.submit(embedder.embed_partition, frame, pure=False).result()
+        assert out["embedding_error"].isna().all()
+        assert set(client.run(lambda: load_counts().get(spec, 0)).values()) == {1}  # not loaded twice
+    with pytest.raises(OSError), Client(address, timeout="2s"):
+        pass  # closed with the block
+    with cl.connect_early(**options):  # never waited for: e.g. every partition was already written
+        pass

@@ -150,7 +150,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect
+    from ..cluster import connect_early
     from ..embedder import ImageEmbedder
     from ..jobs import prepare_embed, run_embed
     from ..writer import remove_temporaries
@@ -175,24 +175,28 @@ def run(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
-    job = prepare_embed(
-        args.input,
-        args.output,
-        embedder,
-        image_column=args.image_column,
-        partition_size=args.partition_size,
-        split_row_groups=args.split_row_groups,
-        overwrite=args.overwrite,
-        input_format=args.input_format,
-        split_shards=args.split_shards,
-    )
-    total = job.frame.npartitions
-    if not job.todo:
-        remove_temporaries(args.output)  # a killed run's, even when every partition is there
-        print(f"dask-clip embed: all {total} partitions of {args.output} are already written; nothing to do")
-        return 0
-    options.say(f"{len(job.todo)} of {total} partitions to write" + ("" if len(job.todo) == total else " (resuming)"))
-    with connect(**options.cluster_options(args)) as client:
+    # The cluster starts (and its workers start loading the model) while this process reads
+    # and plans the job: on a short job, the fixed costs overlap instead of adding up.
+    with connect_early(preload=embedder.spec, **options.cluster_options(args)) as wait_for_client:
+        job = prepare_embed(
+            args.input,
+            args.output,
+            embedder,
+            image_column=args.image_column,
+            partition_size=args.partition_size,
+            split_row_groups=args.split_row_groups,
+            overwrite=args.overwrite,
+            input_format=args.input_format,
+            split_shards=args.split_shards,
+        )
+        total = job.frame.npartitions
+        if not job.todo:
+            remove_temporaries(args.output)  # a killed run's, even when every partition is there
+            print(f"dask-clip embed: all {total} partitions of {args.output} are already written; nothing to do")
+            return 0
+        todo = f"{len(job.todo)} of {total} partitions to write"
+        options.say(todo + ("" if len(job.todo) == total else " (resuming)"))
+        client = wait_for_client()
         options.say(f"cluster: {options.describe(client, args)}")
         summary = run_embed(
             job, overwrite=args.overwrite, client=client, progress=options.progress(args), retries=args.retries
