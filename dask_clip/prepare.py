@@ -25,6 +25,7 @@ import torch
 from .decode import Decoder
 from .preprocess import PreprocessConfig, normalize, resize_crop, to_chw
 from .sources import ImageSource
+from .worker_setup import release_freed_memory
 
 __all__ = ["PreparedChunk", "decode_stream", "prepare_chunk"]
 
@@ -97,6 +98,11 @@ def _chw_on(pixels: object, device: torch.device) -> torch.Tensor:
     return to_chw(image)
 
 
+# After an image with more decoded bytes than this, freed memory is handed back to the system
+# (worker_setup.release_freed_memory): a few such images must not leave gigabytes mapped.
+RELEASE_AFTER_BYTES = 64 * 2**20
+
+
 def _crop_share(
     payloads: Sequence[object],
     indices: Sequence[int],
@@ -121,8 +127,11 @@ def _crop_share(
             if pixels is None:
                 errors.append((indices[k], reason or "unknown"))
                 continue
+            large = pixels.shape[0] * pixels.shape[1] * 3 > RELEASE_AFTER_BYTES
             crops.append((indices[k], resize_crop(_chw_on(pixels, device), cfg)))
             del pixels
+            if large and device.type == "cpu":
+                release_freed_memory()
         del group  # the group's full-size pixels go before the next group is decoded
     return crops, errors, time.thread_time() - started
 

@@ -169,7 +169,8 @@ def prereduce(image: torch.Tensor, factors: tuple[int, int]) -> torch.Tensor:
     rows_per_band = max(1, _PREREDUCE_BAND_ELEMENTS // max(1, flat.shape[0] * flat.shape[1] * flat.shape[3] * kh))
     bands = []
     for top in range(0, flat.shape[2], rows_per_band * kh):
-        band = flat[:, :, top : top + rows_per_band * kh].to(torch.float32)
+        # contiguous first: a channels-last float band makes avg_pool2d allocate far more
+        band = flat[:, :, top : top + rows_per_band * kh].contiguous().to(torch.float32)
         reduced = torch.nn.functional.avg_pool2d(
             band, kernel_size=factors, stride=factors, ceil_mode=True, count_include_pad=False
         )
