@@ -15,7 +15,7 @@ defaults otherwise: ViT-B-32 with random weights, batch 32). The RSS of every pr
 run is sampled every 0.1 s (psutil); the worker's peak is compared with the budget documented
 in docs/robustness.md: the worker's RSS once the model is loaded, plus what its tasks hold
 (each task's partition of encoded bytes, and per decode thread one full-size image and its
-resize at most ``2 x max_decode_bytes``, plus the chunk's crops). Writes
+resize at most ``4 x max_decode_bytes``, plus the chunk's crops). Writes
 benchmarks/results/memory-<date>.json.
 """
 
@@ -191,12 +191,13 @@ def model_loaded_rss(model: str) -> float:
 
 def budget_mib(floor_mib: float, encoded_mib: float, tasks: int, decode_threads: int) -> float:
     """docs/robustness.md's worker budget: the loaded model, then per task its partition's encoded
-    bytes, 2 x max_decode_bytes per decode thread, and a chunk of crops (256 x 3 x 224 x 224)
-    as uint8 and float32."""
+    bytes, 4 x max_decode_bytes per decode thread (one image in Pillow's 4-byte RGB storage, its
+    pre-reduction and resize temporaries), and a chunk of crops (256 x 3 x 224 x 224) as uint8
+    and float32."""
     from dask_clip.decode import DEFAULT_DECODE_BUDGET
 
     crops = 256 * 3 * 224 * 224 * (1 + 4) / MiB
-    per_task = encoded_mib + decode_threads * 2 * DEFAULT_DECODE_BUDGET / MiB + crops
+    per_task = encoded_mib + decode_threads * 4 * DEFAULT_DECODE_BUDGET / MiB + crops
     return floor_mib + tasks * per_task
 
 

@@ -78,6 +78,13 @@ def write_image_files(folder: Path, n: int, *, seed: int = 1) -> list[Path]:
     return sorted(paths)
 
 
+def dask_worker_command(sched: Path, *extra: str) -> list[str]:
+    """``dask worker`` on a scheduler file as the docs start it: one worker process, one thread,
+    dask_clip's worker setup as a preload, on localhost."""
+    common = ["--preload", "dask_clip.worker_setup", "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1"]
+    return [str(BIN / "dask"), "worker", "--scheduler-file", str(sched), *common, *extra]
+
+
 def run_cli(*args: str, timeout: float = 180, check: bool = True, **popen: object) -> subprocess.CompletedProcess:
     """``python -m dask_clip.cli ARGS`` in a subprocess; stdout and stderr captured."""
     proc = subprocess.run(

@@ -13,6 +13,7 @@ import pytest
 from cli_support import (
     BIN,
     assert_same_rows,
+    dask_worker_command,
     reference,
     run_cli,
     subprocess_env,
@@ -60,23 +61,7 @@ def scheduler_file(tmp_path_factory):
         for i in range(2):
             procs.append(
                 _start(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        "--scheduler-file",
-                        str(sched),
-                        "--preload",
-                        "dask_clip.worker_setup",
-                        "--nworkers",
-                        "1",
-                        "--nthreads",
-                        "1",
-                        "--host",
-                        "127.0.0.1",
-                        "--name",
-                        f"node{i}",
-                        *common,
-                    ],
+                    dask_worker_command(sched, "--name", f"node{i}", *common),
                     folder / f"worker{i}.log",
                 )
             )

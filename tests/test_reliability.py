@@ -23,7 +23,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_support import BIN, assert_same_rows, reference, run_cli, subprocess_env, write_image_parquet
+from cli_support import (
+    BIN,
+    assert_same_rows,
+    dask_worker_command,
+    reference,
+    run_cli,
+    subprocess_env,
+    write_image_parquet,
+)
 
 from dask_clip.cli import main
 from dask_clip.testing import png_bomb, write_model_dir
@@ -93,23 +101,7 @@ def start_scheduler(folder: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
 def start_worker(sched: Path, log: Path, *extra: str) -> subprocess.Popen:
     """``dask worker``: a nanny process and its worker process, in a process group of their own."""
     return start(
-        [
-            str(BIN / "dask"),
-            "worker",
-            "--scheduler-file",
-            str(sched),
-            "--preload",
-            "dask_clip.worker_setup",
-            "--nworkers",
-            "1",
-            "--nthreads",
-            "1",
-            "--host",
-            "127.0.0.1",
-            "--dashboard-address",
-            "127.0.0.1:0",
-            *extra,
-        ],
+        dask_worker_command(sched, "--dashboard-address", "127.0.0.1:0", *extra),
         log,
         start_new_session=True,
     )

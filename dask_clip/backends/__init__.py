@@ -29,6 +29,9 @@ Frames (used by the dedup steps)
 
 from __future__ import annotations
 
+from dask.utils import Dispatch
+
+from . import dispatch
 from .dispatch import (
     arange_index,
     as_binary,
@@ -92,31 +95,7 @@ def _register_cudf() -> None:
     from . import cudf_backend  # noqa: F401 - registers on import
 
 
-for _function in (
-    arange_index,
-    as_binary,
-    binary_as_string,
-    byte_rows,
-    column_type,
-    content_hashes,
-    embedding_matrix,
-    empty_column,
-    flat_uint8_rows,
-    host_floats,
-    local_positions,
-    new_column,
-    new_frame,
-    nullable,
-    numeric_tensor,
-    object_rows,
-    on_device,
-    output_column,
-    pack_rows,
-    sample_values,
-    string_rows,
-    take,
-    take_rows,
-    with_columns,
-):
-    _function.register_lazy("pandas", _register_pandas)
-    _function.register_lazy("cudf", _register_cudf)
+for _function in vars(dispatch).values():  # every function declared there
+    if isinstance(_function, Dispatch):
+        _function.register_lazy("pandas", _register_pandas)
+        _function.register_lazy("cudf", _register_cudf)
