@@ -238,6 +238,17 @@ def test_worker_setup_keeps_freed_memory_so_tensors_are_not_faulted_in_again():
 
 def test_a_cluster_without_workers_raises_instead_of_waiting_forever():
     import signal
+
+    # Python's own Ctrl-C handler, whatever this run inherited (nohup and some CI runners ignore SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _no_workers_then_ctrl_c()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _no_workers_then_ctrl_c() -> None:
+    import signal
     import time
 
     from distributed import LocalCluster

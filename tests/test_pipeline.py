@@ -33,7 +33,8 @@ def tiny(model_dir):
 
 
 _PEAK_SCRIPT = """
-import resource, sys
+import sys, threading, time
+import psutil
 from dask_clip.decode import PILLOW
 from dask_clip.models import get_model
 from dask_clip.prepare import prepare_chunk
@@ -42,13 +43,25 @@ from dask_clip.spec import ModelSpec
 
 n, model_dir, png = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 model = get_model(ModelSpec(model_dir=model_dir, device="cpu", precision="fp32"))
-with open(png, "rb") as f:  # read, not made here: making it would set the peak before the chunk
+with open(png, "rb") as f:  # read, not made here
     blobs = [f.read()] * n  # 90 MB each, decoded
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+proc = psutil.Process()
+before = proc.memory_info().rss
+peak, done = [before], threading.Event()
+
+def sample():  # the RSS peak of this step alone (ru_maxrss would include the imports' peak)
+    while not done.is_set():
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        time.sleep(0.002)
+
+sampler = threading.Thread(target=sample)
+sampler.start()
 chunk = prepare_chunk(blobs, 0, get_source("bytes"), decoder=PILLOW, cfg=model.preprocess,
                       device=model.device, max_pixels=None, max_bytes=None)
+done.set()
+sampler.join()
 assert chunk.inputs.shape[0] == n
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+print((peak[0] - before) // 1024)
 """
 
 
