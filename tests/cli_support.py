@@ -78,6 +78,21 @@ def write_image_files(folder: Path, n: int, *, seed: int = 1) -> list[Path]:
     return sorted(paths)
 
 
+def dask_scheduler_command(sched: Path, *extra: str) -> list[str]:
+    """``dask scheduler`` writing ``sched``, on localhost, on a free port."""
+    return [
+        str(BIN / "dask"),
+        "scheduler",
+        "--scheduler-file",
+        str(sched),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        *extra,
+    ]
+
+
 def dask_worker_command(sched: Path, *extra: str) -> list[str]:
     """``dask worker`` on a scheduler file as the docs start it: one worker process, one thread,
     dask_clip's worker setup as a preload, on localhost."""

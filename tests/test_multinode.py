@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from cli_support import (
-    BIN,
     assert_same_rows,
+    dask_scheduler_command,
     dask_worker_command,
     reference,
     run_cli,
@@ -40,17 +40,7 @@ def scheduler_file(tmp_path_factory):
     common = ["--dashboard-address", "127.0.0.1:0"]
     procs = [
         _start(
-            [
-                str(BIN / "dask"),
-                "scheduler",
-                "--scheduler-file",
-                str(sched),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                *common,
-            ],
+            dask_scheduler_command(sched, *common),
             folder / "scheduler.log",
         )
     ]

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from cli_support import (
-    BIN,
     assert_same_rows,
+    dask_scheduler_command,
     dask_worker_command,
     reference,
     run_cli,
@@ -75,19 +75,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 def start_scheduler(folder: Path, *extra: str) -> tuple[subprocess.Popen, Path]:
     sched = folder / "scheduler.json"
     proc = start(
-        [
-            str(BIN / "dask"),
-            "scheduler",
-            "--scheduler-file",
-            str(sched),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-address",
-            "127.0.0.1:0",
-            *extra,
-        ],
+        dask_scheduler_command(sched, "--dashboard-address", "127.0.0.1:0", *extra),
         folder / "scheduler.log",
         start_new_session=True,
     )

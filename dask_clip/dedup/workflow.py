@@ -300,8 +300,7 @@ def prepare(
     )
     if border_aware:
         plan.border_scale = border.margin_scale(eps, border_margin)
-        plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
-    elif max_memory is not None:
+    if border_aware or max_memory is not None:
         plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
     usable = sample is not None and sample.x.shape[0] > 0 and sample.x.shape[1] == centroids.shape[1]
     if sample is not None and usable and (border_aware or max_memory is not None):
