@@ -275,6 +275,7 @@ def run(a: argparse.Namespace) -> dict:
         "partition_rows": a.partition_rows,
         "n_clusters": k,
         "max_iter": a.max_iter,
+        "max_train_rows": a.max_train_rows,
         "eps": a.eps,
         "border_aware": not a.plain,
         "max_memory": a.max_memory,
@@ -319,6 +320,7 @@ def run(a: argparse.Namespace) -> dict:
                     eps=a.eps,
                     n_clusters=k,
                     max_iter=a.max_iter,
+                    max_train_rows=a.max_train_rows,
                     columns=["id"],
                     max_memory=a.max_memory,
                     border_aware=not a.plain,
@@ -450,6 +452,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", choices=sorted(GENERATORS), default="isotropic")
     p.add_argument("--partition-rows", type=int, default=25_000)
     p.add_argument("--max-iter", type=int, default=20)
+    p.add_argument(
+        "--max-train-rows",
+        type=int,
+        default=None,
+        help="k-means sample (default: 256 per cluster, capped by the budget)",
+    )
     p.add_argument("--max-memory", default="1GiB", help="dedup budget of one task")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--worker-memory", default="4GiB", help="memory_limit of each worker process")

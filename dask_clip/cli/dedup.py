@@ -28,6 +28,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser.add_argument(
         "--n-clusters", type=options.positive_int, default=1000, metavar="K", help="k-means clusters (default: 1000)"
     )
+    parser.add_argument(
+        "--max-train-rows",
+        type=options.positive_int,
+        metavar="N",
+        help="k-means training sample (default: 256 per cluster, capped by --max-memory); more rows give "
+        "smoother centroids and fewer border rows",
+    )
     parser.add_argument("--embedding-column", default="embedding", metavar="NAME")
     parser.add_argument(
         "--id-column", metavar="NAME", help="column naming rows in duplicate_of (default: the row number)"
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             eps=args.eps,
             n_clusters=args.n_clusters,
+            max_train_rows=args.max_train_rows,
             embedding_column=args.embedding_column,
             id_column=args.id_column,
             drop_duplicates=args.drop_duplicates,

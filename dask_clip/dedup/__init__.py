@@ -11,7 +11,7 @@ finds pairs across cluster borders), :mod:`.pairwise` (blocked within-cluster ma
 from __future__ import annotations
 
 from ..validation import KEEP_RULES
-from .budget import ClusterTooLargeError
+from .budget import BorderTooWideError, ClusterTooLargeError
 from .exact import exact_duplicates
 from .kmeans import train_centroids
 from .pairwise import max_similarity_to_earlier
@@ -21,6 +21,7 @@ from .workflow import semantic_dedup
 
 __all__ = [
     "KEEP_RULES",
+    "BorderTooWideError",
     "ClusterTooLargeError",
     "dedup_parquet",
     "dedup_summary",

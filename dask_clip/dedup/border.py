@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "MARGIN_CHUNK",
     "MARGIN_SLACK",
     "cluster_cross_candidates",
     "duplicate_threshold",
@@ -74,10 +75,17 @@ def margin_scale(eps: float, fraction: float = 1.0) -> float:
     return float(fraction * np.sqrt(2.0 * eps) / 2.0)
 
 
+# Index pairs per gather in :func:`pair_margins`: bounds its two ``(pairs, d)`` temporaries
+# (64 MiB each at d = 512) however many border candidates a block of rows has.
+MARGIN_CHUNK = 32768
+
+
 def pair_margins(centroids: Any, a: Any, b: Any, scale: float) -> Any:
     """The border margins ``h_AB = scale * |c_A - c_B| + MARGIN_SLACK`` of cluster pairs.
 
-    Computed from the centroids on the fly (never a ``(k, k)`` matrix: k may be 50,000).
+    Computed from the centroids on the fly (never a ``(k, k)`` matrix: k may be 50,000), in
+    chunks of :data:`MARGIN_CHUNK` pairs, so memory does not grow with the number of pairs
+    times ``d``.
 
     Parameters
     ----------
@@ -95,12 +103,17 @@ def pair_margins(centroids: Any, a: Any, b: Any, scale: float) -> Any:
     """
     import torch
 
-    ca, cb = centroids[a], centroids[b]
-    if ca.dim() == 1 and cb.dim() == 2:
-        ca = ca.expand_as(cb)
-    elif cb.dim() == 1 and ca.dim() == 2:
-        cb = cb.expand_as(ca)
-    gram = (ca * cb).sum(dim=-1).clamp(-1.0, 1.0)
+    dev = centroids.device
+    a_t = torch.as_tensor(a, dtype=torch.int64, device=dev)
+    b_t = torch.as_tensor(b, dtype=torch.int64, device=dev)
+    a_t, b_t = torch.broadcast_tensors(a_t, b_t)
+    shape = a_t.shape
+    a_f, b_f = a_t.reshape(-1), b_t.reshape(-1)
+    gram = torch.empty(a_f.shape[0], dtype=centroids.dtype, device=dev)
+    for s in range(0, a_f.shape[0], MARGIN_CHUNK):
+        chunk = slice(s, s + MARGIN_CHUNK)
+        gram[chunk] = (centroids[a_f[chunk]] * centroids[b_f[chunk]]).sum(dim=-1)
+    gram = gram.clamp(-1.0, 1.0).reshape(shape)
     return scale * torch.sqrt(torch.clamp(2.0 - 2.0 * gram, min=0.0)) + MARGIN_SLACK
 
 

@@ -5,7 +5,10 @@
 - **k-means sample**: at most ``max_memory / SAMPLE_COPIES`` of embeddings are gathered on the
   client (the gathered Arrow column, its combined chunks, the float32 matrix, faiss' work);
 - **assign**: one input partition plus a ``(rows, k)`` similarity block of at most
-  ``max_memory / ASSIGN_BLOCK_SHARE``;
+  ``max_memory / ASSIGN_BLOCK_SHARE``, and the partition's payload (own rows plus one copy of
+  each border row per neighbouring cluster, with embeddings), held about
+  :data:`ASSIGN_PAYLOAD_COPIES` times: a payload larger than ``max_memory`` in all raises
+  :class:`BorderTooWideError` early, from the k-means sample's count of border rows;
 - **shuffle**: clusters are packed into output partitions of at most
   ``max_memory / PAIRWISE_COPIES`` of embeddings each (sizes estimated from the k-means
   sample), routed there by ``set_index`` on the partition number, through disk (P2P spills);
@@ -29,11 +32,15 @@ from ..errors import DaskClipError
 
 __all__ = [
     "ASSIGN_BLOCK_SHARE",
+    "ASSIGN_PAYLOAD_COPIES",
     "PAIRWISE_COPIES",
     "SAMPLE_COPIES",
+    "BorderTooWideError",
     "ClusterTooLargeError",
     "ShufflePlan",
     "assign_block_rows",
+    "assign_payload_bytes",
+    "check_assign_payload",
     "check_block",
     "format_bytes",
     "plan_shuffle",
@@ -43,6 +50,9 @@ __all__ = [
 SAMPLE_COPIES = 4
 PAIRWISE_COPIES = 4
 ASSIGN_BLOCK_SHARE = 8
+# The assign step holds its payload about twice: the float32 rows it is packed from (the
+# packed column is a zero-copy view of them) and the shards the shuffle cuts it into.
+ASSIGN_PAYLOAD_COPIES = 2
 # Bytes of one shuffled row besides its embedding: row id, clusters, gap, rank key, id, offsets.
 ROW_OVERHEAD = 48
 # Standard deviations below a sampled count for the early (client-side) error: an estimate is
@@ -95,6 +105,88 @@ class ClusterTooLargeError(DaskClipError, MemoryError):
             "n_clusters so that this cluster is split."
         )
         return cls(message, cluster, rows, needed)
+
+
+class BorderTooWideError(DaskClipError, MemoryError):
+    """Border rows would make one assign task's payload larger than ``max_memory``.
+
+    Every border row is copied once per neighbouring cluster it borders, so when the k-means
+    sample shows many border rows per row, the payload of a partition (and the shuffle) grows
+    by that factor. Raised on the client, before any task runs.
+
+    Attributes
+    ----------
+    border_rows_per_row : float
+        Estimated from the k-means sample.
+    needed : int
+        The smallest ``max_memory`` (bytes) that would hold the largest partition's payload.
+    """
+
+    def __init__(self, message: str, border_rows_per_row: float = 0.0, needed: int = 0) -> None:
+        super().__init__(message)
+        self.border_rows_per_row, self.needed = border_rows_per_row, needed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.border_rows_per_row, self.needed))
+
+
+def assign_payload_bytes(partition_rows: int, border_rows_per_row: float, dim: int) -> int:
+    """Bytes the assign step of a ``partition_rows`` partition holds of its payload (all copies)."""
+    rows = partition_rows * (1.0 + border_rows_per_row)
+    return int(rows * (dim * 4 + ROW_OVERHEAD) * ASSIGN_PAYLOAD_COPIES)
+
+
+def check_assign_payload(
+    partition_rows: int,
+    border_rows_per_row: float,
+    dim: int,
+    max_memory: int | None,
+    *,
+    half_margin_rows_per_row: float | None = None,
+    sample_rows_per_centroid: float | None = None,
+) -> None:
+    """Raise :class:`BorderTooWideError` if the largest partition's assign payload exceeds ``max_memory``.
+
+    Parameters
+    ----------
+    partition_rows
+        Rows of the largest input partition.
+    border_rows_per_row
+        Border rows per row, estimated from the k-means sample.
+    dim
+        Embedding dimension.
+    max_memory
+        The budget in bytes (None: no check).
+    half_margin_rows_per_row, sample_rows_per_centroid
+        Only for the message: the estimate at ``border_margin=0.5``, and the k-means sample's
+        rows per centroid.
+    """
+    if max_memory is None:
+        return
+    needed = assign_payload_bytes(partition_rows, border_rows_per_row, dim)
+    if needed <= max_memory:
+        return
+    half = (
+        f" border_margin=0.5 (pairs within eps/4 guaranteed) would give about {half_margin_rows_per_row:.2f};"
+        if half_margin_rows_per_row is not None
+        else " a smaller border_margin (--border-margin) copies fewer rows;"
+    )
+    thin = (
+        f" The k-means sample had {sample_rows_per_centroid:.0f} rows per centroid: rough centroids have "
+        "wide borders, and a larger sample (max_train_rows, --max-train-rows; 256 per centroid is faiss' "
+        "default) or more iterations make them thinner."
+        if sample_rows_per_centroid is not None
+        else ""
+    )
+    message = (
+        f"border-aware dedup: rows border about {border_rows_per_row:.2f} other clusters each (estimated from "
+        f"the k-means sample), so the assign step of a {partition_rows:,}-row partition would hold "
+        f"{partition_rows * (1 + border_rows_per_row):,.0f} payload rows, {format_bytes(needed)} with its copies, "
+        f"more than max_memory={format_bytes(max_memory)}, and the shuffle would move {1 + border_rows_per_row:.1f}x "
+        f"the embeddings.{thin} Otherwise:{half} smaller input partitions bound the step but not the shuffle; "
+        "border_aware=False (--plain-semdedup) is plain SemDeDup."
+    )
+    raise BorderTooWideError(message, border_rows_per_row, needed)
 
 
 def check_block(cluster: int, own: int, border: int, dim: int, max_memory: int | None) -> None:

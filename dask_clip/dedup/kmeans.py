@@ -65,11 +65,14 @@ class Sample:
         Rows of the input (with or without an embedding).
     drawn_rows : int
         Rows drawn (``m`` plus the drawn rows that had no embedding).
+    largest_partition : int
+        Rows of the input's largest partition.
     """
 
     x: np.ndarray
     total_rows: int
     drawn_rows: int
+    largest_partition: int = 0
 
     @property
     def scale(self) -> float:
@@ -138,7 +141,8 @@ def draw_sample(
     del picked  # the gathered column: one copy less while normalising
     if x.shape[0] == 0 and total > max_rows:
         raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
-    return Sample(normalize_rows(_frame.to_host(x), inplace=True), total, len(chosen))
+    largest = int(lengths.max(initial=0))
+    return Sample(normalize_rows(_frame.to_host(x), inplace=True), total, len(chosen), largest)
 
 
 def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0) -> np.ndarray:
@@ -259,15 +263,17 @@ def train_centroids(
 ) -> np.ndarray:
     """Sample (:func:`draw_sample`) then fit (:func:`fit_centroids`).
 
-    ``max_train_rows`` defaults to ``256 * n_clusters``, capped by ``max_memory`` (bytes);
+    ``max_train_rows`` defaults to ``256 * n_clusters``, capped by ``max_memory`` (bytes; an
+    explicit ``max_train_rows`` is taken as given: the sample is held by the client, not a task);
     ``gpu=None`` uses faiss-gpu when a GPU is visible to the client; ``sample``: train on this
     one instead of drawing. Returns float32 ``(k, d)`` unit-length centroids (a ``(1, 1)``
     placeholder, with a warning, when no row has an embedding).
     """
     if sample is None:
+        cap = max_memory if max_train_rows is None else None
         if max_train_rows is None:
             max_train_rows = TRAIN_ROWS_PER_CENTROID * n_clusters
-        sample = draw_sample(ddf, embedding_column, max_rows=max_train_rows, seed=seed, max_memory=max_memory)
+        sample = draw_sample(ddf, embedding_column, max_rows=max_train_rows, seed=seed, max_memory=cap)
     x = sample.x
     if x.shape[0] == 0:  # every row was looked at: nothing to cluster, every row will be kept
         warnings.warn("no row has an embedding: nothing to deduplicate", UserWarning, stacklevel=2)

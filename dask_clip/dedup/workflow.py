@@ -128,7 +128,8 @@ def semantic_dedup(
         k-means iterations (faiss ``niter``).
     max_train_rows
         Training sample size; default ``256 * n_clusters`` (faiss' ``max_points_per_centroid``),
-        capped by ``max_memory``.
+        capped by ``max_memory`` (a given value is not capped: the client holds the sample).
+        Fewer rows per centroid give rougher centroids and more border rows.
     block_size
         Tile side of the pairwise step (NeMo Curator's ``pairwise_batch_size``).
     id_column
@@ -272,7 +273,9 @@ def prepare(
     sample = None
     if centroids is None or max_memory is not None:
         rows = max_train_rows or kmeans.TRAIN_ROWS_PER_CENTROID * (n_clusters if centroids is None else len(centroids))
-        sample = kmeans.draw_sample(ddf, embedding_column, max_rows=rows, seed=seed, max_memory=max_memory)
+        # max_memory caps the default sample only: an explicit max_train_rows is the caller's choice
+        cap = max_memory if max_train_rows is None else None
+        sample = kmeans.draw_sample(ddf, embedding_column, max_rows=rows, seed=seed, max_memory=cap)
     if centroids is None:
         centroids = kmeans.train_centroids(
             ddf,
@@ -302,6 +305,8 @@ def prepare(
         plan.border_scale = border.margin_scale(eps, border_margin)
     if border_aware or max_memory is not None:
         plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
+    if sample is not None:
+        plan.info["sample_rows"] = int(sample.x.shape[0])
     usable = sample is not None and sample.x.shape[0] > 0 and sample.x.shape[1] == centroids.shape[1]
     if sample is not None and usable and (border_aware or max_memory is not None):
         own, guests = sample_block_counts(sample.x, centroids, plan.border_scale)
@@ -317,6 +322,8 @@ def prepare(
                 UserWarning,
                 stacklevel=3,
             )
+        if border_aware and max_memory is not None:
+            check_border_payload(plan, sample, own, per_row, max_memory)
         if max_memory is not None:
             plan.shuffle_plan = budget.plan_shuffle(
                 own,
@@ -334,6 +341,26 @@ def prepare(
                 per_row,
             )
     return plan
+
+
+def check_border_payload(
+    plan: DedupPlan, sample: kmeans.Sample, own: np.ndarray, per_row: float, max_memory: int
+) -> None:
+    """:func:`.budget.check_assign_payload` for the largest input partition, before any task runs."""
+    partition_rows = sample.largest_partition
+    dim = plan.centroids.shape[1]
+    if plan.border_scale is None or budget.assign_payload_bytes(partition_rows, per_row, dim) <= max_memory:
+        return
+    # only for the message: what half the margin would cost
+    _, half_guests = sample_block_counts(sample.x, plan.centroids, plan.border_scale / 2)
+    budget.check_assign_payload(
+        partition_rows,
+        per_row,
+        dim,
+        max_memory,
+        half_margin_rows_per_row=float(half_guests.sum() / max(own.sum(), 1)),
+        sample_rows_per_centroid=sample.x.shape[0] / plan.centroids.shape[0],
+    )
 
 
 def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,8 @@ junctions where each row's second-nearest centroid is a third cluster, and rando
 
 from __future__ import annotations
 
+import pickle
+
 import dask
 import dask.dataframe as dd
 import numpy as np
@@ -14,9 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dask_clip.dedup import semantic_dedup
-from dask_clip.dedup.assign import random_keys
+from dask_clip.dedup import BorderTooWideError, border, semantic_dedup
+from dask_clip.dedup.assign import nearest_centroid_and_border, random_keys
 from dask_clip.dedup.border import MARGIN_SLACK, half_margins, margin_scale, split_border_rows
+from dask_clip.dedup.budget import sample_rows_cap
+from dask_clip.dedup.workflow import prepare
 
 EPS = (0.01, 0.05)
 
@@ -194,3 +198,56 @@ def test_warns_when_border_rows_outnumber_rows(border_df):
     ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
     with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match=r"border rows per row.*border_margin"):
         semantic_dedup(ddf, n_clusters=16, eps=0.3, max_iter=10)
+
+
+def test_pair_margins_in_chunks_equal_the_formula(monkeypatch):
+    """Margins are gathered in chunks (bounded memory); every chunk boundary gives the formula."""
+    monkeypatch.setattr(border, "MARGIN_CHUNK", 7)
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((40, 8))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    scale = margin_scale(0.02)
+
+    def expected(a, b):
+        gram = np.clip((c[a] * c[b]).sum(axis=-1), -1, 1)
+        return scale * np.sqrt(np.maximum(2 - 2 * gram, 0)) + MARGIN_SLACK
+
+    ct = torch.from_numpy(c.astype(np.float32))
+    a = rng.integers(0, 40, 1000)
+    b = (a + rng.integers(1, 40, 1000)) % 40  # distinct clusters (at a == b float32 rounding is ~1e-5)
+    got = border.pair_margins(ct, torch.from_numpy(a), torch.from_numpy(b), scale)
+    np.testing.assert_allclose(got.numpy(), expected(a, b), atol=2e-6)
+    a2 = rng.integers(6, 40, (30, 40))
+    got2 = border.pair_margins(ct, torch.from_numpy(a2), 5, scale)
+    assert got2.shape == (30, 40)
+    np.testing.assert_allclose(got2.numpy(), expected(a2, np.full_like(a2, 5)), atol=2e-6)
+
+
+def test_border_payload_beyond_the_budget_is_refused_early(border_set, border_df):
+    """Wide margins copy each row to many clusters: with max_memory that is an early, clear error."""
+    ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
+    kw = dict(centroids=border_set.centroids, eps=0.3, max_train_rows=2000)
+    with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match="border rows per row"):
+        with pytest.raises(BorderTooWideError, match=r"border about .* other clusters.*border_margin=0\.5") as err:
+            semantic_dedup(ddf, max_memory="1MiB", **kw)
+    e = pickle.loads(pickle.dumps(err.value))  # travels from a worker intact
+    assert isinstance(e, MemoryError) and e.needed == err.value.needed > 2**20
+    # the estimate is the real count within sampling error
+    x = torch.nn.functional.normalize(torch.from_numpy(border_set.x), dim=1)
+    c = torch.from_numpy(border_set.centroids)
+    _, _, (rows, _, _) = nearest_centroid_and_border(x, c, margin_scale(0.3))
+    real = len(rows) / len(x)
+    assert real > 1 and err.value.border_rows_per_row == pytest.approx(real, rel=0.15)
+    # a budget that holds the payload plans the run
+    with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match="border rows per row"):
+        plan = prepare(ddf, max_memory=err.value.needed * 2, **kw)
+    assert plan.border_aware and plan.info["estimated_border_rows_per_row"] > 1
+
+
+def test_max_memory_caps_only_the_default_sample(border_set, border_df):
+    ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
+    cap = sample_rows_cap(2**20, border_set.x.shape[1])
+    kw = dict(centroids=border_set.centroids, eps=0.01, max_memory="1MiB")
+    with dask.config.set(scheduler="threads"):
+        assert prepare(ddf, **kw).info["sample_rows"] == cap < 256 * len(border_set.centroids)
+        assert prepare(ddf, max_train_rows=cap + 500, **kw).info["sample_rows"] == cap + 500
