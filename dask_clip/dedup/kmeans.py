@@ -109,13 +109,13 @@ def draw_sample(
     """
     import dask
 
-    sub = ddf[[embedding_column]]
-    # the lengths of the same partitions as the gather's, and the width, in one pass
-    lengths, dims = dask.compute(
-        sub.map_partitions(len, meta=(None, "int64")),
-        sub.map_partitions(_embedding_dim, embedding_column, meta=(None, "int64")),
+    # the same partition objects for both passes, so the positions match what the gather reads
+    parts = ddf[[embedding_column]].to_delayed()
+    lengths_dims = dask.compute(
+        *((dask.delayed(len)(part), dask.delayed(_embedding_dim)(part, embedding_column)) for part in parts)
     )
-    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = np.asarray([n for n, _ in lengths_dims], dtype=np.int64)
+    dims = [d for _, d in lengths_dims]
     cap = budget.sample_rows_cap(max_memory, int(np.max(np.asarray(dims, dtype=np.int64), initial=0)))
     if cap is not None and cap < max_rows:
         logger.info("k-means sample capped at %d rows by max_memory (asked: %d)", cap, max_rows)
@@ -130,19 +130,22 @@ def draw_sample(
     bounds = np.searchsorted(chosen, offsets)
     local = [chosen[bounds[p] : bounds[p + 1]] - offsets[p] for p in range(len(lengths))]
 
-    # one Delayed holding every partition's positions: the graph carries it once, not per task
-    picked = sub.map_partitions(
-        _take_positions,
-        local=dask.delayed(local, traverse=False),
-        meta=sub._meta,
-        enforce_metadata=False,
-    ).compute()
-    x, _ = backends.embedding_matrix(picked[embedding_column], device="cpu")
-    del picked  # the gathered column: one copy less while normalising
+    # one task per partition returns its sampled rows as a float32 matrix straight to the client:
+    # no worker ever holds the whole sample (a DataFrame .compute() concatenates on one worker)
+    pieces = dask.compute(
+        *(
+            dask.delayed(_sampled_rows)(part, local[p], embedding_column)
+            for p, part in enumerate(parts)
+            if len(local[p])
+        )
+    )
+    pieces = [piece for piece in pieces if piece.shape[0]]
+    x = np.concatenate(pieces) if pieces else np.zeros((0, 0), np.float32)
+    del pieces
     if x.shape[0] == 0 and total > max_rows:
         raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
     largest = int(lengths.max(initial=0))
-    return Sample(normalize_rows(_frame.to_host(x), inplace=True), total, len(chosen), largest)
+    return Sample(normalize_rows(x, inplace=True), total, len(chosen), largest)
 
 
 def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0) -> np.ndarray:
@@ -176,10 +179,10 @@ def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: i
     return draw_sample(ddf, embedding_column, max_rows=max_rows, seed=seed).x
 
 
-def _take_positions(df: Any, local: list[np.ndarray], partition_info: dict | None = None) -> Any:
-    if partition_info is None:  # meta computation
-        return df.iloc[:0]
-    return df.iloc[local[partition_info["number"]]]
+def _sampled_rows(df: Any, positions: np.ndarray, embedding_column: str) -> np.ndarray:
+    """The embeddings at ``positions`` of one partition that have one: float32 ``(m, d)`` on the host."""
+    x, _ = backends.embedding_matrix(df[embedding_column].iloc[positions], device="cpu")
+    return np.ascontiguousarray(_frame.to_host(x), dtype=np.float32)
 
 
 def fit_centroids(
