@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--max-memory",
         metavar="SIZE",
         help="memory budget of one task, e.g. 4GiB: bounds the default k-means sample, the assignment blocks and "
-        "the per-cluster blocks; a cluster or a partition's border rows that cannot fit is an error (default: no budget)",
+        "the per-cluster blocks; a cluster or a partition's border rows that cannot fit is an error "
+        "(default: no budget)",
     )
     parser.add_argument(
         "--plain-semdedup",

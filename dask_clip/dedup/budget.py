@@ -246,8 +246,8 @@ def plan_shuffle(
     Parameters
     ----------
     own_counts, border_counts
-        int64 ``(k,)``: rows of the k-means sample nearest to each cluster, and sampled border
-        rows each cluster receives.
+        ``(k,)``: rows of the k-means sample nearest to each cluster, and border rows each
+        cluster receives per as many rows (estimated on held-out rows, so possibly fractional).
     scale
         Input rows per sampled row.
     dim

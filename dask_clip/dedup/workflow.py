@@ -275,7 +275,8 @@ def prepare(
         rows = max_train_rows or kmeans.TRAIN_ROWS_PER_CENTROID * (n_clusters if centroids is None else len(centroids))
         # max_memory caps the default sample only: an explicit max_train_rows is the caller's choice
         cap = max_memory if max_train_rows is None else None
-        sample = kmeans.draw_sample(ddf, embedding_column, max_rows=rows, seed=seed, max_memory=cap)
+        estimate = border_aware or max_memory is not None  # border rows counted on held-out rows
+        sample = kmeans.draw_sample(ddf, embedding_column, max_rows=rows, seed=seed, max_memory=cap, held_out=estimate)
     if centroids is None:
         centroids = kmeans.train_centroids(
             ddf,
@@ -309,7 +310,7 @@ def prepare(
         plan.info["sample_rows"] = int(sample.x.shape[0])
     usable = sample is not None and sample.x.shape[0] > 0 and sample.x.shape[1] == centroids.shape[1]
     if sample is not None and usable and (border_aware or max_memory is not None):
-        own, guests = sample_block_counts(sample.x, centroids, plan.border_scale)
+        own, guests = estimate_block_counts(sample, centroids, plan.border_scale)
         per_row = float(guests.sum() / max(own.sum(), 1))
         plan.info["estimated_border_rows_per_row"] = per_row
         if border_aware and per_row > BORDER_ROWS_WARNING:
@@ -352,7 +353,7 @@ def check_border_payload(
     if plan.border_scale is None or budget.assign_payload_bytes(partition_rows, per_row, dim) <= max_memory:
         return
     # only for the message: what half the margin would cost
-    _, half_guests = sample_block_counts(sample.x, plan.centroids, plan.border_scale / 2)
+    _, half_guests = estimate_block_counts(sample, plan.centroids, plan.border_scale / 2)
     budget.check_assign_payload(
         partition_rows,
         per_row,
@@ -361,6 +362,30 @@ def check_border_payload(
         half_margin_rows_per_row=float(half_guests.sum() / max(own.sum(), 1)),
         sample_rows_per_centroid=sample.x.shape[0] / plan.centroids.shape[0],
     )
+
+
+def estimate_block_counts(
+    sample: kmeans.Sample, centroids: np.ndarray, scale: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sampled rows per cluster, and border rows per cluster scaled to the same sample.
+
+    Border rows are counted on the sample's held-out rows when it has them (k-means fitted the
+    training rows, which sit closer to their centroids than unseen rows do), then scaled to the
+    training sample's size; otherwise on the training rows.
+
+    Returns
+    -------
+    own : numpy.ndarray
+        int64 ``(k,)``, training rows nearest to each cluster.
+    guests : numpy.ndarray
+        float64 ``(k,)``, border rows each cluster receives, per the same number of rows.
+    """
+    own, guests = sample_block_counts(sample.x, centroids, scale)
+    held = sample.held_out
+    if scale is not None and held.shape[0] and held.shape[1] == centroids.shape[1]:
+        _, held_guests = sample_block_counts(held, centroids, scale)
+        return own, held_guests * (sample.x.shape[0] / held.shape[0])
+    return own, guests.astype(np.float64)
 
 
 def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:

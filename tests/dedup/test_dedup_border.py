@@ -20,6 +20,7 @@ from dask_clip.dedup import BorderTooWideError, border, semantic_dedup
 from dask_clip.dedup.assign import nearest_centroid_and_border, random_keys
 from dask_clip.dedup.border import MARGIN_SLACK, half_margins, margin_scale, split_border_rows
 from dask_clip.dedup.budget import sample_rows_cap
+from dask_clip.dedup.kmeans import draw_sample
 from dask_clip.dedup.workflow import prepare
 
 EPS = (0.01, 0.05)
@@ -251,3 +252,22 @@ def test_max_memory_caps_only_the_default_sample(border_set, border_df):
     with dask.config.set(scheduler="threads"):
         assert prepare(ddf, **kw).info["sample_rows"] == cap < 256 * len(border_set.centroids)
         assert prepare(ddf, max_train_rows=cap + 500, **kw).info["sample_rows"] == cap + 500
+
+
+def test_border_rows_are_estimated_on_rows_kmeans_did_not_fit(border_set, border_df):
+    """Training rows sit closer to their centroids than unseen rows: the estimate uses held-out rows."""
+    ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
+    eps = 0.05
+    with dask.config.set(scheduler="threads"):
+        plan = prepare(ddf, n_clusters=16, eps=eps, max_iter=20, max_train_rows=800)
+        sample = draw_sample(ddf, "embedding", max_rows=800, held_out=True)
+        plain = draw_sample(ddf, "embedding", max_rows=800)
+    np.testing.assert_array_equal(sample.x, plain.x)  # asking for held-out rows leaves training alone
+    assert len(sample.held_out) == len(border_df) - 800
+    c = torch.from_numpy(plan.centroids)
+    per_row = {}
+    for name, rows in (("train", sample.x), ("held", sample.held_out)):
+        _, _, (r, _, _) = nearest_centroid_and_border(torch.from_numpy(rows), c, margin_scale(eps))
+        per_row[name] = len(r) / len(rows)
+    assert per_row["train"] < per_row["held"]
+    assert plan.info["estimated_border_rows_per_row"] == pytest.approx(per_row["held"], rel=1e-9)
