@@ -40,7 +40,6 @@ __all__ = [
     "ShufflePlan",
     "assign_block_rows",
     "assign_payload_bytes",
-    "check_assign_payload",
     "check_block",
     "format_bytes",
     "plan_shuffle",
@@ -129,64 +128,42 @@ class BorderTooWideError(DaskClipError, MemoryError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.border_rows_per_row, self.needed))
 
+    @classmethod
+    def build(
+        cls,
+        partition_rows: int,
+        border_rows_per_row: float,
+        dim: int,
+        max_memory: int,
+        *,
+        half_margin_rows_per_row: float,
+        sample_rows_per_centroid: float,
+    ) -> BorderTooWideError:
+        """The error for the largest partition (``partition_rows``), with what to change.
+
+        ``half_margin_rows_per_row`` and ``sample_rows_per_centroid`` are only for the message:
+        the estimate at ``border_margin=0.5``, and the k-means sample's rows per centroid.
+        """
+        needed = assign_payload_bytes(partition_rows, border_rows_per_row, dim)
+        message = (
+            f"border-aware dedup: rows border about {border_rows_per_row:.2f} other clusters each (estimated "
+            f"from the k-means sample), so the assign step of a {partition_rows:,}-row partition would hold "
+            f"{partition_rows * (1 + border_rows_per_row):,.0f} payload rows, {format_bytes(needed)} with its "
+            f"copies, more than max_memory={format_bytes(max_memory)}, and the shuffle would move "
+            f"{1 + border_rows_per_row:.1f}x the embeddings. The k-means sample had {sample_rows_per_centroid:.0f} "
+            "rows per centroid: rough centroids have wide borders, and a larger sample (max_train_rows, "
+            "--max-train-rows; 256 per centroid is faiss' default) or more iterations make them thinner. "
+            f"Otherwise: border_margin=0.5 (pairs within eps/4 guaranteed) would give about "
+            f"{half_margin_rows_per_row:.2f}; smaller input partitions bound the step but not the shuffle; "
+            "border_aware=False (--plain-semdedup) is plain SemDeDup."
+        )
+        return cls(message, border_rows_per_row, needed)
+
 
 def assign_payload_bytes(partition_rows: int, border_rows_per_row: float, dim: int) -> int:
     """Bytes the assign step of a ``partition_rows`` partition holds of its payload (all copies)."""
     rows = partition_rows * (1.0 + border_rows_per_row)
     return int(rows * (dim * 4 + ROW_OVERHEAD) * ASSIGN_PAYLOAD_COPIES)
-
-
-def check_assign_payload(
-    partition_rows: int,
-    border_rows_per_row: float,
-    dim: int,
-    max_memory: int | None,
-    *,
-    half_margin_rows_per_row: float | None = None,
-    sample_rows_per_centroid: float | None = None,
-) -> None:
-    """Raise :class:`BorderTooWideError` if the largest partition's assign payload exceeds ``max_memory``.
-
-    Parameters
-    ----------
-    partition_rows
-        Rows of the largest input partition.
-    border_rows_per_row
-        Border rows per row, estimated from the k-means sample.
-    dim
-        Embedding dimension.
-    max_memory
-        The budget in bytes (None: no check).
-    half_margin_rows_per_row, sample_rows_per_centroid
-        Only for the message: the estimate at ``border_margin=0.5``, and the k-means sample's
-        rows per centroid.
-    """
-    if max_memory is None:
-        return
-    needed = assign_payload_bytes(partition_rows, border_rows_per_row, dim)
-    if needed <= max_memory:
-        return
-    half = (
-        f" border_margin=0.5 (pairs within eps/4 guaranteed) would give about {half_margin_rows_per_row:.2f};"
-        if half_margin_rows_per_row is not None
-        else " a smaller border_margin (--border-margin) copies fewer rows;"
-    )
-    thin = (
-        f" The k-means sample had {sample_rows_per_centroid:.0f} rows per centroid: rough centroids have "
-        "wide borders, and a larger sample (max_train_rows, --max-train-rows; 256 per centroid is faiss' "
-        "default) or more iterations make them thinner."
-        if sample_rows_per_centroid is not None
-        else ""
-    )
-    message = (
-        f"border-aware dedup: rows border about {border_rows_per_row:.2f} other clusters each (estimated from "
-        f"the k-means sample), so the assign step of a {partition_rows:,}-row partition would hold "
-        f"{partition_rows * (1 + border_rows_per_row):,.0f} payload rows, {format_bytes(needed)} with its copies, "
-        f"more than max_memory={format_bytes(max_memory)}, and the shuffle would move {1 + border_rows_per_row:.1f}x "
-        f"the embeddings.{thin} Otherwise:{half} smaller input partitions bound the step but not the shuffle; "
-        "border_aware=False (--plain-semdedup) is plain SemDeDup."
-    )
-    raise BorderTooWideError(message, border_rows_per_row, needed)
 
 
 def check_block(cluster: int, own: int, border: int, dim: int, max_memory: int | None) -> None:

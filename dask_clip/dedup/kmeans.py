@@ -29,7 +29,7 @@ MIN_POINTS_PER_CENTROID = 39
 TRAIN_ROWS_PER_CENTROID = 256
 # Rows drawn besides the training sample (a 1/16 share, at least this many) to estimate border
 # rows on rows k-means did not fit: counted on the training rows, the estimate comes out low
-# (0.56 border rows per row where the 10M-row benchmark's shuffle held about twice that).
+# (0.56 border rows per row on the 10M-row benchmark's set, 0.65 on unseen rows).
 HELD_OUT_MIN_ROWS = 4096
 HELD_OUT_SHARE = 16
 
@@ -146,35 +146,38 @@ def draw_sample(
         chosen = np.sort(picked[:max_rows])
         if held_out:
             held = np.sort(picked[max_rows:])
-            chosen = np.sort(np.concatenate([chosen, held]))
     else:
         chosen = np.arange(total, dtype=np.int64)
-    # local positions of the chosen rows, one array per partition (sent with the tasks)
-    bounds = np.searchsorted(chosen, offsets)
-    local = [chosen[bounds[p] : bounds[p + 1]] - offsets[p] for p in range(len(lengths))]
+    local, local_held = _per_partition(chosen, offsets), _per_partition(held, offsets)
 
-    # one task per partition returns its sampled rows as a float32 matrix straight to the client:
+    # one task per partition returns its sampled rows as float32 matrices straight to the client:
     # no worker ever holds the whole sample (a DataFrame .compute() concatenates on one worker)
     pieces = dask.compute(
         *(
-            dask.delayed(_sampled_rows)(part, local[p], embedding_column)
+            dask.delayed(_sampled_rows)(part, local[p], local_held[p], embedding_column)
             for p, part in enumerate(parts)
-            if len(local[p])
+            if len(local[p]) or len(local_held[p])
         )
     )
-    rows = [piece for piece, _ in pieces if piece.shape[0]]
-    x = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
-    valid = np.concatenate([v for _, v in pieces]) if pieces else np.zeros(0, bool)
-    del pieces, rows
-    is_held = np.isin(chosen[valid], held)  # the held-out rows among those with an embedding
-    drawn = len(chosen) - len(held)
-    if not (~is_held).any() and total > max_rows:
+    x = _stack([train for train, _ in pieces])
+    x_held = _stack([h for _, h in pieces], dim=x.shape[1])
+    del pieces
+    if x.shape[0] == 0 and total > max_rows:
         raise ValueError(f"none of the {max_rows} sampled rows has an embedding; raise max_train_rows")
     largest = int(lengths.max(initial=0))
-    x = normalize_rows(x, inplace=True)
-    if not is_held.any():
-        return Sample(x, total, drawn, largest, np.zeros((0, x.shape[1]), np.float32))
-    return Sample(x[~is_held], total, drawn, largest, x[is_held])
+    return Sample(normalize_rows(x, inplace=True), total, len(chosen), largest, normalize_rows(x_held, inplace=True))
+
+
+def _per_partition(positions: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """Sorted global row positions as local positions, one int64 array per partition."""
+    bounds = np.searchsorted(positions, offsets)
+    return [positions[bounds[p] : bounds[p + 1]] - offsets[p] for p in range(len(offsets) - 1)]
+
+
+def _stack(pieces: list[np.ndarray], dim: int = 0) -> np.ndarray:
+    """The non-empty float32 ``(m_i, d)`` pieces one under another; ``(0, dim)`` if none."""
+    pieces = [piece for piece in pieces if piece.shape[0]]
+    return np.concatenate(pieces) if pieces else np.zeros((0, dim), np.float32)
 
 
 def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: int = 0) -> np.ndarray:
@@ -208,14 +211,19 @@ def sample_embeddings(ddf: Any, embedding_column: str, *, max_rows: int, seed: i
     return draw_sample(ddf, embedding_column, max_rows=max_rows, seed=seed).x
 
 
-def _sampled_rows(df: Any, positions: np.ndarray, embedding_column: str) -> tuple[np.ndarray, np.ndarray]:
-    """The embeddings at ``positions`` of one partition, on the host.
+def _sampled_rows(
+    df: Any, positions: np.ndarray, held_positions: np.ndarray, embedding_column: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The embeddings at ``positions`` and at ``held_positions`` of one partition, on the host.
 
-    Returns float32 ``(m, d)``, the rows that have an embedding, and bool ``(len(positions),)``,
-    which of the positions do.
+    Returns two float32 ``(m, d)`` matrices, the rows of each that have an embedding.
     """
-    x, valid = backends.embedding_matrix(df[embedding_column].iloc[positions], device="cpu")
-    return np.ascontiguousarray(_frame.to_host(x), dtype=np.float32), np.asarray(_frame.to_host(valid), dtype=bool)
+    x, valid = backends.embedding_matrix(
+        df[embedding_column].iloc[np.concatenate([positions, held_positions])], device="cpu"
+    )
+    x = np.ascontiguousarray(_frame.to_host(x), dtype=np.float32)
+    n_train = int(np.asarray(_frame.to_host(valid), dtype=bool)[: len(positions)].sum())
+    return x[:n_train], x[n_train:]
 
 
 def fit_centroids(

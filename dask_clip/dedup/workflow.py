@@ -324,7 +324,7 @@ def prepare(
                 stacklevel=3,
             )
         if border_aware and max_memory is not None:
-            check_border_payload(plan, sample, own, per_row, max_memory)
+            check_border_payload(plan, sample, per_row, max_memory)
         if max_memory is not None:
             plan.shuffle_plan = budget.plan_shuffle(
                 own,
@@ -344,22 +344,18 @@ def prepare(
     return plan
 
 
-def check_border_payload(
-    plan: DedupPlan, sample: kmeans.Sample, own: np.ndarray, per_row: float, max_memory: int
-) -> None:
-    """:func:`.budget.check_assign_payload` for the largest input partition, before any task runs."""
+def check_border_payload(plan: DedupPlan, sample: kmeans.Sample, per_row: float, max_memory: int) -> None:
+    """:class:`.budget.BorderTooWideError` if the largest input partition's assign payload exceeds the budget."""
     partition_rows = sample.largest_partition
     dim = plan.centroids.shape[1]
     if plan.border_scale is None or budget.assign_payload_bytes(partition_rows, per_row, dim) <= max_memory:
         return
-    # only for the message: what half the margin would cost
-    _, half_guests = estimate_block_counts(sample, plan.centroids, plan.border_scale / 2)
-    budget.check_assign_payload(
+    raise budget.BorderTooWideError.build(
         partition_rows,
         per_row,
         dim,
         max_memory,
-        half_margin_rows_per_row=float(half_guests.sum() / max(own.sum(), 1)),
+        half_margin_rows_per_row=border_rows_per_row(sample, plan.centroids, plan.border_scale / 2),
         sample_rows_per_centroid=sample.x.shape[0] / plan.centroids.shape[0],
     )
 
@@ -380,12 +376,20 @@ def estimate_block_counts(
     guests : numpy.ndarray
         float64 ``(k,)``, border rows each cluster receives, per the same number of rows.
     """
-    own, guests = sample_block_counts(sample.x, centroids, scale)
     held = sample.held_out
-    if scale is not None and held.shape[0] and held.shape[1] == centroids.shape[1]:
-        _, held_guests = sample_block_counts(held, centroids, scale)
-        return own, held_guests * (sample.x.shape[0] / held.shape[0])
-    return own, guests.astype(np.float64)
+    if scale is None or held.shape[0] == 0:
+        own, guests = sample_block_counts(sample.x, centroids, scale)
+        return own, guests.astype(np.float64)
+    own, _ = sample_block_counts(sample.x, centroids, None)
+    _, held_guests = sample_block_counts(held, centroids, scale)
+    return own, held_guests * (sample.x.shape[0] / held.shape[0])
+
+
+def border_rows_per_row(sample: kmeans.Sample, centroids: np.ndarray, scale: float) -> float:
+    """Border rows per row at ``scale``, counted on the held-out rows if the sample has them."""
+    rows = sample.held_out if sample.held_out.shape[0] else sample.x
+    _, guests = sample_block_counts(rows, centroids, scale)
+    return float(guests.sum() / max(rows.shape[0], 1))
 
 
 def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
