@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test test-all lint clean-venv
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q
+
+test-all: $(VENV)/.test
+	$(BIN)/python -m pytest tests -q --runslow
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .

@@ -10,8 +10,19 @@ from dask_clip.testing import encode_image as encode
 from dask_clip.testing import write_model_dir
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runslow",
+        action="store_true",
+        default=False,
+        help="also run the full tier: tests that need a real process boundary (marked `slow`)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests cleanly where CUDA is absent, `cudf` tests where cuDF is."""
+    """Skip `slow` tests unless --runslow (the default tier stays fast, as dask's suite does),
+    `gpu` tests cleanly where CUDA is absent, `cudf` tests where cuDF is."""
+    run_slow = config.getoption("--runslow")
     has_cuda = torch.cuda.is_available()
     try:
         import cudf  # noqa: F401
@@ -20,6 +31,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     except Exception:
         has_cudf = False
     for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="full tier: run with --runslow (make test-all)"))
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "cudf" in item.keywords and not has_cudf:
