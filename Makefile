@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint clean-venv
+.PHONY: demo test test-slow test-all lint clean-venv
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,12 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q
 
-test-all: $(VENV)/.test
-	$(BIN)/python -m pytest tests -q --runslow
+# The full tier: the default tier first (fails fast), then the tests that need a process
+# boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser).
+test-slow: $(VENV)/.test
+	$(BIN)/python -m pytest tests -q --runslow -m slow
+
+test-all: test test-slow
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .

@@ -147,3 +147,30 @@ def assert_same_rows(got: pd.DataFrame, expected: pd.DataFrame, *, id_column: st
                 got[column].astype(object).where(got[column].notna(), None).tolist()
                 == expected[column].astype(object).where(expected[column].notna(), None).tolist()
             ), column
+
+
+def run_main(*args: str, client=None, check: bool = True) -> subprocess.CompletedProcess:
+    """``dask-clip ARGS`` called in this process (``cli.main``), stdout and stderr captured.
+
+    With ``client``, the command runs on that client's cluster (``--scheduler-address``): the
+    default tier's way to run a command end to end without starting Python and a cluster again.
+    Returns what :func:`run_cli` returns, so a test reads the same either way.
+    """
+    import contextlib
+    import io
+
+    from dask_clip.cli import main
+
+    argv = list(args)
+    if client is not None:
+        argv += ["--scheduler-address", client.scheduler.address]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 2
+    proc = subprocess.CompletedProcess(["dask-clip", *argv], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"dask-clip {' '.join(argv)} exited {code}\n{proc.stdout}\n{proc.stderr}")
+    return proc

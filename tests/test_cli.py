@@ -1,9 +1,14 @@
-"""``dask-clip`` as users run it: real subprocesses, a real local cluster, resumable output."""
+"""``dask-clip`` as users run it: resumable output, real Parquet, a real cluster.
+
+The default tier calls the CLI in this process on the session cluster (``run_main``); the full
+tier (``slow``) keeps what needs a process of its own: a SIGKILLed run resumed, the console
+script with the local cluster it starts."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +27,7 @@ from cli_support import (
     assert_same_rows,
     reference,
     run_cli,
+    run_main,
     subprocess_env,
     write_image_files,
     write_image_parquet,
@@ -31,8 +37,6 @@ from dask_clip import ImageEmbedder
 from dask_clip.cli import main
 from dask_clip.columns import embeddings_to_numpy
 from dask_clip.writer import MANIFEST, part_name
-
-pytestmark = pytest.mark.slow  # subprocesses and clusters of their own: `pytest -m 'not slow'` skips them
 
 LIST_F32 = pa.list_(pa.float32())
 LOCAL = ("--n-workers", "1", "--dashboard-address", "127.0.0.1:0")
@@ -45,6 +49,14 @@ N_SHARDS, ROWS = 24, 3
 def shards(tmp_path_factory) -> Path:
     """24 img2dataset-like shards of 3 rows: a broken image every 5th row, row 1 a copy of row 0."""
     return write_image_parquet(tmp_path_factory.mktemp("in") / "shards", N_SHARDS, ROWS, bad_every=5)
+
+
+@pytest.fixture(scope="module")
+def embedded(shards, model_dir, tmp_path_factory, client) -> Path:
+    """``dask-clip embed`` of the shards on the session cluster, in this process."""
+    out = tmp_path_factory.mktemp("embedded") / "embeddings"
+    run_main("embed", str(shards), str(out), "--model-dir", model_dir, client=client)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +96,8 @@ def resumed(shards, model_dir, tmp_path_factory) -> dict:
     return {"out": out, "returncode": proc.returncode, "killed_log": killed_log, "finished": finished, "proc": again}
 
 
-@pytest.fixture(scope="module")
-def existing_cluster():
-    """A running cluster for the commands that reach one with --scheduler-address."""
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster:
-        yield cluster.scheduler_address
-
-
-def test_killed_run_resumes_to_the_uninterrupted_output(resumed, shards, model_dir):
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_uninterrupted_output(resumed, expected):
     out, finished, proc = resumed["out"], resumed["finished"], resumed["proc"]
     assert resumed["returncode"] == -signal.SIGKILL, resumed["killed_log"]
     assert 2 <= len(finished) < N_SHARDS, f"{len(finished)} files: the kill came too late to test resuming"
@@ -107,12 +109,37 @@ def test_killed_run_resumes_to_the_uninterrupted_output(resumed, shards, model_d
         now = os.stat(out / name)
         assert (now.st_ino, now.st_mtime_ns, now.st_size) == (stat.st_ino, stat.st_mtime_ns, stat.st_size)
     # No missing, duplicated or reordered rows: equal to an uninterrupted run.
-    assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), reference(shards, model_dir))
+    assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), expected)
 
 
-def test_every_reader_reads_list_float32_embeddings(resumed, shards, model_dir):
-    out = resumed["out"]
-    expected = reference(shards, model_dir)
+@pytest.fixture(scope="module")
+def expected(shards, model_dir) -> pd.DataFrame:
+    """What an uninterrupted run writes: every shard embedded eagerly, in order."""
+    return reference(shards, model_dir)
+
+
+def test_a_partial_output_resumes_and_a_finished_one_rewrites_nothing(
+    embedded, shards, model_dir, tmp_path, client, expected
+):
+    out = tmp_path / "embeddings"
+    shutil.copytree(embedded, out)  # a finished run's output, then two of its files lost
+    args = ["embed", str(shards), str(out), "--model-dir", model_dir]
+    gone = [part_name(i, N_SHARDS) for i in (3, 17)]
+    for name in gone:
+        (out / name).unlink()
+    kept = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
+    proc = run_main(*args, client=client)
+    assert f"2 of {N_SHARDS} partitions to write (resuming)" in proc.stderr
+    assert f"wrote 2 partitions ({N_SHARDS - 2} already there)" in proc.stdout
+    assert all(os.stat(out / n).st_mtime_ns == t for n, t in kept.items())
+    assert sorted(os.listdir(out)) == [MANIFEST] + [part_name(i, N_SHARDS) for i in range(N_SHARDS)]
+    assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), expected)
+    again = run_main(*args, client=client)
+    assert f"all {N_SHARDS} partitions of {out} are already written; nothing to do" in again.stdout
+
+
+def test_every_reader_reads_list_float32_embeddings(embedded, expected):
+    out = embedded
     plain = pd.read_parquet(out)  # no dtype_backend: object arrays of float32, nulls as None
     assert plain["key"].tolist() == expected["key"].tolist()
     assert plain["embedding"].dropna().iloc[0].dtype == np.float32
@@ -134,22 +161,25 @@ def test_every_reader_reads_list_float32_embeddings(resumed, shards, model_dir):
     assert errors.loc["000009"] == "missing image (null)"
 
 
+@pytest.mark.slow
 def test_progress_bar_reports_partitions_images_and_rate(resumed):
     err = resumed["proc"].stderr
     todo = N_SHARDS - len(resumed["finished"])
     assert f"{todo}/{todo}" in err and "images/s" in err
 
 
-def test_a_different_job_into_the_same_folder_is_refused(resumed, shards, model_dir, capsys):
-    out = resumed["out"]
+def test_a_different_job_into_the_same_folder_is_refused(embedded, shards, model_dir, client):
+    out = embedded
     before = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
-    assert main(["embed", str(shards), str(out), "--model-dir", model_dir, "--output-column", "clip"]) == 1
-    err = capsys.readouterr().err
+    args = ["embed", str(shards), str(out), "--model-dir", model_dir, "--output-column", "clip"]
+    proc = run_main(*args, client=client, check=False)
+    assert proc.returncode == 1
+    err = proc.stderr
     assert "different job (columns: ['jpg', 'embedding', 'embedding_error'] there" in err and "--overwrite" in err
     assert {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)} == before
 
 
-def test_folder_of_image_files_on_an_existing_cluster(tmp_path, model_dir, existing_cluster):
+def test_folder_of_image_files_on_an_existing_cluster(tmp_path, model_dir, client):
     paths = write_image_files(tmp_path / "images", 10)
     out = tmp_path / "out"
     (out).mkdir()
@@ -164,15 +194,13 @@ def test_folder_of_image_files_on_an_existing_cluster(tmp_path, model_dir, exist
         "4",
         "--remove-image-data",
         "--overwrite",
-        "--scheduler-address",
-        existing_cluster,
     ]
-    refused = run_cli(*args, check=False)  # --overwrite removes only what a manifest says is ours
+    refused = run_main(*args, client=client, check=False)  # --overwrite removes only what a manifest says is ours
     assert refused.returncode == 1
     assert "that no _dask_clip.json describes" in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert (out / "part-00000.parquet").read_bytes() == b"output of another tool"
     (out / "part-00000.parquet").unlink()
-    proc = run_cli(*args)
+    proc = run_main(*args, client=client)
     assert "wrote 3 partitions (0 already there), 10 images, 0 errors" in proc.stdout
     got = pd.read_parquet(out, dtype_backend="pyarrow")
     assert list(got.columns) == ["embedding", "embedding_error"]
@@ -184,9 +212,9 @@ def test_folder_of_image_files_on_an_existing_cluster(tmp_path, model_dir, exist
     )
 
 
-def test_dedup_command_flags_the_planted_copy(resumed, tmp_path, existing_cluster):
-    out = resumed["out"]
-    proc = run_cli(
+def test_dedup_command_flags_the_planted_copy(embedded, tmp_path, client):
+    out = embedded
+    proc = run_main(
         "dedup",
         str(out),
         str(tmp_path / "dedup"),
@@ -196,8 +224,7 @@ def test_dedup_command_flags_the_planted_copy(resumed, tmp_path, existing_cluste
         "2",
         "--id-column",
         "key",
-        "--scheduler-address",
-        existing_cluster,
+        client=client,
     )
     result = pd.read_parquet(tmp_path / "dedup", dtype_backend="pyarrow").set_index("key").sort_index()
     assert len(result) == N_SHARDS * ROWS
@@ -205,6 +232,7 @@ def test_dedup_command_flags_the_planted_copy(resumed, tmp_path, existing_cluste
     assert "eps" in proc.stdout
 
 
+@pytest.mark.slow
 def test_demo_with_random_weights_finds_the_planted_duplicates(tmp_path):
     proc = subprocess.run(  # through the console script, as the README says
         [str(BIN / "dask-clip"), "demo", "--random-weights", "--output", str(tmp_path / "demo"), *LOCAL],
@@ -263,15 +291,17 @@ def test_bad_choices_are_usage_errors(capsys):
         (["--image-column", "nope"], "image_column='nope' not in the columns"),
     ],
 )
-def test_configuration_errors_exit_1_with_a_message(extra, message, shards, tmp_path, capsys):
-    assert main(["embed", str(shards), str(tmp_path / "o"), *extra]) == 1
-    assert message in capsys.readouterr().err
+def test_configuration_errors_exit_1_with_a_message(extra, message, shards, tmp_path, client):
+    proc = run_main("embed", str(shards), str(tmp_path / "o"), *extra, client=client, check=False)
+    assert proc.returncode == 1
+    assert message in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_missing_input_and_local_options_with_a_scheduler(tmp_path, capsys, model_dir, shards):
-    assert main(["embed", str(tmp_path / "nothing-*.parquet"), str(tmp_path / "o"), "--model-dir", model_dir]) == 1
-    assert "matches no file" in capsys.readouterr().err
+def test_missing_input_and_local_options_with_a_scheduler(tmp_path, capsys, model_dir, shards, client):
+    args = ["embed", str(tmp_path / "nothing-*.parquet"), str(tmp_path / "o"), "--model-dir", model_dir]
+    proc = run_main(*args, client=client, check=False)
+    assert proc.returncode == 1 and "matches no file" in proc.stderr
     assert (
         main(
             [

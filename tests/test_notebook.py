@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import nbformat
@@ -29,14 +28,12 @@ def _text(cell: nbformat.NotebookNode) -> str:
 def test_curation_notebook_runs_offline(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    started = time.monotonic()
     NotebookClient(
         nb,
-        timeout=120,
+        timeout=300,  # per cell; a ceiling against hangs, not a speed test (time: benchmarks/)
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     ).execute()
-    assert time.monotonic() - started < 90
     code = [c for c in nb.cells if c.cell_type == "code"]
     source = {i: c.source for i, c in enumerate(code)}
     neighbours = next(c for c in code if "Nearest" in c.source or "similarity = V @ V[query]" in c.source)

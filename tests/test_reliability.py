@@ -1,7 +1,8 @@
 """Nothing a user feeds dask-clip may kill a worker, hang a job, lose data or run code.
 
-Each test is one of the failures a hostile-but-realistic user found, replayed on real
-subprocesses and real clusters: OUTPUT = INPUT with --overwrite, every worker killed, a worker
+Each test is one of the failures a hostile-but-realistic user found, replayed on a real cluster
+(the session's, with the CLI in this process) or, where the process is what is tested (``slow``),
+on real subprocesses and clusters of their own: OUTPUT = INPUT with --overwrite, every worker killed, a worker
 killed mid-task, a full disk, weights that do not load, a TLS cluster, stale temporaries, and
 that part files land as soon as their partition is done.
 """
@@ -29,15 +30,13 @@ from cli_support import (
     dask_worker_command,
     reference,
     run_cli,
+    run_main,
     subprocess_env,
     write_image_parquet,
 )
 
-from dask_clip.cli import main
 from dask_clip.testing import png_bomb, write_model_dir
 from dask_clip.writer import MANIFEST, part_name
-
-pytestmark = pytest.mark.slow  # subprocesses and clusters of their own
 
 N_SHARDS, ROWS = 6, 3
 
@@ -108,39 +107,25 @@ def shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A scheduler and one worker started from the command line (shared by the tests that keep it alive)."""
-    folder = tmp_path_factory.mktemp("cluster")
-    scheduler, sched = start_scheduler(folder)
-    worker = start_worker(sched, folder / "worker.log")
-    try:
-        wait_for_workers(sched, 1)
-        yield sched
-    finally:
-        kill_group(worker)
-        kill_group(scheduler)
-
-
-@pytest.fixture(scope="module")
-def embedded(shards, model_dir, cluster, tmp_path_factory) -> Path:
+def embedded(shards, model_dir, client, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("embedded") / "embeddings"
-    run_cli("embed", str(shards), str(out), "--model-dir", model_dir, "--scheduler-file", str(cluster))
+    run_main("embed", str(shards), str(out), "--model-dir", model_dir, client=client)
     return out
 
 
 # -- no data loss: OUTPUT is, contains or lies inside an input ---------------------------------
 
 
-def test_dedup_into_its_own_input_with_overwrite_is_refused_and_deletes_nothing(embedded, cluster):
+def test_dedup_into_its_own_input_with_overwrite_is_refused_and_deletes_nothing(embedded, client):
     before = snapshot(embedded)
-    proc = run_cli("dedup", str(embedded), str(embedded), "--overwrite", "--scheduler-file", str(cluster), check=False)
+    proc = run_main("dedup", str(embedded), str(embedded), "--overwrite", client=client, check=False)
     assert proc.returncode == 1
     line = one_error_line(proc.stderr, "dedup")
     assert f"output {str(embedded)!r} is the input" in line and "folder of its own" in line
     assert snapshot(embedded) == before
 
 
-def test_embed_into_a_folder_of_part_named_inputs_is_refused(tmp_path, model_dir, capsys):
+def test_embed_into_a_folder_of_part_named_inputs_is_refused(tmp_path, model_dir, client):
     folder = write_image_parquet(tmp_path / "d", 2, 2)
     for i, shard in enumerate(sorted(folder.glob("*.parquet"))):  # inputs named like outputs
         shard.rename(folder / part_name(i, 2))
@@ -150,34 +135,37 @@ def test_embed_into_a_folder_of_part_named_inputs_is_refused(tmp_path, model_dir
         (folder / "out", "lies inside the input"),
         (tmp_path, "contains the input"),
     ]:
-        assert main(["embed", str(folder), str(output), "--model-dir", model_dir, "--overwrite"]) == 1
-        assert how in capsys.readouterr().err
+        proc = run_main(
+            "embed", str(folder), str(output), "--model-dir", model_dir, "--overwrite", client=client, check=False
+        )
+        assert proc.returncode == 1 and how in proc.stderr
     link = tmp_path / "link"
     link.symlink_to(folder)
-    assert main(["embed", str(folder), str(link), "--model-dir", model_dir, "--overwrite"]) == 1
-    assert "is the input" in capsys.readouterr().err
+    proc = run_main(
+        "embed", str(folder), str(link), "--model-dir", model_dir, "--overwrite", client=client, check=False
+    )
+    assert proc.returncode == 1 and "is the input" in proc.stderr
     assert snapshot(folder) == before
 
 
-def test_overwrite_removes_only_the_files_the_manifest_describes(embedded, tmp_path, model_dir, shards, cluster):
+def test_overwrite_removes_only_the_files_the_manifest_describes(embedded, tmp_path, model_dir, shards, client):
     out = tmp_path / "copy"
     shutil.copytree(embedded, out)
     (out / "notes.txt").write_text("mine")
     (out / "part-99999.parquet").write_bytes(b"someone else's")
-    proc = run_cli(
+    proc = run_main(
         "embed",
         str(shards),
         str(out),
         "--model-dir",
         model_dir,
         "--overwrite",
-        "--scheduler-file",
-        str(cluster),
+        client=client,
         check=False,
     )
     assert proc.returncode == 1 and "part-99999.parquet" in one_error_line(proc.stderr)
     (out / "part-99999.parquet").unlink()
-    run_cli("embed", str(shards), str(out), "--model-dir", model_dir, "--overwrite", "--scheduler-file", str(cluster))
+    run_main("embed", str(shards), str(out), "--model-dir", model_dir, "--overwrite", client=client)
     assert sorted(os.listdir(out)) == sorted(
         [MANIFEST, "notes.txt", *(part_name(i, N_SHARDS) for i in range(N_SHARDS))]
     )
@@ -186,32 +174,34 @@ def test_overwrite_removes_only_the_files_the_manifest_describes(embedded, tmp_p
 # -- small items: stale temporaries, dedup reruns, pixel limits ---------------------------------
 
 
-def test_a_stale_temporary_is_removed_when_every_partition_exists(embedded, shards, model_dir, cluster):
+def test_a_stale_temporary_is_removed_when_every_partition_exists(embedded, shards, model_dir, client):
     stale = embedded / f".{part_name(1, N_SHARDS)}.0123abcd.tmp"
     stale.write_bytes(b"half a file")
-    proc = run_cli("embed", str(shards), str(embedded), "--model-dir", model_dir, "--scheduler-file", str(cluster))
+    proc = run_main("embed", str(shards), str(embedded), "--model-dir", model_dir, client=client)
     assert "already written; nothing to do" in proc.stdout
     assert not stale.exists()
 
 
-def test_dedup_into_an_existing_output_resumes(embedded, tmp_path, cluster):
-    args = ["dedup", str(embedded), str(tmp_path / "dedup"), "--n-clusters", "2", "--scheduler-file", str(cluster)]
-    first = run_cli(*args)
+def test_dedup_into_an_existing_output_resumes(embedded, tmp_path, client):
+    args = ["dedup", str(embedded), str(tmp_path / "dedup"), "--n-clusters", "2"]
+    first = run_main(*args, client=client)
     before = snapshot(tmp_path / "dedup")
-    again = run_cli(*args)
+    again = run_main(*args, client=client)
     assert again.stdout == first.stdout  # the saved summary
     assert snapshot(tmp_path / "dedup") == before
 
 
-def test_max_image_pixels_above_pillows_hard_limit_reaches_the_decoder(tmp_path, model_dir, cluster):
+def test_max_image_pixels_above_pillows_hard_limit_reaches_the_decoder(tmp_path, model_dir, client):
     shard = tmp_path / "bomb" / "00000.parquet"
     shard.parent.mkdir()
     pq.write_table(pa.table({"key": ["a"], "jpg": pa.array([png_bomb(15000, 15000)], pa.binary())}), shard)
     out = tmp_path / "out"
-    common = ["--model-dir", model_dir, "--scheduler-file", str(cluster)]
-    run_cli("embed", str(shard.parent), str(out), *common)
+    common = ["--model-dir", model_dir]
+    run_main("embed", str(shard.parent), str(out), *common, client=client)
     assert "decompression bomb" in pd.read_parquet(out)["embedding_error"].iloc[0]
-    run_cli("embed", str(shard.parent), str(out), *common, "--max-image-pixels", "300000000", "--overwrite")
+    run_main(
+        "embed", str(shard.parent), str(out), *common, "--max-image-pixels", "300000000", "--overwrite", client=client
+    )
     # Pillow's own limit (179 MP) no longer answers first: ours, then the decode budget, do.
     assert pd.read_parquet(out)["embedding_error"].iloc[0].startswith("image too large to decode: 15000x15000")
 
@@ -219,37 +209,35 @@ def test_max_image_pixels_above_pillows_hard_limit_reaches_the_decoder(tmp_path,
 # -- weights that do not load: one line, and no manifest left behind -----------------------------
 
 
-def test_a_failed_model_load_leaves_no_manifest_and_says_why(shards, model_dir, tmp_path, cluster):
+def test_a_failed_model_load_leaves_no_manifest_and_says_why(shards, model_dir, tmp_path, client):
     bad = write_model_dir(tmp_path / "bad")
     weights = bad / "open_clip_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
     out = tmp_path / "out"
-    common = ["--scheduler-file", str(cluster)]
-    proc = run_cli("embed", str(shards), str(out), "--model-dir", str(bad), *common, check=False)
+    proc = run_main("embed", str(shards), str(out), "--model-dir", str(bad), client=client, check=False)
     assert proc.returncode == 1
     line = one_error_line(proc.stderr)
     assert "could not load the weights of model_dir" in line and "SafetensorError" in line and "fetch it again" in line
     assert not (out / MANIFEST).exists() and not list(out.glob("part-*"))
-    verbose = run_cli("-v", "embed", str(shards), str(out), "--model-dir", str(bad), *common, check=False)
+    verbose = run_main("-v", "embed", str(shards), str(out), "--model-dir", str(bad), client=client, check=False)
     assert "Traceback" in verbose.stderr and line in verbose.stderr
     # The corrected command (other weights: another job) runs without --overwrite.
-    fixed = run_cli("embed", str(shards), str(out), "--model-dir", model_dir, *common)
+    fixed = run_main("embed", str(shards), str(out), "--model-dir", model_dir, client=client)
     assert f"wrote {N_SHARDS} partitions" in fixed.stdout
     assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), reference(shards, model_dir))
 
 
-def test_weights_of_another_shape_and_a_bad_checkpoint_file_are_one_line(shards, model_dir, tmp_path, cluster):
+def test_weights_of_another_shape_and_a_bad_checkpoint_file_are_one_line(shards, model_dir, tmp_path, client):
     config = json.loads((Path(model_dir) / "open_clip_config.json").read_text())
     other = write_model_dir(tmp_path / "wide", model_cfg={**config["model_cfg"], "embed_dim": 48})
     shutil.copy(Path(model_dir) / "open_clip_config.json", other / "open_clip_config.json")  # says 32-d
-    common = ["--scheduler-file", str(cluster)]
-    proc = run_cli("embed", str(shards), str(tmp_path / "o1"), "--model-dir", str(other), *common, check=False)
+    proc = run_main("embed", str(shards), str(tmp_path / "o1"), "--model-dir", str(other), client=client, check=False)
     line = one_error_line(proc.stderr)
     assert proc.returncode == 1 and "size mismatch" in line and "do not fit the architecture" in line
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"not a checkpoint")
     args = ["--model", "ViT-B-32", "--pretrained", str(checkpoint)]
-    proc = run_cli("embed", str(shards), str(tmp_path / "o2"), *args, *common, check=False)
+    proc = run_main("embed", str(shards), str(tmp_path / "o2"), *args, client=client, check=False)
     line = one_error_line(proc.stderr)
     assert proc.returncode == 1 and f"checkpoint {str(checkpoint)!r}" in line
     assert "huggingface-cli" not in line  # no hub hint for a local file
@@ -267,6 +255,7 @@ def _wait_for_parts(out: Path, n: int, proc: subprocess.Popen, deadline: float =
     raise AssertionError(f"no {n} part files before the deadline (exit {proc.poll()})")
 
 
+@pytest.mark.slow
 def test_every_worker_killed_ends_the_cli_with_one_line_and_a_rerun_resumes(tmp_path, model_dir):
     shards = write_image_parquet(tmp_path / "in", 24, 3, bad_every=5)
     scheduler, sched = start_scheduler(tmp_path)
@@ -312,6 +301,7 @@ def test_every_worker_killed_ends_the_cli_with_one_line_and_a_rerun_resumes(tmp_
         kill_group(scheduler)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_task_is_one_line_and_a_rerun_resumes(tmp_path, model_dir):
     """KilledWorker (here after one death: allowed-failures=0) on the CLI's own local cluster."""
     import psutil
@@ -372,6 +362,7 @@ print(json.dumps({"code": full.returncode, "stderr": full.stderr, "parts": parts
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_keeps_complete_files_and_a_rerun_resumes(tmp_path, shards, model_dir):
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1) for a private tmpfs")
@@ -465,6 +456,7 @@ def write_tls_files(folder: Path) -> dict[str, str]:
     return {name: str(path) for name, path in files.items()}
 
 
+@pytest.mark.slow
 def test_tls_cluster_refuses_plain_tcp_and_the_cli_works_with_the_tls_options(tmp_path, shards, model_dir):
     from distributed import Client
 
@@ -503,6 +495,7 @@ def test_tls_cluster_refuses_plain_tcp_and_the_cli_works_with_the_tls_options(tm
         kill_group(scheduler)
 
 
+@pytest.mark.slow
 def test_require_encryption_on_a_local_cluster_uses_temporary_tls(tmp_path, shards, model_dir):
     env = {**subprocess_env(), "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
     out = tmp_path / "out"
@@ -522,6 +515,7 @@ def test_require_encryption_on_a_local_cluster_uses_temporary_tls(tmp_path, shar
     assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), reference(shards, model_dir))
 
 
+@pytest.mark.slow
 def test_local_cluster_on_tls_and_with_the_dashboard_off(tmp_path):
     import urllib.error
     import urllib.request
@@ -545,20 +539,16 @@ def test_local_cluster_on_tls_and_with_the_dashboard_off(tmp_path):
 # -- part files land as partitions finish ----------------------------------------------------------------
 
 
-def test_each_partition_is_written_by_the_task_that_embeds_it(tmp_path, model_dir):
-    from distributed import Client, LocalCluster, get_task_stream
+def test_each_partition_is_written_by_the_task_that_embeds_it(tmp_path, model_dir, client):
+    from distributed import get_task_stream
 
     from dask_clip import ImageEmbedder, read_images, write_parquet
 
     shards = write_image_parquet(tmp_path / "in", 8, 40)
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as c,
-        Client(c) as client,
-    ):
-        ddf, column = read_images(shards)
-        embedder = ImageEmbedder(model_dir=model_dir, image_column=column, model_inference_batch_size=1)
-        with get_task_stream(client) as stream:
-            summary = write_parquet(embedder(ddf), tmp_path / "out", client=client)
+    ddf, column = read_images(shards)
+    embedder = ImageEmbedder(model_dir=model_dir, image_column=column, model_inference_batch_size=1)
+    with get_task_stream(client) as stream:
+        summary = write_parquet(embedder(ddf), tmp_path / "out", client=client)
     assert summary.written == 8
     heavy = [t for t in stream.data if "embed_partition" in str(t["key"])]
     # one task per partition embeds AND writes it: no embedded partition ever waits in a worker's memory

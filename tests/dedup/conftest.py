@@ -229,18 +229,10 @@ def planted_df(planted: Planted) -> pd.DataFrame:
     return frame(planted)
 
 
-@pytest.fixture(scope="module")
-def dedup_client():
-    """A real distributed cluster: 2 worker processes, one thread each."""
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", host="127.0.0.1"
-        ) as cluster,
-        Client(cluster) as c,
-    ):
-        yield c
+@pytest.fixture
+def dedup_client(client):
+    """The session's real distributed cluster (2 worker processes, one thread each)."""
+    return client
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from local_dask import THREADS
 
 from dask_clip.dedup import BorderTooWideError, border, semantic_dedup
 from dask_clip.dedup.assign import nearest_centroid_and_border, random_keys
@@ -50,7 +51,7 @@ def reference_keys(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, rul
 
 def run(df: pd.DataFrame, centroids: np.ndarray, parts: int = 5, **kwargs) -> pd.DataFrame:
     ddf = dd.from_pandas(df, npartitions=parts, sort=False)
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         return semantic_dedup(ddf, centroids=centroids, seed=0, **kwargs).compute()
 
 
@@ -197,7 +198,7 @@ def test_bad_border_arguments(border_df):
 def test_warns_when_border_rows_outnumber_rows(border_df):
     """A wide margin (eps 0.3 on a crowded set) would more than double the shuffle: say so."""
     ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
-    with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match=r"border rows per row.*border_margin"):
+    with dask.config.set(THREADS), pytest.warns(UserWarning, match=r"border rows per row.*border_margin"):
         semantic_dedup(ddf, n_clusters=16, eps=0.3, max_iter=10)
 
 
@@ -228,7 +229,7 @@ def test_border_payload_beyond_the_budget_is_refused_early(border_set, border_df
     """Wide margins copy each row to many clusters: with max_memory that is an early, clear error."""
     ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
     kw = dict(centroids=border_set.centroids, eps=0.3, max_train_rows=2000)
-    with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match="border rows per row"):
+    with dask.config.set(THREADS), pytest.warns(UserWarning, match="border rows per row"):
         with pytest.raises(BorderTooWideError, match=r"border about .* other clusters.*border_margin=0\.5") as err:
             semantic_dedup(ddf, max_memory="1MiB", **kw)
     e = pickle.loads(pickle.dumps(err.value))  # travels from a worker intact
@@ -240,7 +241,7 @@ def test_border_payload_beyond_the_budget_is_refused_early(border_set, border_df
     real = len(rows) / len(x)
     assert real > 1 and err.value.border_rows_per_row == pytest.approx(real, rel=0.15)
     # a budget that holds the payload plans the run
-    with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match="border rows per row"):
+    with dask.config.set(THREADS), pytest.warns(UserWarning, match="border rows per row"):
         plan = prepare(ddf, max_memory=err.value.needed * 2, **kw)
     assert plan.border_aware and plan.info["estimated_border_rows_per_row"] > 1
 
@@ -249,7 +250,7 @@ def test_max_memory_caps_only_the_default_sample(border_set, border_df):
     ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
     cap = sample_rows_cap(2**20, border_set.x.shape[1])
     kw = dict(centroids=border_set.centroids, eps=0.01, max_memory="1MiB")
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         assert prepare(ddf, **kw).info["sample_rows"] == cap < 256 * len(border_set.centroids)
         assert prepare(ddf, max_train_rows=cap + 500, **kw).info["sample_rows"] == cap + 500
 
@@ -258,7 +259,7 @@ def test_border_rows_are_estimated_on_rows_kmeans_did_not_fit(border_set, border
     """Training rows sit closer to their centroids than unseen rows: the estimate uses held-out rows."""
     ddf = dd.from_pandas(border_df, npartitions=2, sort=False)
     eps = 0.05
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         plan = prepare(ddf, n_clusters=16, eps=eps, max_iter=20, max_train_rows=800)
         sample = draw_sample(ddf, "embedding", max_rows=800, held_out=True)
         plain = draw_sample(ddf, "embedding", max_rows=800)

@@ -1,18 +1,16 @@
-"""``dask-clip dedup``'s dedup switches, through the CLI in a subprocess with its own cluster."""
+"""``dask-clip dedup``'s dedup switches, through the CLI on the session cluster."""
 
 from __future__ import annotations
 
-import dask
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from cli_support import run_cli
+from cli_support import run_main
 
 from dask_clip.dedup import dedup_parquet
 
-LOCAL = ("--n-workers", "1", "--dashboard-address", "127.0.0.1:0")
 FLAGS = ("--eps", "0.05", "--n-clusters", "16", "--id-column", "key")
 
 
@@ -33,21 +31,21 @@ def flagged(folder) -> pd.Series:
     return out["duplicate"].astype(bool)
 
 
-def test_border_aware_by_default_and_plain_semdedup_one_switch_away(border_folder, tmp_path):
+def test_border_aware_by_default_and_plain_semdedup_one_switch_away(border_folder, tmp_path, client):
     sample = ("--max-train-rows", "1500")  # k-means on a 1,500-row sample of the 3,200 rows
-    run_cli("dedup", str(border_folder), str(tmp_path / "border"), *FLAGS, *sample, "--max-memory", "256MiB", *LOCAL)
-    run_cli("dedup", str(border_folder), str(tmp_path / "plain"), *FLAGS, *sample, "--plain-semdedup", *LOCAL)
-    with dask.config.set(scheduler="threads"):  # the library, in this process: the same results
-        for name, border_aware in (("ref-border", True), ("ref-plain", False)):
-            dedup_parquet(
-                str(border_folder),
-                str(tmp_path / name),
-                eps=0.05,
-                n_clusters=16,
-                id_column="key",
-                border_aware=border_aware,
-                max_train_rows=1500,
-            )
+    budget = ("--max-memory", "256MiB")
+    run_main("dedup", str(border_folder), str(tmp_path / "border"), *FLAGS, *sample, *budget, client=client)
+    run_main("dedup", str(border_folder), str(tmp_path / "plain"), *FLAGS, *sample, "--plain-semdedup", client=client)
+    for name, border_aware in (("ref-border", True), ("ref-plain", False)):  # the library: the same results
+        dedup_parquet(
+            str(border_folder),
+            str(tmp_path / name),
+            eps=0.05,
+            n_clusters=16,
+            id_column="key",
+            border_aware=border_aware,
+            max_train_rows=1500,
+        )
     border, plain = flagged(tmp_path / "border"), flagged(tmp_path / "plain")
     pd.testing.assert_series_equal(border, flagged(tmp_path / "ref-border"))
     pd.testing.assert_series_equal(plain, flagged(tmp_path / "ref-plain"))
@@ -55,8 +53,10 @@ def test_border_aware_by_default_and_plain_semdedup_one_switch_away(border_folde
     assert not (plain & ~border).any()  # border-aware only adds
 
 
-def test_a_memory_budget_that_is_not_a_size_is_one_line(border_folder, tmp_path):
-    proc = run_cli("dedup", str(border_folder), str(tmp_path / "x"), "--max-memory", "lots", *LOCAL, check=False)
+def test_a_memory_budget_that_is_not_a_size_is_one_line(border_folder, tmp_path, client):
+    proc = run_main(
+        "dedup", str(border_folder), str(tmp_path / "x"), "--max-memory", "lots", client=client, check=False
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "dask-clip dedup: error: --max-memory='lots' is not a size; write bytes or e.g. '4GiB', '500MB'"

@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 import dask  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
+from local_dask import THREADS  # noqa: E402
 
 from dask_clip.backends import embedding_matrix  # noqa: E402
 from dask_clip.dedup import (  # noqa: E402
@@ -61,7 +62,7 @@ def test_nulls_in_the_list_column(planted):
 @pytest.mark.parametrize("border_aware", [True, False])
 def test_semantic_dedup_matches_pandas(planted_df, border_aware):
     pdf = planted_df.reset_index()
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         ddf = dd.from_pandas(pdf, npartitions=4, sort=False)
         c = train_centroids(ddf, "embedding", ARGS["n_clusters"], max_iter=20, seed=0)
         kw = dict(ARGS, centroids=c, id_column="key", border_aware=border_aware)
@@ -89,7 +90,7 @@ def test_border_pairs_and_budget_on_cudf(helpers):
     bs = helpers.make_border_set()
     pdf = helpers.frame(bs).reset_index()
     kw = dict(centroids=bs.centroids, eps=0.05, id_column="key", max_memory="1MiB")
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         ref = semantic_dedup(dd.from_pandas(pdf, npartitions=3, sort=False), **kw).compute()
         got = semantic_dedup(dask_cudf.from_cudf(to_cudf(pdf), npartitions=3), **kw).compute().to_pandas()
     np.testing.assert_array_equal(got["duplicate"].to_numpy(), ref["duplicate"].to_numpy())
@@ -100,7 +101,7 @@ def test_border_pairs_and_budget_on_cudf(helpers):
 def test_exact_duplicates_cudf():
     values = ["a", "b", "a", None, "b", "a"]  # cuDF reads binary as strings
     gdf = dask_cudf.from_cudf(cudf.DataFrame({"image": values, "id": list(range(6))}), npartitions=2)
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         got = exact_duplicates(gdf, id_column="id").compute().to_pandas()
     assert got["exact_duplicate"].tolist() == [False, False, True, False, True, True]
     assert got["exact_duplicate_of"].tolist()[2] == 0 and got["exact_duplicate_of"].tolist()[4] == 1

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from local_dask import THREADS
 
 from dask_clip.dedup import dedup_parquet, exact_duplicates, kmeans, semantic_dedup
 from dask_clip.dedup.assign import ASSIGN_BLOCK_ROWS
@@ -20,7 +21,7 @@ ARGS = dict(n_clusters=10, eps=0.01, seed=0, max_iter=20)
 
 def test_semantic_dedup_on_local_cluster(dedup_client, planted_df):
     ddf = dd.from_pandas(planted_df, npartitions=4, sort=False)
-    with dask.config.set(scheduler="threads"):  # the reference: no client, task shuffle
+    with dask.config.set(THREADS):  # the reference: no client, task shuffle
         local = semantic_dedup(ddf, **ARGS, shuffle_method="tasks").compute()
     out = semantic_dedup(ddf, **ARGS)  # the client is the default scheduler here
     got = out.compute()
@@ -44,7 +45,7 @@ def test_border_aware_on_local_cluster(dedup_client, helpers):
     """Border-aware (P2P shuffles, worker processes) gives the in-process answer."""
     bs = helpers.make_border_set()
     ddf = dd.from_pandas(helpers.frame(bs), npartitions=4, sort=False)
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         local = semantic_dedup(ddf, centroids=bs.centroids, eps=0.05, shuffle_method="tasks").compute()
     got = semantic_dedup(ddf, centroids=bs.centroids, eps=0.05).compute()
     pd.testing.assert_frame_equal(got, local)
@@ -83,7 +84,7 @@ def test_larger_than_memory_path_on_local_cluster(dedup_client, border_parquet, 
     assert list(back.columns) == ["key", "name", "cluster", "max_similarity", "duplicate", "duplicate_of"]
     assert back.index.tolist() == list(range(len(df)))
     # the same run without a budget, in-process, with the same (capped-sample) centroids
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         c = kmeans.train_centroids(ddf, "embedding", 16, max_iter=20, max_memory=budget)
         ref = semantic_dedup(
             dd.from_pandas(df, npartitions=3, sort=False), centroids=c, eps=0.01, shuffle_method="tasks"

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from local_dask import THREADS
 
 from dask_clip.dedup import exact_duplicates
 
@@ -48,7 +49,7 @@ def test_matches_first_occurrence(kind, npartitions):
         else pd.Series(values, dtype=object).to_numpy()
     )
     df = pd.DataFrame({"image": col, "v": np.arange(len(values))}, index=pd.Index(labels, dtype=object))
-    with dask.config.set({"dataframe.convert-string": False, "scheduler": "threads"}):
+    with dask.config.set({**THREADS, "dataframe.convert-string": False}):
         ddf = dd.from_pandas(df, npartitions=npartitions, sort=False)
         out = exact_duplicates(ddf, "image", npartitions=3)
         assert out.npartitions == ddf.npartitions
@@ -65,7 +66,7 @@ def test_matches_first_occurrence(kind, npartitions):
 def test_id_column_and_empty_partitions():
     values = [b"a", b"b", b"a", None, b"b", b"a"]
     df = pd.DataFrame({"image": pd.array(values, dtype=pd.ArrowDtype(pa.binary())), "id": np.arange(10, 16)})
-    with dask.config.set({"dataframe.convert-string": False, "scheduler": "threads"}):
+    with dask.config.set({**THREADS, "dataframe.convert-string": False}):
         ddf = dd.from_pandas(df, npartitions=3, sort=False)
         ddf = dd.concat([ddf.partitions[0].head(0, npartitions=1, compute=False), ddf])
         got = exact_duplicates(ddf, id_column="id").compute()

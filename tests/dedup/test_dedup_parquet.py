@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from local_dask import THREADS
 
 from dask_clip.dedup import dedup_parquet, dedup_summary, semantic_dedup
 
@@ -28,7 +29,7 @@ def embeddings_dir(planted_df, tmp_path_factory) -> str:
 
 def test_round_trip_with_row_numbers(embeddings_dir, planted_df, tmp_path):
     out_dir = tmp_path / "dedup"
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         summary = dedup_parquet(embeddings_dir, str(out_dir), eps=0.01, **ARGS)
         back = dd.read_parquet(str(out_dir), dtype_backend="pyarrow").compute()
         direct = semantic_dedup(dd.from_pandas(planted_df, npartitions=3, sort=False), **ARGS).compute()
@@ -56,7 +57,7 @@ def test_round_trip_with_row_numbers(embeddings_dir, planted_df, tmp_path):
 
 def test_drop_duplicates_and_id_column(embeddings_dir, tmp_path):
     out_dir = tmp_path / "kept"
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         summary = dedup_parquet(
             embeddings_dir, str(out_dir), eps=0.02, id_column="key", drop_duplicates=True, summary_eps=[0.02], **ARGS
         )
@@ -78,7 +79,7 @@ def test_column_projected_read_of_many_files(planted_df, tmp_path):
         df[col] = 1.0
     for i, part in enumerate(np.array_split(np.arange(len(df)), 8)):
         pq.write_table(pa.Table.from_pandas(df.iloc[part], preserve_index=False), tmp_path / f"p{i}.parquet")
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         ddf = dd.read_parquet(str(tmp_path), columns=["key", "embedding"], dtype_backend="pyarrow")
         assert ddf.map_partitions(len).compute().size < ddf.npartitions  # the squash happens
         got = semantic_dedup(ddf, **ARGS).compute()
@@ -89,7 +90,7 @@ def test_column_projected_read_of_many_files(planted_df, tmp_path):
 
 def test_output_combines_with_itself(embeddings_dir):
     """``out[~out.duplicate]`` must not realign by index (labels repeat in every file here)."""
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         ddf = dd.read_parquet(embeddings_dir, dtype_backend="pyarrow")
         out = semantic_dedup(ddf, **ARGS)
         full = out.compute()
@@ -104,7 +105,7 @@ def test_output_combines_with_itself(embeddings_dir):
 
 def test_a_rerun_resumes_and_another_job_is_refused(embeddings_dir, tmp_path):
     out_dir = tmp_path / "dedup"
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         first = dedup_parquet(embeddings_dir, str(out_dir), eps=0.01, **ARGS)
         parts = sorted(out_dir.glob("part-*.parquet"))
         stamps = [p.stat().st_mtime_ns for p in parts]

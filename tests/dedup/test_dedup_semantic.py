@@ -13,6 +13,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+from local_dask import THREADS
 
 from dask_clip.dedup import (
     dedup_summary,
@@ -35,7 +36,7 @@ def source(planted_df: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def result(planted_df: pd.DataFrame) -> pd.DataFrame:
     ddf = dd.from_pandas(planted_df, npartitions=5, sort=False)
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         return semantic_dedup(ddf, **ARGS).compute()
 
 
@@ -127,7 +128,7 @@ def straddling(planted, planted_df, helpers):
 def test_split_pairs_are_the_only_misses(planted, planted_df, helpers, capsys):
     """Plain SemDeDup: pairs straddling the boundary of two centroids split, and are missed."""
     more, df, c = straddling(planted, planted_df, helpers)
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         out = semantic_dedup(dd.from_pandas(df, npartitions=4, sort=False), **ARGS, centroids=c).compute()
     cl = out["cluster"].to_numpy()
     n = len(planted.x)
@@ -140,7 +141,7 @@ def test_border_aware_finds_the_split_pairs(planted, planted_df, helpers, capsys
     """The same 5 straddling pairs, border-aware (the default): all found, nothing else changes."""
     more, df, c = straddling(planted, planted_df, helpers)
     ddf = dd.from_pandas(df, npartitions=4, sort=False)
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         plain = semantic_dedup(ddf, **ARGS, centroids=c).compute()
         out = semantic_dedup(ddf, **{**ARGS, "border_aware": True}, centroids=c).compute()
     n = len(planted.x)
@@ -181,7 +182,7 @@ def test_nulls(planted, result):
 )
 def test_same_answer_on_any_partitioning(planted_df, result, make):
     ddf = make(planted_df)
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         out = semantic_dedup(ddf, **ARGS, npartitions=3)
         assert out.npartitions == ddf.npartitions
         got = out.compute()
@@ -195,7 +196,7 @@ def test_empty_partitions_and_all_null_partition(planted_df, result):
     ddf = ddf[ddf["value"] % 2 == 0]  # keeps every row
     empty = dd.from_pandas(df.iloc[:0], npartitions=1)
     ddf = dd.concat([empty, ddf, empty])
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         out = semantic_dedup(ddf, **ARGS, npartitions=4)
         sizes = out.map_partitions(len).compute().tolist()
         got = out.compute()
@@ -253,7 +254,7 @@ def test_duplicate_pairs(planted, result):
 
 @pytest.mark.parametrize("rule", ["easy", "random"])
 def test_other_keep_rules(planted_df, planted, result, rule):
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         a = semantic_dedup(dd.from_pandas(planted_df, npartitions=3, sort=False), **ARGS, which_to_keep=rule).compute()
         b = semantic_dedup(dd.from_pandas(planted_df, npartitions=7, sort=False), **ARGS, which_to_keep=rule).compute()
     pd.testing.assert_frame_equal(a, b)  # partition-independent, also for "random"
@@ -264,7 +265,7 @@ def test_other_keep_rules(planted_df, planted, result, rule):
 
 
 def test_id_column_names_partners(planted_df, result):
-    with dask.config.set(scheduler="threads"):
+    with dask.config.set(THREADS):
         out = semantic_dedup(dd.from_pandas(planted_df, npartitions=4, sort=False), **ARGS, id_column="name").compute()
     flagged = out["duplicate"].to_numpy()
     expect = result["duplicate_of"][flagged].str.replace("img-", "n")
@@ -275,7 +276,7 @@ def test_object_embeddings_and_int_index(planted):
     n = 600
     x = planted.x[:n]
     df = pd.DataFrame({"embedding": [None if np.isnan(r).any() else r for r in x]})
-    with dask.config.set({"dataframe.convert-string": False, "scheduler": "threads"}):
+    with dask.config.set({**THREADS, "dataframe.convert-string": False}):
         out = semantic_dedup(dd.from_pandas(df, npartitions=3, sort=False), n_clusters=3, max_iter=10).compute()
     assert out.index.equals(df.index)
     assert str(out["duplicate_of"].dtype) == "Int64"
@@ -312,6 +313,6 @@ def test_no_embedding_at_all(planted_df):
     df = planted_df.iloc[:50].copy()
     df["embedding"] = None
     df["embedding"] = df["embedding"].astype(planted_df["embedding"].dtype)
-    with dask.config.set(scheduler="threads"), pytest.warns(UserWarning, match="no row has an embedding"):
+    with dask.config.set(THREADS), pytest.warns(UserWarning, match="no row has an embedding"):
         out = semantic_dedup(dd.from_pandas(df, npartitions=2, sort=False), n_clusters=3).compute()
     assert (out["cluster"] == -1).all() and not out["duplicate"].any() and len(out) == 50

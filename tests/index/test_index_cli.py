@@ -1,28 +1,19 @@
-"""`dask-clip index` and `dask-clip search` as users run them: real subprocesses, real folders."""
+"""`dask-clip index` and `dask-clip search` as users run them: the CLI in this process (the index
+built on the session cluster), real folders."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from html import escape
 
-import pytest
+from cli_support import run_main as run
 
 from dask_clip.index import load
 
-pytestmark = pytest.mark.slow  # CLI subprocesses with clusters of their own
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dask_clip.cli", *args], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
-def test_index_then_search_by_key_text_and_image(tmp_path, sample_embeddings, sample_frame):
+def test_index_then_search_by_key_text_and_image(tmp_path, sample_embeddings, sample_frame, client):
     index_dir = tmp_path / "index"
-    built = run("index", sample_embeddings, str(index_dir), "--image-column", "jpg", "--n-workers", "1")
+    built = run("index", sample_embeddings, str(index_dir), "--image-column", "jpg", client=client)
     assert f"-> {index_dir}" in built.stdout
     index = load(index_dir)
     key = sample_frame["key"].iloc[5]
