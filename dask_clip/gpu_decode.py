@@ -47,6 +47,7 @@ __all__ = [
     "PROGRESSIVE_ON_GPU",
     "JpegHeader",
     "NvjpegDecoder",
+    "check_device_decode",
     "decode_jpegs",
     "jpeg_header",
     "jpeg_on_device",
@@ -128,10 +129,25 @@ def _byte_tensor(data: bytes | bytearray | memoryview) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def _stream_barrier(device: torch.device) -> None:
+    """Wait, on the host, until the caller's CUDA stream has run everything queued on it.
+
+    torchvision allocates the decode outputs on the caller's stream, and nvJPEG does not order
+    its writes after the work queued there: a block freed by a kernel still queued (an earlier
+    group's pixels, a crop) can be handed to the decoder and overwritten under that kernel
+    (pytorch/vision#9606, 134 of 200 iterations on an H100; torchcodec#1634 adds the same
+    ``cudaStreamSynchronize`` before its batched hardware decode). ``decode_jpeg`` blocks the
+    host until its stream is done anyway, so the wait moves earlier rather than being added.
+    """
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def _decode_list(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     _quiet_deprecation()
+    _stream_barrier(device)  # before every call, the bisection's too
     return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False))
 
 
@@ -171,6 +187,53 @@ def decode_jpegs(
     return [None if t is None else t.permute(1, 2, 0) for t in _bisect(tensors, torch.device(device))]
 
 
+_CHECKED: set[torch.device] = set()
+# An 8 x 8 grey baseline JPEG (Pillow, quality 75): what the load check decodes.
+_PROBE_JPEG: bytes | None = None
+
+
+def _probe_jpeg() -> bytes:
+    global _PROBE_JPEG
+    if _PROBE_JPEG is None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (128, 128, 128)).save(buffer, format="JPEG", quality=75)
+        _PROBE_JPEG = buffer.getvalue()
+    return _PROBE_JPEG
+
+
+def check_device_decode(device: torch.device) -> None:
+    """Decode one tiny JPEG on ``device`` once per process; raise if torchvision cannot.
+
+    A torchvision without ``decode_jpeg``, without batched device decoding (< 0.20) or built
+    without nvJPEG would otherwise fail every call, and every image would silently take the
+    Pillow fallback. Checked when the decoder is made (once per device), so the task fails with
+    the reason instead.
+
+    Raises
+    ------
+    RuntimeError
+        With what failed and what to do (install a CUDA torchvision, or ``decode_device="cpu"``).
+    """
+    if device in _CHECKED:
+        return
+    try:
+        import torchvision.io
+
+        if not hasattr(torchvision.io, "decode_jpeg"):
+            raise AttributeError("torchvision.io has no decode_jpeg")
+        pixels = _decode_list([_byte_tensor(_probe_jpeg())], device)[0]
+        if tuple(pixels.shape) != (3, 8, 8) or pixels.device.type != device.type:
+            raise RuntimeError(f"decode_jpeg returned {tuple(pixels.shape)} on {pixels.device}, expected (3, 8, 8)")
+    except Exception as err:
+        raise RuntimeError(
+            f"decode_device='auto' decodes JPEGs with torchvision.io.decode_jpeg on {device}, which failed here "
+            f"({type(err).__name__}: {err}). Install torchvision >= 0.20 built for this CUDA "
+            "(pip install 'dask-clip[gpu-cu12]' or 'dask-clip[gpu-cu13]'), or pass decode_device='cpu' "
+            "to decode with Pillow"
+        ) from err
+    _CHECKED.add(device)
+
+
 class NvjpegDecoder(BaseDecoder):
     """A :class:`~dask_clip.decode.Decoder`: JPEGs on ``device`` (nvJPEG on CUDA), the rest with Pillow.
 
@@ -186,6 +249,7 @@ class NvjpegDecoder(BaseDecoder):
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
+        check_device_decode(self.device)
 
     def decode_groups(
         self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
