@@ -36,7 +36,11 @@ _COPY_PIXELS_AT_MOST = 4_000_000
 
 def decode_stream(device: torch.device) -> Any:
     """This thread's CUDA stream for ``device``, created once (not one per chunk: torch caches
-    memory blocks per stream and rotates a small pool of them)."""
+    memory blocks per stream and rotates a small pool of them).
+
+    Used by the decode thread (its input stage) and by each task thread (its model stage), so
+    task threads sharing a GPU do not queue on the legacy default stream behind each other, and
+    the partition's one synchronisation waits for its own work only."""
     streams = getattr(_STREAMS, "by_device", None)
     if streams is None:
         streams = _STREAMS.by_device = {}

@@ -134,3 +134,48 @@ def test_a_dask_cuda_that_does_not_import_falls_back_to_cpu_workers(broken_dask_
     assert "does not import" in caplog.text
     with pytest.raises(ImportError, match="does not import"):
         cluster.plan_local_cluster("cuda", n_gpus=2, cores=16)
+
+
+# -- item 8: one decode thread (and so one decode stream) per task thread ------------------------------
+
+
+def test_the_overlap_schedule_keeps_one_decode_thread_per_task_thread(model_dir, photo_jpegs):
+    """Partitions one after another on a task thread use the same decode thread: a new one per
+    partition would take a new CUDA stream from torch's small pool each time."""
+    import threading
+
+    from dask_clip.decode import PILLOW
+    from dask_clip.models import get_model
+    from dask_clip.pipeline import embed_rows
+    from dask_clip.sources import get_source
+    from dask_clip.spec import ModelSpec
+
+    model = get_model(ModelSpec(model_dir=model_dir, device="cpu", precision="fp32"))
+    source = get_source("bytes")
+    seen: list[threading.Thread] = []  # the threads themselves: kept alive, never confused
+    real_fetch = source.fetch
+
+    def recording_fetch(rows, **kwargs):
+        seen.append(threading.current_thread())
+        return real_fetch(rows, **kwargs)
+
+    source.fetch = recording_fetch  # type: ignore[method-assign]
+    try:
+        results = [
+            embed_rows(photo_jpegs, source, model=model, decoder=PILLOW, batch_size=2, chunk_rows=2, schedule="overlap")
+            for _ in range(3)
+        ]
+
+        def on_other_task_thread():
+            embed_rows(photo_jpegs, source, model=model, decoder=PILLOW, batch_size=2, chunk_rows=2, schedule="overlap")
+
+        other = threading.Thread(target=on_other_task_thread)
+        other.start()
+        other.join()
+    finally:
+        del source.fetch
+    assert all(r.valid.all() for r in results)
+    first, last = seen[:9], seen[9:]  # 3 partitions x 3 chunks, then the other task thread's 3
+    assert len(set(first)) == 1 and first[0].name.startswith("dask-clip-prepare")
+    assert len(set(last)) == 1 and last[0] is not first[0]
+    torch.testing.assert_close(results[0].embeddings, results[2].embeddings)
