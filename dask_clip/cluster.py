@@ -208,10 +208,10 @@ def plan_local_cluster(
     per_task = threads_per_gpu_worker(num_gpus_per_worker)
     cores = cores or cpu_count()
     if dask_cuda_installed is not None:
-        problem = None if dask_cuda_installed else "dask-cuda is not installed"
+        installed = dask_cuda_installed
     else:  # kind="cpu" never uses it: not imported then
-        problem = None if kind == "cpu" else dask_cuda_problem()
-    installed = problem is None
+        installed = kind != "cpu" and has_dask_cuda()
+    problem = None if installed or kind == "cpu" else (dask_cuda_problem() or "dask-cuda is not installed")
     if kind != "cpu" and n_gpus is None:
         n_gpus = gpu_count()
     n_gpus = n_gpus or 0
