@@ -179,3 +179,57 @@ def test_the_overlap_schedule_keeps_one_decode_thread_per_task_thread(model_dir,
     assert len(set(first)) == 1 and first[0].name.startswith("dask-clip-prepare")
     assert len(set(last)) == 1 and last[0] is not first[0]
     torch.testing.assert_close(results[0].embeddings, results[2].embeddings)
+
+
+# -- throughput: Pillow fallbacks decoded by a shared, bounded pool -----------------------------------
+
+
+def test_fallbacks_decode_in_the_shared_pool_in_row_order(photos, photo_jpegs):
+    from dask_clip.decode import PILLOW
+
+    pngs = [encode_image(p, "PNG") for p in photos[:3]]
+    progressive = [encode_image(p, quality=90, progressive=True) for p in photos[3:]]
+    blobs = [pngs[0], photo_jpegs[0], *progressive, b"not an image", pngs[1], photo_jpegs[1], pngs[2]]
+    got = gpu_decode.NvjpegDecoder("cpu").decode(blobs, max_pixels=None)
+    ref = PILLOW.decode(blobs, max_pixels=None)
+    for (a, reason_a), (b, reason_b), blob in zip(got, ref, blobs):
+        assert reason_a == reason_b
+        if blob in pngs or blob in progressive:  # the fallbacks: Pillow's own pixels
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_pool_holds_at_most_its_size_in_decoded_images_across_callers():
+    import threading
+    import time
+
+    pool = gpu_decode.FallbackPool(2)
+    lock = threading.Lock()
+    held = {"now": 0, "max": 0}
+
+    def decode(item):
+        with lock:
+            held["now"] += 1
+            held["max"] = max(held["max"], held["now"])
+        time.sleep(0.01)
+        return item, None
+
+    def consume(n):
+        out = []
+        for result in pool.map_ordered(decode, list(range(n))):
+            with lock:
+                held["now"] -= 1
+            out.append(result[0])
+        assert out == list(range(n))  # in order
+
+    threads = [threading.Thread(target=consume, args=(12,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)  # no caller waits on another
+    assert held["max"] <= 2 + len(threads)  # the pool's 2, plus the one each caller was just handed
+    stopped = pool.map_ordered(decode, list(range(10)))
+    next(stopped)
+    stopped.close()  # a caller that stops early gives its slots back
+    assert [r[0] for r in pool.map_ordered(lambda x: (x, None), [7, 8, 9])] == [7, 8, 9]
+    assert pool._slots._value == 2
