@@ -56,6 +56,7 @@ from benchmarks.check_support import Cluster, Report, StepTimeout  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GPU_TEST_FILES = [
+    "tests/test_cuda_rules.py",
     "tests/test_gpu.py",
     "tests/backends/test_cudf_backend.py",
     "tests/test_oom.py",
