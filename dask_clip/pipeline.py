@@ -8,8 +8,9 @@ stages share the machine is the *schedule*:
 
 - ``"overlap"`` (GPUs): a thread prepares the next chunk while the model runs the current one
   (decode, resize and normalise run on a CUDA stream of their own; an event hands the input
-  to the model's stream). One synchronisation per partition, when the embeddings are copied
-  to the host.
+  to the model's stream). The decode thread is made once per task thread and kept, and the
+  model stage runs on the task thread's own stream, not the default stream all task threads
+  would share. One synchronisation per partition, of that stream only.
 - ``"serial"`` (CPUs): the chunk is prepared with every core (one decode thread per torch
   thread), then the model runs with every core. Beside a busy OpenMP pool, a decode thread
   takes a core from the model's barrier-synchronised threads, which then wait for the slowest
