@@ -91,6 +91,7 @@ class Report:
             yield None
             return
         self.write()
+        checks_before = set(self.data["checks"])
         try:
             with time_budget(budget):
                 yield record
@@ -103,6 +104,16 @@ class Report:
         finally:
             record["seconds"] = round(time.monotonic() - started, 2)
             print(f"[gpu_check] {name}: {record['status']} in {record['seconds']} s", file=sys.stderr, flush=True)
+            # the summary as each step finishes: a run killed later still printed what it measured
+            figures = {k: v for k, v in record.items() if k not in ("traceback", "output_tail", "status", "seconds")}
+            print(f"[gpu_check]   {json.dumps(figures, default=str)[:1500]}", file=sys.stderr, flush=True)
+            for check in sorted(set(self.data["checks"]) - checks_before):
+                c = self.data["checks"][check]
+                print(
+                    f"[gpu_check]   check {c['pass']}: {check} = {c['value']} ({c['goal']})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.write()
 
 

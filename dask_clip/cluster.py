@@ -52,9 +52,26 @@ _NO_DASHBOARD = "127.0.0.1:0"
 CORES_PER_CPU_WORKER = 8
 
 
+def dask_cuda_problem() -> str | None:
+    """Why dask-cuda cannot be used here (None when it imports).
+
+    Installed is not enough: a dask-cuda whose CUDA bindings do not match the machine (an
+    incompatible ``cuda-core``, say) raises on import, and a local cluster must then fall back
+    to CPU workers with a warning instead of failing. Importing ``dask_cuda.utils`` creates no
+    CUDA context.
+    """
+    if importlib.util.find_spec("dask_cuda") is None:
+        return "dask-cuda is not installed"
+    try:
+        import dask_cuda.utils  # noqa: F401
+    except Exception as err:
+        return f"dask-cuda is installed but does not import ({type(err).__name__}: {err})"
+    return None
+
+
 def has_dask_cuda() -> bool:
-    """Whether dask-cuda is installed (checked without importing it)."""
-    return importlib.util.find_spec("dask_cuda") is not None
+    """Whether dask-cuda is installed and imports."""
+    return dask_cuda_problem() is None
 
 
 def gpu_count() -> int:
@@ -64,9 +81,9 @@ def gpu_count() -> int:
     driver but creates no context.
     """
     if has_dask_cuda():
-        from dask_cuda.utils import get_n_gpus
-
         try:
+            from dask_cuda.utils import get_n_gpus
+
             return int(get_n_gpus())
         except Exception:  # no driver / NVML: treat as no GPU, as torch would
             return 0
@@ -190,7 +207,11 @@ def plan_local_cluster(
             raise ValueError(f"{name} must be a positive int or None, got {value!r}")
     per_task = threads_per_gpu_worker(num_gpus_per_worker)
     cores = cores or cpu_count()
-    installed = has_dask_cuda() if dask_cuda_installed is None else dask_cuda_installed
+    if dask_cuda_installed is not None:
+        installed = dask_cuda_installed
+    else:  # kind="cpu" never uses it: not imported then
+        installed = kind != "cpu" and has_dask_cuda()
+    problem = None if installed or kind == "cpu" else (dask_cuda_problem() or "dask-cuda is not installed")
     if kind != "cpu" and n_gpus is None:
         n_gpus = gpu_count()
     n_gpus = n_gpus or 0
@@ -198,13 +219,14 @@ def plan_local_cluster(
     use_cuda = kind == "cuda" or (kind == "auto" and n_gpus > 0 and installed)
     if kind == "auto" and n_gpus > 0 and not installed:
         logger.warning(
-            "dask_clip: %d GPU(s) visible but dask-cuda is not installed; starting a CPU "
-            "LocalCluster (pip install 'dask-clip[gpu]' for one worker per GPU)",
+            "dask_clip: %d GPU(s) visible but %s; starting a CPU LocalCluster "
+            "(pip install 'dask-clip[gpu]', or 'dask-clip[gpu-cu12]' for CUDA 12, for one worker per GPU)",
             n_gpus,
+            problem,
         )
     if use_cuda:
         if not installed:
-            raise ImportError("kind='cuda' needs dask-cuda: pip install 'dask-clip[gpu]'")
+            raise ImportError(f"kind='cuda' needs dask-cuda, but {problem}: pip install 'dask-clip[gpu]'")
         if n_gpus < 1:
             raise ValueError("kind='cuda' but no GPU is visible (check CUDA_VISIBLE_DEVICES); use kind='cpu'")
         if n_workers is not None and n_workers > n_gpus:

@@ -30,11 +30,15 @@ the routing, fallback, bisection and row alignment are tested without a GPU.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import io
 import logging
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -45,9 +49,12 @@ from .decode import DEFAULT_MAX_IMAGE_PIXELS, BaseDecoder, DecodeResult, decode_
 __all__ = [
     "GPU_DECODE_MODES",
     "PROGRESSIVE_ON_GPU",
+    "FallbackPool",
     "JpegHeader",
     "NvjpegDecoder",
+    "check_device_decode",
     "decode_jpegs",
+    "fallback_pool",
     "jpeg_header",
     "jpeg_on_device",
 ]
@@ -128,10 +135,25 @@ def _byte_tensor(data: bytes | bytearray | memoryview) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def _stream_barrier(device: torch.device) -> None:
+    """Wait, on the host, until the caller's CUDA stream has run everything queued on it.
+
+    torchvision allocates the decode outputs on the caller's stream, and nvJPEG does not order
+    its writes after the work queued there: a block freed by a kernel still queued (an earlier
+    group's pixels, a crop) can be handed to the decoder and overwritten under that kernel
+    (pytorch/vision#9606, 134 of 200 iterations on an H100; torchcodec#1634 adds the same
+    ``cudaStreamSynchronize`` before its batched hardware decode). ``decode_jpeg`` blocks the
+    host until its stream is done anyway, so the wait moves earlier rather than being added.
+    """
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def _decode_list(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     _quiet_deprecation()
+    _stream_barrier(device)  # before every call, the bisection's too
     return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False))
 
 
@@ -171,6 +193,123 @@ def decode_jpegs(
     return [None if t is None else t.permute(1, 2, 0) for t in _bisect(tensors, torch.device(device))]
 
 
+class FallbackPool:
+    """Pillow threads shared by every task thread of the process, for the images nvJPEG does not
+    decode (progressive, PNG, WebP, CMYK, what it refused).
+
+    Pillow releases the GIL while it decodes, so the fallbacks of one chunk decode in parallel
+    instead of one after another on the task's decode thread. At most ``threads`` decoded (or
+    decoding) images wait in the pool at once, in the whole process, each holding one slot, plus
+    the one each caller has just been handed: memory stays about one full-size image per decode
+    thread. A caller submits ahead only while a slot is free, and waits for one only when it holds
+    none (so two callers cannot wait on each other).
+
+    Parameters
+    ----------
+    threads
+        Pool size: the cores per GPU (:func:`fallback_threads`).
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, int(threads))
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dask-clip-pillow")
+        self._slots = threading.BoundedSemaphore(self.threads)
+
+    def map_ordered(self, fn: Callable[[object], DecodeResult], items: Sequence[object]) -> Iterator[DecodeResult]:
+        """``fn`` of each item, computed in the pool, yielded in order."""
+        pending: collections.deque[Future[DecodeResult]] = collections.deque()
+        ahead = iter(items)
+        left = len(items)
+        try:
+            while left:
+                submitted = len(pending)
+                while submitted < left and self._slots.acquire(blocking=not pending):
+                    pending.append(self._pool.submit(fn, next(ahead)))
+                    submitted += 1
+                try:
+                    result = pending.popleft().result()
+                finally:
+                    self._slots.release()
+                left -= 1
+                yield result
+        finally:  # a caller that stops early frees its slots
+            for future in pending:
+                future.cancel()
+                with contextlib.suppress(Exception):
+                    future.result()
+                self._slots.release()
+
+
+def fallback_threads() -> int:
+    """The cores per GPU of this node: the worker's usable cores over the GPUs torch sees (a
+    dask-cuda worker sees every GPU of the node, its own first)."""
+    from .worker_setup import cpu_count
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return max(1, cpu_count() // max(1, gpus))
+
+
+_FALLBACK_POOL: FallbackPool | None = None
+_FALLBACK_LOCK = threading.Lock()
+
+
+def fallback_pool() -> FallbackPool:
+    """The process's :class:`FallbackPool`, made on first use."""
+    global _FALLBACK_POOL
+    if _FALLBACK_POOL is None:
+        with _FALLBACK_LOCK:
+            if _FALLBACK_POOL is None:
+                _FALLBACK_POOL = FallbackPool(fallback_threads())
+    return _FALLBACK_POOL
+
+
+_CHECKED: set[torch.device] = set()
+# An 8 x 8 grey baseline JPEG (Pillow, quality 75): what the load check decodes.
+_PROBE_JPEG: bytes | None = None
+
+
+def _probe_jpeg() -> bytes:
+    global _PROBE_JPEG
+    if _PROBE_JPEG is None:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (128, 128, 128)).save(buffer, format="JPEG", quality=75)
+        _PROBE_JPEG = buffer.getvalue()
+    return _PROBE_JPEG
+
+
+def check_device_decode(device: torch.device) -> None:
+    """Decode one tiny JPEG on ``device`` once per process; raise if torchvision cannot.
+
+    A torchvision without ``decode_jpeg``, without batched device decoding (< 0.20) or built
+    without nvJPEG would otherwise fail every call, and every image would silently take the
+    Pillow fallback. Checked when the decoder is made (once per device), so the task fails with
+    the reason instead.
+
+    Raises
+    ------
+    RuntimeError
+        With what failed and what to do (install a CUDA torchvision, or ``decode_device="cpu"``).
+    """
+    if device in _CHECKED:
+        return
+    try:
+        import torchvision.io
+
+        if not hasattr(torchvision.io, "decode_jpeg"):
+            raise AttributeError("torchvision.io has no decode_jpeg")
+        pixels = _decode_list([_byte_tensor(_probe_jpeg())], device)[0]
+        if tuple(pixels.shape) != (3, 8, 8) or pixels.device.type != device.type:
+            raise RuntimeError(f"decode_jpeg returned {tuple(pixels.shape)} on {pixels.device}, expected (3, 8, 8)")
+    except Exception as err:
+        raise RuntimeError(
+            f"decode_device='auto' decodes JPEGs with torchvision.io.decode_jpeg on {device}, which failed here "
+            f"({type(err).__name__}: {err}). Install torchvision >= 0.20 built for this CUDA "
+            "(pip install 'dask-clip[gpu-cu12]' or 'dask-clip[gpu-cu13]'), or pass decode_device='cpu' "
+            "to decode with Pillow"
+        ) from err
+    _CHECKED.add(device)
+
+
 class NvjpegDecoder(BaseDecoder):
     """A :class:`~dask_clip.decode.Decoder`: JPEGs on ``device`` (nvJPEG on CUDA), the rest with Pillow.
 
@@ -186,13 +325,15 @@ class NvjpegDecoder(BaseDecoder):
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
+        check_device_decode(self.device)
 
     def decode_groups(
         self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None
     ) -> Iterator[list[tuple[int, DecodeResult]]]:
         """nvJPEG calls of at most ``max_bytes`` decoded bytes and 128 images, then the Pillow
-        fallbacks one by one. Pixels are uint8 (H, W, 3): torch tensors on ``device`` from
-        nvJPEG, NumPy arrays from Pillow."""
+        fallbacks (decoded by the shared :class:`FallbackPool`), one per group, in row order.
+        Pixels are uint8 (H, W, 3): torch tensors on ``device`` from nvJPEG, NumPy arrays from
+        Pillow."""
         headers = [jpeg_header(b, max_pixels=max_pixels, max_bytes=max_bytes) for b in blobs]
         fallback = [i for i, h in enumerate(headers) if h is None or not h.on_device]
         group: list[int] = []
@@ -208,9 +349,12 @@ class NvjpegDecoder(BaseDecoder):
             group_bytes += size
         if group:
             yield from self._decode_group(blobs, group, fallback)
-        # The CPU path for everything else and for what nvJPEG refused: same pixels, same errors.
-        for i in sorted(fallback):
-            yield [(i, decode_bytes(blobs[i], max_pixels=max_pixels, max_bytes=max_bytes))]
+        # The CPU path for everything else and for what nvJPEG refused: same pixels, same errors,
+        # decoded by the process's shared Pillow threads, handed over in row order.
+        todo = sorted(fallback)
+        decode = functools.partial(decode_bytes, max_pixels=max_pixels, max_bytes=max_bytes)
+        for i, result in zip(todo, fallback_pool().map_ordered(decode, [blobs[i] for i in todo])):
+            yield [(i, result)]
 
     def _decode_group(
         self, blobs: Sequence[object], members: list[int], fallback: list[int]

@@ -37,6 +37,7 @@ __all__ = [
     "load_counts",
     "resolve_device",
     "set_torch_threads",
+    "to_low_precision",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class LoadedModel:
         Width D of the (N, D) embeddings.
     input_dtype : torch.dtype
         The dtype of the model's input: float32, or the weights' dtype for ``"pure_*"``
-        precisions (weights held in bf16/fp16, LayerNorms computing in their input's dtype).
+        precisions and ``"auto"`` on CUDA (weights held in bf16/fp16, LayerNorms computing in
+        float32: :func:`to_low_precision`).
     batch_size_cap : int or None
         The largest batch that fitted in memory after an out-of-memory back-off; None until
         one happens, and again once :data:`CAP_PROBE_BATCHES` batches in a row fitted under it
@@ -132,6 +134,59 @@ def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"pure_bf16": torch.bfloat16, "pure_fp16": torch.float16}.get(precision, torch.float32)
+
+
+def to_low_precision(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Hold ``model``'s weights in ``dtype`` (fp16/bf16), its LayerNorms computing in float32.
+
+    What open_clip's own ``precision="fp16"``/``"bf16"`` builds (``open_clip.factory``
+    ``_set_model_device_and_precision``): ``convert_weights_to_lp`` for open_clip's own towers
+    (linear, conv and attention weights, the projections; embeddings stay float32 and are cast
+    where used), the whole model for timm towers, and every LayerNorm a ``LayerNormFp32`` with
+    float32 weights, which computes in float32 and returns its input's dtype. A LayerNorm left
+    with float32 weights under half activations fails on CUDA ("expected scalar type Half but
+    found Float", pytorch#135969) though CPU kernels accept it: see :mod:`dask_clip.cuda_rules`.
+    transformers models are converted whole, their LayerNorms the same way.
+
+    Parameters
+    ----------
+    model
+        An open_clip model or a :class:`~dask_clip.hf.TransformersCLIP`, in float32, eval mode.
+    dtype
+        ``torch.float16`` or ``torch.bfloat16``.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``, converted in place.
+    """
+    from open_clip.model import CLIP, CustomTextCLIP, convert_weights_to_lp
+    from open_clip.transformer import LayerNorm, LayerNormFp32
+
+    native = isinstance(model, (CLIP, CustomTextCLIP)) and not any(
+        type(m).__name__ in ("TimmModel", "HFTextEncoder") for m in model.modules()
+    )
+    if native:
+        convert_weights_to_lp(model, dtype=dtype)
+    else:  # timm / Hugging Face towers: convert_weights_to_lp only knows open_clip's own modules
+        model.to(dtype)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            # exact types: a subclass with its own forward (timm's LayerNorm2d ...) keeps it
+            if type(child) in (torch.nn.LayerNorm, LayerNorm, LayerNormFp32):
+                weight = child.weight
+                norm = LayerNormFp32(
+                    child.normalized_shape,
+                    eps=child.eps,
+                    elementwise_affine=child.elementwise_affine,
+                    bias=child.bias is not None,
+                    device=weight.device if weight is not None else None,
+                    dtype=torch.float32,
+                )
+                norm.load_state_dict(child.state_dict())  # copies the values into float32
+                norm.train(child.training).requires_grad_(False)
+                setattr(parent, name, norm)
+    return model
 
 
 def _unreadable(what: str, err: Exception) -> ModelLoadError:
@@ -220,16 +275,9 @@ def _load(spec: ModelSpec) -> LoadedModel:
     created, kind = _create(spec)
     model: Any = created.eval().requires_grad_(False).to(device)
     dtype = weights_dtype(spec.precision, device)
-    if kind == TRANSFORMERS:
-        preprocess = model.preprocess_config
-        if dtype != torch.float32:
-            model.to(dtype)  # transformers' LayerNorms compute in their weights' dtype
-    else:
-        if dtype != torch.float32:
-            from open_clip.model import convert_weights_to_lp
-
-            convert_weights_to_lp(model, dtype)  # open_clip's own: linear/conv/attention weights
-        preprocess = PreprocessConfig.from_model(model)
+    if dtype != torch.float32:
+        to_low_precision(model, dtype)
+    preprocess = model.preprocess_config if kind == TRANSFORMERS else PreprocessConfig.from_model(model)
     with torch.inference_mode():
         probe = torch.zeros((1, 3, *preprocess.size), device=device, dtype=dtype)
         embed_dim = int(model.encode_image(probe).shape[-1])

@@ -8,8 +8,9 @@ stages share the machine is the *schedule*:
 
 - ``"overlap"`` (GPUs): a thread prepares the next chunk while the model runs the current one
   (decode, resize and normalise run on a CUDA stream of their own; an event hands the input
-  to the model's stream). One synchronisation per partition, when the embeddings are copied
-  to the host.
+  to the model's stream). The decode thread is made once per task thread and kept, and the
+  model stage runs on the task thread's own stream, not the default stream all task threads
+  would share. One synchronisation per partition, of that stream only.
 - ``"serial"`` (CPUs): the chunk is prepared with every core (one decode thread per torch
   thread), then the model runs with every core. Beside a busy OpenMP pool, a decode thread
   takes a core from the model's barrier-synchronised threads, which then wait for the slowest
@@ -22,7 +23,9 @@ its place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +91,19 @@ class RowsResult:
 
 def _chunks(n: int, chunk: int) -> list[int]:
     return list(range(0, n, chunk))
+
+
+_PREPARE_THREADS = threading.local()
+
+
+def _prepare_pool() -> ThreadPoolExecutor:
+    """The calling (task) thread's decode thread, started once and kept: a new thread per
+    partition would create a new decode stream each time, rotating through torch's small pool
+    of streams (and sharing them with other task threads)."""
+    pool = getattr(_PREPARE_THREADS, "pool", None)
+    if pool is None:
+        pool = _PREPARE_THREADS.pool = ThreadPoolExecutor(1, thread_name_prefix="dask-clip-prepare")
+    return pool
 
 
 def embed_rows(
@@ -178,6 +194,42 @@ def embed_rows(
         with stream, torch.inference_mode():
             return prepare_chunk(rows[start : start + chunk], start, **prepare_kwargs)
 
+    caller = torch.cuda.current_stream(device) if on_gpu else None
+    # The model stage on this task thread's own stream (created once per thread).
+    with torch.cuda.stream(decode_stream(device)) if on_gpu else nullcontext():
+        _embed_chunks(
+            rows, result, prepare, chunk, schedule, model, batch_size, normalize, heads, on_error, index, to_host
+        )
+        if model.input_dtype == torch.float16 and len(result.embeddings):
+            _rerun_overflow(rows, result, prepare_kwargs, model, batch_size, normalize, heads)
+        if caller is not None:
+            # What is handed back was made on this stream: finished before the caller reads it,
+            # and its blocks kept from reuse on this stream until the caller's is done with them.
+            torch.cuda.current_stream(device).synchronize()
+            for part in [result.embeddings, *(p for parts in result.heads.values() for p in parts)]:
+                if isinstance(part, torch.Tensor) and part.is_cuda:
+                    part.record_stream(caller)
+    return result
+
+
+def _embed_chunks(
+    rows: Sequence[object],
+    result: RowsResult,
+    prepare: Any,
+    chunk: int,
+    schedule: str,
+    model: LoadedModel,
+    batch_size: int,
+    normalize: bool,
+    heads: dict[str, HeadFunction],
+    on_error: str,
+    index: Sequence[object] | None,
+    to_host: bool,
+) -> None:
+    """The chunks through the model stage, on the current stream; fills ``result``."""
+    n = len(rows)
+    device = model.device
+    on_gpu = device.type == "cuda"
     host = torch.empty((n, model.embed_dim), dtype=torch.float32, pin_memory=on_gpu and to_host)
     parts: list[torch.Tensor] = []
     filled = 0
@@ -209,9 +261,6 @@ def embed_rows(
         result.embeddings = torch.cat(parts)
     else:
         result.embeddings = torch.zeros((0, model.embed_dim), dtype=torch.float32, device=device)
-    if model.input_dtype == torch.float16 and filled:
-        _rerun_overflow(rows, result, prepare_kwargs, model, batch_size, normalize, heads)
-    return result
 
 
 def _model_stage(
@@ -294,8 +343,9 @@ def _prepared_chunks(
         for start in starts:
             yield prepare(start)
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="dask-clip-prepare") as pool:
-        pending = pool.submit(prepare, starts[0])
+    pool = _prepare_pool()
+    pending = pool.submit(prepare, starts[0])
+    try:
         for i in range(len(starts)):
             started = time.perf_counter()
             prepared = pending.result()
@@ -303,3 +353,7 @@ def _prepared_chunks(
             if i + 1 < len(starts):
                 pending = pool.submit(prepare, starts[i + 1])
             yield prepared
+    finally:  # a failed or abandoned partition leaves no chunk running into the next one
+        pending.cancel()
+        with contextlib.suppress(Exception):
+            pending.result()

@@ -36,7 +36,11 @@ _COPY_PIXELS_AT_MOST = 4_000_000
 
 def decode_stream(device: torch.device) -> Any:
     """This thread's CUDA stream for ``device``, created once (not one per chunk: torch caches
-    memory blocks per stream and rotates a small pool of them)."""
+    memory blocks per stream and rotates a small pool of them).
+
+    Used by the decode thread (its input stage) and by each task thread (its model stage), so
+    task threads sharing a GPU do not queue on the legacy default stream behind each other, and
+    the partition's one synchronisation waits for its own work only."""
     streams = getattr(_STREAMS, "by_device", None)
     if streams is None:
         streams = _STREAMS.by_device = {}
@@ -88,14 +92,42 @@ def _as_tensor(pixels: object) -> torch.Tensor:
 def _chw_on(pixels: object, device: torch.device) -> torch.Tensor:
     """uint8 (3, H, W) on ``device``, laid out for the resize.
 
-    HWC-contiguous (channels-last CHW) is what torch's uint8 antialiased resize reads fastest,
-    so Pillow's RGBX view of a photo is copied once (0.2 ms at 800 x 600; the resize is then 4
-    times faster); a very large image is resized from the view instead: no second full-size copy.
+    On the CPU, HWC-contiguous (channels-last CHW) is what torch's uint8 antialiased resize reads
+    fastest, so Pillow's RGBX view of a photo is copied once (0.2 ms at 800 x 600; the resize is
+    then 4 times faster); a very large image is resized from the view instead: no second
+    full-size copy. CUDA's resize computes in float from any layout: no copy there.
     """
     image = _as_tensor(pixels).to(device, non_blocking=True)
-    if image.shape[0] * image.shape[1] <= _COPY_PIXELS_AT_MOST:
+    if device.type == "cpu" and image.shape[0] * image.shape[1] <= _COPY_PIXELS_AT_MOST:
         image = image.contiguous()
     return to_chw(image)
+
+
+def _crop(pixels: object, device: torch.device, cfg: PreprocessConfig) -> torch.Tensor:
+    """The model-size uint8 (3, h, w) crop of one decoded image, on ``device``.
+
+    On a GPU, pixels decoded on the host (Pillow's fallbacks) are resized there, and only the
+    crop crosses to the device, from pinned memory without blocking: the full-size image never
+    takes a pageable host-to-device copy (which can block the host) nor GPU memory. An image
+    whose resize runs out of GPU memory is resized on the host the same way.
+    """
+    on_host = not (isinstance(pixels, torch.Tensor) and pixels.device.type != "cpu")
+    if device.type == "cuda" and on_host:
+        return _host_crop_to(pixels, device, cfg)
+    try:
+        return resize_crop(_chw_on(pixels, device), cfg)
+    except Exception as err:
+        from .infer import is_out_of_memory
+
+        if device.type != "cuda" or not is_out_of_memory(err):
+            raise
+    torch.cuda.empty_cache()  # out of the except block: the failed resize's memory is free
+    return _host_crop_to(pixels.cpu() if isinstance(pixels, torch.Tensor) else pixels, device, cfg)
+
+
+def _host_crop_to(pixels: object, device: torch.device, cfg: PreprocessConfig) -> torch.Tensor:
+    crop = resize_crop(_chw_on(pixels, torch.device("cpu")), cfg)
+    return crop.pin_memory().to(device, non_blocking=True)
 
 
 # After an image with more decoded bytes than this, freed memory is handed back to the system
@@ -128,7 +160,7 @@ def _crop_share(
                 errors.append((indices[k], reason or "unknown"))
                 continue
             large = pixels.shape[0] * pixels.shape[1] * 3 > RELEASE_AFTER_BYTES
-            crops.append((indices[k], resize_crop(_chw_on(pixels, device), cfg)))
+            crops.append((indices[k], _crop(pixels, device, cfg)))
             del pixels
             if large and device.type == "cpu":
                 release_freed_memory()

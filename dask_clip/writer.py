@@ -152,23 +152,43 @@ def _fix_pandas_metadata(schema: pa.Schema) -> pa.Schema:
     return schema.with_metadata({**schema.metadata, b"pandas": json.dumps(meta).encode()})
 
 
-def arrow_types(meta: pd.DataFrame) -> dict[str, pa.DataType]:
+def _dask_dispatch() -> tuple[Any, Any]:
+    """Dask's own pandas/cuDF -> Arrow dispatch functions (cuDF's registered by dask_cudf).
+
+    cuDF refuses ``pa.Table.from_pandas`` (no implicit device-to-host conversion); through
+    these, a cuDF partition goes through ``cudf.DataFrame.to_arrow`` and a pandas one through
+    ``pa.Table.from_pandas``, as before.
+    """
+    from dask.dataframe.dispatch import pyarrow_schema_dispatch, to_pyarrow_table_dispatch
+
+    # dask registers dask_cudf lazily for to_pyarrow_table_dispatch, not for this one
+    pyarrow_schema_dispatch.register_lazy("cudf", _register_dask_cudf)
+    return pyarrow_schema_dispatch, to_pyarrow_table_dispatch
+
+
+def _register_dask_cudf() -> None:
+    import dask_cudf  # noqa: F401 - registers cuDF's implementations on dask's dispatch functions
+
+
+def arrow_types(meta: Any) -> dict[str, pa.DataType]:
     """Arrow types of the columns whose dtype says it (object columns are inferred per file)."""
+    schema_of, _ = _dask_dispatch()
     types: dict[str, pa.DataType] = {}
     for name, dtype in meta.dtypes.items():
         if pd.api.types.is_object_dtype(dtype):
             continue
-        types[str(name)] = pa.Schema.from_pandas(meta[[name]], preserve_index=False).field(str(name)).type
+        types[str(name)] = schema_of(meta[[name]], preserve_index=False).field(str(name)).type
     return types
 
 
-def to_arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+def to_arrow(df: Any, types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
     """A partition as an Arrow table with the output's column types and readable pandas metadata.
 
     Parameters
     ----------
     df
-        A pandas partition.
+        A pandas or cuDF partition (Dask's ``to_pyarrow_table_dispatch``: one device-to-host
+        copy for cuDF).
     types
         Column types from the frame's meta (:func:`arrow_types`), so every file has the same
         schema; other columns are inferred, all-null ones as ``string``.
@@ -176,7 +196,7 @@ def to_arrow(df: pd.DataFrame, types: Mapping[str, pa.DataType] | None = None) -
     # A named index is data (e.g. dedup's `row` numbers): store it as a column. An unnamed
     # RangeIndex stays metadata only; Dask's reader cannot handle a named one stored that way.
     named = any(name is not None for name in df.index.names)
-    table = pa.Table.from_pandas(df, preserve_index=True if named else None)
+    table = _dask_dispatch()[1](df, preserve_index=True if named else None)
     schema = table.schema
     for i, field in enumerate(schema):
         target = (types or {}).get(field.name)
@@ -473,7 +493,7 @@ def write_parquet(
     Parameters
     ----------
     ddf
-        Any Dask DataFrame with pandas partitions (e.g. ``ImageEmbedder(...)(ddf)``). Its
+        Any Dask DataFrame with pandas or cuDF partitions (e.g. ``ImageEmbedder(...)(ddf)``). Its
         partitioning must be the same from run to run (it is for the same input read the same
         way) for a resumed run to match.
     path

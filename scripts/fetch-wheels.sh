@@ -18,9 +18,12 @@ PYTHON=${PYTHON:-python3}
 PYTHON_VERSION=${PYTHON_VERSION:-3.12}
 PLATFORM_TAGS=${PLATFORM_TAGS:-"manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 any"}
 
-# dask and distributed must match each other; these are the versions the tests ran with.
+# dask and distributed must match each other; these are the versions the tests ran with. Only
+# what the GPU machine lacks: a wheel of a package it has (toolz, cloudpickle, pyyaml, psutil,
+# msgpack, packaging, click, sortedcontainers, pytest ...) would shadow its own. dask-cuda
+# pinned: an unpinned one may need a newer dask than the one above.
 packages=(dask==2026.8.0 distributed==2026.8.0 open_clip_torch==3.3.0 ftfy wcwidth tornado zict tblib
-    partd locket toolz cloudpickle dask-cuda "$@")
+    partd locket braceexpand dask-cuda==26.10.0 "$@")
 platforms=()
 for tag in $PLATFORM_TAGS; do platforms+=(--platform "$tag"); done
 

@@ -162,8 +162,9 @@ def test_gpu_decode_groups_are_bounded_by_decoded_bytes(monkeypatch):
     blobs = [encode_image(np.full((100, 100, 3), i, np.uint8), quality=90) for i in range(10)]
     sizes: list[int] = []
     real = gpu_decode._decode_list
+    decoder = gpu_decode.NvjpegDecoder("cpu")  # its load check decodes once, before the counting
     monkeypatch.setattr(gpu_decode, "_decode_list", lambda t, d: sizes.append(len(t)) or real(t, d))
-    results = gpu_decode.NvjpegDecoder("cpu").decode(blobs, max_pixels=None, max_bytes=3 * 100 * 100 * 3)
+    results = decoder.decode(blobs, max_pixels=None, max_bytes=3 * 100 * 100 * 3)
     assert sizes == [3, 3, 3, 1] and all(p is not None for p, _ in results)
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "is_string_type",
     "is_uint8_list_type",
     "list_float32_array",
+    "list_offsets",
     "looks_like_image",
     "pack_validity",
     "rows_from_buffers",
@@ -202,6 +203,32 @@ def split_flat_pixels(
     return rows
 
 
+def list_offsets(valid: np.ndarray, dim: int) -> np.ndarray:
+    """Offsets of a list column whose valid rows hold ``dim`` values and null rows none.
+
+    Null rows are *empty* nulls: libcudf's list operations (``.list.leaves`` among them) read
+    the values under a null row's offsets as if they were data, so a null row must span none.
+
+    Parameters
+    ----------
+    valid
+        bool (N,).
+    dim
+        Values per valid row.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 (N + 1,): row i spans ``offsets[i]:offsets[i + 1]`` of the values.
+    """
+    valid = np.asarray(valid, dtype=bool)
+    if int(valid.sum()) * dim >= 2**31:
+        raise ValueError("partition too large for int32 list offsets; use smaller partitions")
+    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
+    np.cumsum(valid.astype(np.int32) * dim, out=offsets[1:])
+    return offsets
+
+
 def list_float32_array(values: np.ndarray, valid: np.ndarray) -> pa.ListArray:
     """A ``list<float32>`` Arrow array from one flat buffer: no Python list of arrays.
 
@@ -225,8 +252,7 @@ def list_float32_array(values: np.ndarray, valid: np.ndarray) -> pa.ListArray:
         raise ValueError(f"{n_valid} embeddings for {int(valid.sum())} valid rows")
     if n_valid * dim >= 2**31:
         raise ValueError("partition too large for int32 list offsets; use smaller partitions")
-    offsets = np.zeros(len(valid) + 1, dtype=np.int32)
-    np.cumsum(valid.astype(np.int32) * dim, out=offsets[1:])
+    offsets = list_offsets(valid, dim)
     mask = pa.array(~valid) if not valid.all() else None
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)), mask=mask)
 

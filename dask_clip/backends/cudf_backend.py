@@ -10,10 +10,11 @@ Buffer hand-offs between cuDF, Arrow and torch, thin and against cuDF's document
   into that one host buffer (:func:`.arrow.byte_rows`, the same code as for pandas).
 - **Decoded pixels** (``list<uint8>``): the leaves go to torch through DLPack (CuPy
   ``Series.values`` → ``torch.from_dlpack``) with no copy.
-- **Embeddings**: the (N, D) float32 CUDA tensor becomes a ``list<float32>`` column without a
-  copy (``pylibcudf.Column.from_cuda_array_interface``, then ``cudf.Series.from_pylibcudf``).
-  Failed rows hold zeros under a null mask, so every row has D values and
-  ``s.list.leaves.values.reshape(n, d)`` reads the column back as (N, D).
+- **Embeddings**: the (M, D) float32 CUDA tensor of the valid rows becomes the values of a
+  ``list<float32>`` column without a copy (``pylibcudf.Column.from_cuda_array_interface``, a
+  LIST ``pylibcudf.Column`` over it and its offsets, then ``cudf.Series.from_pylibcudf``).
+  Failed rows are empty nulls (no value under them), so ``s[s.notna()].list.leaves.values
+  .reshape(m, d)`` reads the valid rows back as (M, D).
 """
 
 from __future__ import annotations
@@ -135,27 +136,36 @@ def as_binary(series: Any) -> Any:
 
 
 def _list_float32_series(values: Any, valid: np.ndarray, index: Any) -> Any:
-    """``list<float32>`` built on the (N, D) CUDA tensor without a copy; null where not valid."""
+    """``list<float32>`` built on the (M, D) CUDA tensor of the valid rows without a copy.
+
+    Null rows are empty (their offsets span no value: :func:`.arrow.list_offsets`, the layout
+    of the pandas column too). Zeros under a null mask would be non-empty nulls, which
+    ``.list.leaves`` and other libcudf list operations return as if they were data.
+    """
     if len(valid) == 0:
         return cudf.Series([], dtype=cudf.ListDtype("float32"), index=index)
-    full = arrow.dense_matrix(values, valid)
-    full = (full if full.is_cuda else full.cuda()).contiguous()
-    # libcudf works on its own stream: finish torch's writes first.
-    torch.cuda.current_stream(full.device).synchronize()
     if not hasattr(plc.Column, "from_cuda_array_interface"):
         raise ImportError(_INSTALL_HINT)
-    column = plc.Column.from_cuda_array_interface(full)  # 2-D (N, D) -> LIST<FLOAT32>, no copy
-    if not valid.all():
-        mask = torch.from_numpy(arrow.pack_validity(valid)).to(full.device)
-        column = plc.Column(
-            column.type(),
-            column.size(),
-            column.data(),
-            plc.gpumemoryview(mask),
-            int((~valid).sum()),
-            column.offset(),
-            column.children(),
-        )
+    m = int(valid.sum())
+    rows = torch.as_tensor(values, dtype=torch.float32)
+    rows = rows.reshape(m, rows.shape[1] if rows.ndim == 2 else 1)  # (M,): one value per row
+    rows = (rows if rows.is_cuda else rows.cuda()).contiguous()
+    offsets = torch.from_numpy(arrow.list_offsets(valid, rows.shape[1])).to(rows.device)
+    # libcudf works on its own stream: finish torch's writes first.
+    torch.cuda.current_stream(rows.device).synchronize()
+    child = plc.Column.from_cuda_array_interface(rows.reshape(-1))  # 1-D float32, no copy
+    mask, nulls = None, int((~valid).sum())
+    if nulls:
+        mask = plc.gpumemoryview(torch.from_numpy(arrow.pack_validity(valid)).to(rows.device))
+    column = plc.Column(
+        plc.DataType(plc.TypeId.LIST),
+        len(valid),
+        None,
+        mask,
+        nulls,
+        0,
+        [plc.Column.from_cuda_array_interface(offsets), child],
+    )
     series = cudf.Series.from_pylibcudf(column)
     series.index = index
     return series
