@@ -75,7 +75,7 @@ def test_index_picks_them_up_and_explicit_options_win(folder_embeddings, tmp_pat
     assert (given.image_column, given.key_column) == (None, None)
 
 
-def test_img2dataset_input_records_key_and_keeps_bytes_only_when_named(captioned_frame, tmp_path, model_dir):
+def test_img2dataset_input_records_key_and_bytes_stay_on_disk(captioned_frame, tmp_path, model_dir):
     from dask_clip.index import build, load
 
     source = tmp_path / "in"
@@ -85,14 +85,47 @@ def test_img2dataset_input_records_key_and_keeps_bytes_only_when_named(captioned
         embed_parquet(source, tmp_path / "emb", ImageEmbedder(model_dir=model_dir))
         embed_parquet(source, tmp_path / "lean", ImageEmbedder(model_dir=model_dir, remove_image_data=True))
         build(tmp_path / "emb", tmp_path / "auto")
-        build(tmp_path / "emb", tmp_path / "named", image_column="image")
+        build(tmp_path / "emb", tmp_path / "none", image_column=None)
     assert read_file_metadata(tmp_path / "emb") == {"image_column": "image", "key_column": "key"}
     assert read_file_metadata(tmp_path / "lean") == {"key_column": "key"}  # no image column left to name
     auto = load(tmp_path / "auto")
-    # image bytes stay out of the in-memory id table unless asked for
-    assert (auto.image_column, auto.key_column) == (None, "key") and "image" not in auto.table.column_names
-    named = load(tmp_path / "named")
-    assert named.image_column == "image" and named.image(named.ids_for_keys(["k2"])[0]) == captioned_frame["image"][2]
+    assert (auto.image_column, auto.key_column) == ("image", "key")
+    assert "image" not in auto.table.column_names  # the bytes are not loaded into memory...
+    for key in ("k0", "k2", "k4"):  # ...but read from disk, row by row
+        assert auto.image(auto.ids_for_keys([key])[0]) == captioned_frame.set_index("key").loc[key, "image"]
+    none = load(tmp_path / "none")
+    assert none.image_column is None
+    with pytest.raises(LookupError, match="keeps no image column"):
+        none.image(none.ids[0])
+
+
+def test_bytes_are_read_from_the_right_row_group(tmp_path, photo_jpegs):
+    """Many partitions, several row groups each, rows without an embedding in between."""
+    import dask.dataframe as dd
+    import numpy as np
+
+    from dask_clip.backends import as_binary
+    from dask_clip.index import add, build, load
+
+    n = 300
+    rng = np.random.default_rng(0)
+    images = [b"image %d " % i + photo_jpegs[i % len(photo_jpegs)] for i in range(n)]
+    vectors = [None if i % 7 == 3 else rng.normal(size=8).astype(np.float32).tolist() for i in range(n)]
+    frame = pd.DataFrame(
+        {
+            "key": [f"r{i}" for i in range(n)],
+            "jpg": as_binary(pd.Series(images)),
+            "embedding": pd.Series(vectors, dtype=pd.ArrowDtype(pa.list_(pa.float32()))),
+        }
+    )
+    with dask.config.set(scheduler="threads"):
+        build(dd.from_pandas(frame, npartitions=3), tmp_path / "idx", image_column="jpg")
+    index = load(tmp_path / "idx")
+    parts = sorted((tmp_path / "idx").glob("v-*/ids/part-*.parquet"))
+    assert len(parts) == 3 and all(pq.ParquetFile(p).num_row_groups > 1 for p in parts)
+    assert max(pq.ParquetFile(parts[0]).metadata.row_group(i).num_rows for i in range(2)) == add.IMAGE_ROW_GROUP
+    for key in ("r0", "r1", "r64", "r65", "r99", "r100", "r170", "r299"):
+        assert index.image(index.ids_for_keys([key])[0]) == images[int(key[1:])]
 
 
 def test_filter_output_carries_the_record(tmp_path):

@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "--image-column",
         default="auto",
         metavar="NAME",
-        help="keep this image column beside the index, for the browse page (default: the paths `dask-clip embed` "
-        "recorded; image bytes only when named)",
+        help="keep this image column beside the index, for the browse page (default: the one `dask-clip embed` "
+        "recorded; 'none': no images)",
     )
     parser.add_argument(
         "--columns", nargs="+", metavar="NAME", help="columns kept beside the index (default: all but images)"
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             args.index_dir,
             embedding_column=args.embedding_column,
             key_column=args.key_column,
-            image_column=args.image_column,
+            image_column=None if args.image_column.lower() == "none" else args.image_column,
             columns=args.columns,
             index_key=args.index_key,
             max_memory=args.max_memory,

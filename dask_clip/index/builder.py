@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ..file_metadata import read_file_metadata
 from . import keys, layout
@@ -189,26 +188,13 @@ def _recorded_columns(
     meta: Any, recorded: Mapping[str, Any], key_column: str | None, image_column: str | None
 ) -> tuple[str | None, str | None]:
     """``"auto"`` key and image columns resolved from what the files record; given ones kept."""
-    from .ids import is_binary_dtype
-
     names = [str(c) for c in meta.columns]
     if key_column == "auto":
         key = recorded.get("key_column")
         key_column = key if key in names else ("key" if "key" in names else None)
     if image_column == "auto":
         image = recorded.get("image_column")
-        image_column = None
-        if image in names:
-            if is_binary_dtype(meta.dtypes[image]) or pd.api.types.is_object_dtype(meta.dtypes[image]):
-                logger.warning(
-                    "the image column %r holds image bytes: not kept beside the index (pass image_column=%r, "
-                    "--image-column %s, to keep them for the browse page)",
-                    image,
-                    image,
-                    image,
-                )
-            else:
-                image_column = image
+        image_column = image if image in names else None
     return key_column, image_column
 
 
@@ -292,9 +278,9 @@ def build(
         folder of images), else ``key`` where it exists.
     image_column
         Column of image bytes or paths/URLs kept for display (``dask-clip serve``, HTML
-        results); ``"auto"``: the image column the Parquet files record, when it holds paths
-        or URLs. Image bytes are kept only when named here or in ``columns`` (the id table is
-        loaded into memory by :func:`~dask_clip.index.load`).
+        results); ``"auto"``: the image column the Parquet files record, if any; None: no
+        images. Bytes are stored in the id table in small row groups and left on disk by
+        :func:`~dask_clip.index.load` (read one row group per image shown).
     columns
         Metadata columns to keep in the id table and return with results; default: all but
         the embedding, binary and list columns.

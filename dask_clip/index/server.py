@@ -197,7 +197,8 @@ def create_app(
             raise _Bad(400, f"k must be between 1 and {MAX_K}")
         return k
 
-    image_type = index.table.schema.field(index.image_column).type if index.image_column is not None else None
+    loaded = index.image_column is not None and index.image_column in names  # bytes stay on disk
+    image_type = index.table.schema.field(index.image_column).type if loaded else None
     image_is_path = image_type is not None and (pa.types.is_string(image_type) or pa.types.is_large_string(image_type))
     labels = [c for c in LABEL_COLUMNS if c in names]
 
