@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .file_metadata import carried, read_file_metadata
 from .writer import location, write_tasks
 
 if TYPE_CHECKING:
@@ -281,7 +282,15 @@ def filter_parquet(
         "input": location(input_path),
         "rules": [[r.column, r.op, list(r.value) if r.op == "in" else r.value] for r in rules],
     }
-    writes = write_tasks(kept, output_path, overwrite=overwrite, job=job, storage_options=storage_options)
+    writes = write_tasks(
+        kept,
+        output_path,
+        overwrite=overwrite,
+        job=job,
+        storage_options=storage_options,
+        # the output keeps the input's image and key columns: `index` and `serve` find them there too
+        file_metadata=carried(read_file_metadata(input_path, storage_options), kept.columns),
+    )
     fs, root = url_to_fs(os.fspath(output_path), **(storage_options or {}))
     summary_file = f"{root.rstrip('/')}/{SUMMARY_FILE}"
     if not writes and fs.exists(summary_file):

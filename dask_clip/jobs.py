@@ -12,11 +12,11 @@ import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .embedder import ImageEmbedder
-from .readers import read_images
+from .readers import PATH_COLUMN, read_images
 from .webdataset import is_webdataset_input, webdataset_partitions
 from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
 from .writer import WriteSummary, check_output, location, write_parquet
@@ -43,6 +43,9 @@ class EmbedJob:
         What defines the output; recorded in the folder's manifest.
     todo : list of int
         Partitions whose file is still missing.
+    file_metadata : dict
+        Recorded in every output file (:mod:`dask_clip.file_metadata`): its image and key
+        columns, for ``index``, ``serve`` and ``dedup`` to pick up.
     """
 
     frame: dd.DataFrame
@@ -50,6 +53,7 @@ class EmbedJob:
     output: str
     fingerprint: dict[str, Any]
     todo: list[int]
+    file_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_embed(
@@ -112,7 +116,28 @@ def prepare_embed(
     todo = check_output(
         output, frame.npartitions, job=fingerprint, overwrite=overwrite, storage_options=storage_options
     )
-    return EmbedJob(frame=frame, embedder=embedder, output=output, fingerprint=fingerprint, todo=todo)
+    return EmbedJob(
+        frame=frame,
+        embedder=embedder,
+        output=output,
+        fingerprint=fingerprint,
+        todo=todo,
+        file_metadata=recorded_columns(list(frame.columns), column),
+    )
+
+
+def recorded_columns(columns: list[str], image_column: str) -> dict[str, Any]:
+    """The image and key columns an embedding output records (those it still has).
+
+    The key is ``key`` (img2dataset, WebDataset) where the output has it; for a folder of
+    images, the file ``path`` (unique, and what a user recognises a row by).
+    """
+    image = image_column if image_column in columns else None
+    if "key" in columns:
+        key: str | None = "key"
+    else:
+        key = PATH_COLUMN if PATH_COLUMN in columns else None
+    return {"image_column": image, "key_column": key}
 
 
 def embed_parquet(
@@ -208,6 +233,7 @@ def run_embed(
         retries=retries,
         partition_stats=functools.partial(_job_stats, error_column=job.embedder.error_column),
         storage_options=storage_options,
+        file_metadata=job.file_metadata,
     )
 
 

@@ -47,6 +47,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .file_metadata import with_file_metadata
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -181,7 +182,11 @@ def arrow_types(meta: Any) -> dict[str, pa.DataType]:
     return types
 
 
-def to_arrow(df: Any, types: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+def to_arrow(
+    df: Any,
+    types: Mapping[str, pa.DataType] | None = None,
+    file_metadata: Mapping[str, Any] | None = None,
+) -> pa.Table:
     """A partition as an Arrow table with the output's column types and readable pandas metadata.
 
     Parameters
@@ -192,6 +197,9 @@ def to_arrow(df: Any, types: Mapping[str, pa.DataType] | None = None) -> pa.Tabl
     types
         Column types from the frame's meta (:func:`arrow_types`), so every file has the same
         schema; other columns are inferred, all-null ones as ``string``.
+    file_metadata
+        What the job records in each file's ``dask_clip`` metadata entry (image and key
+        columns: :mod:`dask_clip.file_metadata`).
     """
     # A named index is data (e.g. dedup's `row` numbers): store it as a column. An unnamed
     # RangeIndex stays metadata only; Dask's reader cannot handle a named one stored that way.
@@ -206,7 +214,10 @@ def to_arrow(df: Any, types: Mapping[str, pa.DataType] | None = None) -> pa.Tabl
             schema = schema.set(i, field.with_type(target))
     if schema != table.schema:
         table = table.cast(schema)
-    return table.replace_schema_metadata(_fix_pandas_metadata(table.schema).metadata)
+    metadata = _fix_pandas_metadata(table.schema).metadata
+    if file_metadata:
+        metadata = with_file_metadata(metadata, file_metadata)
+    return table.replace_schema_metadata(metadata)
 
 
 def _put(fs: Any, root: str, name: str, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -239,11 +250,12 @@ def _write_partition(
     types: Mapping[str, pa.DataType],
     partition_stats: Callable[[pd.DataFrame], Mapping[str, int]] | None,
     manifest: str,
+    file_metadata: Mapping[str, Any] | None = None,
     partition_info: dict | None = None,
 ) -> pd.Series:
     """Write one partition as ``names[its number]``; a one-element object Series of its stats."""
     name = names[partition_info["number"] if partition_info is not None else 0]
-    table = to_arrow(df, types)
+    table = to_arrow(df, types, file_metadata)
     if not fs.exists(f"{root}/{MANIFEST}"):  # the first partition done: before any part file
         _put(fs, root, MANIFEST, lambda f: f.write(manifest), mode="w")
     _put(fs, root, name, lambda f: pq.write_table(table, f))
@@ -438,13 +450,15 @@ def write_tasks(
     job: Mapping[str, Any] | None = None,
     partition_stats: Callable[[pd.DataFrame], Mapping[str, int]] | None = None,
     storage_options: dict | None = None,
+    file_metadata: Mapping[str, Any] | None = None,
 ) -> list[Any]:
     """Prepare ``path`` and return one lazy write per partition still missing there.
 
     The building block of :func:`write_parquet`, for callers that compute the writes together
     with other results in one pass over the data (``dask.compute(tasks, ...)``). Each partition
     is written by the task that computes it (fused), atomically, as ``part-NNNNN.parquet``; each
-    returned task gives ``{"rows": n, **partition_stats(df)}``.
+    returned task gives ``{"rows": n, **partition_stats(df)}``. ``file_metadata``: as
+    :func:`write_parquet`.
 
     Returns
     -------
@@ -468,6 +482,7 @@ def write_tasks(
         arrow_types(ddf._meta),
         partition_stats,
         _manifest_text(n, job),
+        dict(file_metadata) if file_metadata else None,
         meta=pd.Series([], dtype=object),
         enforce_metadata=False,
         align_dataframes=False,
@@ -487,6 +502,7 @@ def write_parquet(
     client: Any = None,
     retries: int = 0,
     storage_options: dict | None = None,
+    file_metadata: Mapping[str, Any] | None = None,
 ) -> WriteSummary:
     """Write a Dask DataFrame as one Parquet file per partition, resuming an interrupted run.
 
@@ -515,13 +531,22 @@ def write_parquet(
         Retries of a failed partition (``client.compute(retries=...)``).
     storage_options
         fsspec options for a remote ``path``.
+    file_metadata
+        JSON-able entries for each file's ``dask_clip`` key-value metadata
+        (:mod:`dask_clip.file_metadata`), e.g. ``{"image_column": "path", "key_column": "path"}``.
 
     Returns
     -------
     WriteSummary
     """
     tasks = write_tasks(
-        ddf, path, overwrite=overwrite, job=job, partition_stats=partition_stats, storage_options=storage_options
+        ddf,
+        path,
+        overwrite=overwrite,
+        job=job,
+        partition_stats=partition_stats,
+        storage_options=storage_options,
+        file_metadata=file_metadata,
     )
     n = ddf.npartitions
     root = _open(path, storage_options)[1]

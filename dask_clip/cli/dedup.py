@@ -37,7 +37,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     parser.add_argument("--embedding-column", default="embedding", metavar="NAME")
     parser.add_argument(
-        "--id-column", metavar="NAME", help="column naming rows in duplicate_of (default: the row number)"
+        "--id-column",
+        metavar="NAME",
+        help="column naming rows in duplicate_of (default: the key column `dask-clip embed` recorded, else the "
+        "row number)",
     )
     parser.add_argument("--which-to-keep", choices=KEEP_RULES, default="hard")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ImportError(f"dask-clip dedup needs the dedup extra ({err}): pip install 'dask-clip[dedup]'") from err
     max_memory = check_memory("--max-memory", args.max_memory)  # before a cluster starts
+    id_column = args.id_column
+    if id_column is None:  # the key column the embeddings record (key, or a folder's file path)
+        from ..file_metadata import read_file_metadata
+
+        id_column = read_file_metadata(args.input).get("key_column")
     with connect(**options.cluster_options(args)) as client:
         options.say(f"cluster: {options.describe(client, args)}")
         summary = dedup_parquet(
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             n_clusters=args.n_clusters,
             max_train_rows=args.max_train_rows,
             embedding_column=args.embedding_column,
-            id_column=args.id_column,
+            id_column=id_column,
             drop_duplicates=args.drop_duplicates,
             overwrite=args.overwrite,
             which_to_keep=args.which_to_keep,

@@ -25,10 +25,17 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser.add_argument("index_dir", metavar="INDEX_DIR", help="output folder")
     parser.add_argument("--embedding-column", default="embedding", metavar="NAME")
     parser.add_argument(
-        "--key-column", default="auto", metavar="NAME", help="the rows' key for `search --like` (default: key)"
+        "--key-column",
+        default="auto",
+        metavar="NAME",
+        help="the rows' key for `search --like` (default: the one `dask-clip embed` recorded, else key)",
     )
     parser.add_argument(
-        "--image-column", metavar="NAME", help="keep this image column beside the index, for the browse page"
+        "--image-column",
+        default="auto",
+        metavar="NAME",
+        help="keep this image column beside the index, for the browse page (default: the one `dask-clip embed` "
+        "recorded; 'none': no images)",
     )
     parser.add_argument(
         "--columns", nargs="+", metavar="NAME", help="columns kept beside the index (default: all but images)"
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             args.index_dir,
             embedding_column=args.embedding_column,
             key_column=args.key_column,
-            image_column=args.image_column,
+            image_column=None if args.image_column.lower() == "none" else args.image_column,
             columns=args.columns,
             index_key=args.index_key,
             max_memory=args.max_memory,

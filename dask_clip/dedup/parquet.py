@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from fsspec.core import url_to_fs
 
+from ..file_metadata import carried, read_file_metadata
 from ..validation import check_eps
 from ..writer import location, write_tasks
 from . import _frame
@@ -164,7 +165,15 @@ def dedup_parquet(
     }
     # dask_clip's writer: atomic part files whose metadata plain pandas can read back; a rerun
     # writes only the files still missing (the dedup itself is recomputed: it needs every row).
-    writes = write_tasks(out, output_path, overwrite=overwrite, job=job, storage_options=storage_options)
+    writes = write_tasks(
+        out,
+        output_path,
+        overwrite=overwrite,
+        job=job,
+        storage_options=storage_options,
+        # the image and key columns the input recorded, where the output still has them
+        file_metadata=carried(read_file_metadata(input_path, storage_options), out.columns),
+    )
     fs, root = url_to_fs(os.fspath(output_path), **(storage_options or {}))
     summary_file = f"{root.rstrip('/')}/{SUMMARY_FILE}"
     if not writes and fs.exists(summary_file):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..file_metadata import read_file_metadata
 from . import keys, layout
 from .add import add_tasks, done_partitions, part_stats
 from .ids import check_columns, default_columns
@@ -63,6 +64,8 @@ class BuildSummary:
     tuning : dict or None
         How the default ``nprobe`` was chosen: recall@10 per ``nprobe`` tried on sampled
         rows, or why tuning was skipped; None for exact search or a given ``nprobe``.
+    key_column, image_column : str or None
+        The key column, and the image column kept for display (given, or recorded in the files).
     """
 
     index_dir: str
@@ -81,6 +84,8 @@ class BuildSummary:
     reason: str
     tuning: dict[str, Any] | None = None
     steps: dict[str, dict[str, float]] = field(default_factory=dict)
+    key_column: str | None = None
+    image_column: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -179,6 +184,20 @@ def _resolve_columns(
     return key_column, kept
 
 
+def _recorded_columns(
+    meta: Any, recorded: Mapping[str, Any], key_column: str | None, image_column: str | None
+) -> tuple[str | None, str | None]:
+    """``"auto"`` key and image columns resolved from what the files record; given ones kept."""
+    names = [str(c) for c in meta.columns]
+    if key_column == "auto":
+        key = recorded.get("key_column")
+        key_column = key if key in names else ("key" if "key" in names else None)
+    if image_column == "auto":
+        image = recorded.get("image_column")
+        image_column = image if image in names else None
+    return key_column, image_column
+
+
 def _sample_rows(index_key: str, n_rows: int) -> int:
     """Rows to sample before the dimension is known: enough for any key the rule may pick."""
     if index_key == "Flat":
@@ -224,7 +243,7 @@ def build(
     *,
     embedding_column: str = "embedding",
     key_column: str | None = "auto",
-    image_column: str | None = None,
+    image_column: str | None = "auto",
     columns: Sequence[str] | None = None,
     index_key: str = "auto",
     max_memory: int | str = keys.DEFAULT_MAX_MEMORY,
@@ -254,10 +273,14 @@ def build(
         The ``list<float32>`` column. Rows where it is null, non-finite or all zero are skipped
         and counted; the others are L2-normalised.
     key_column
-        Column that names rows (``search_like(key)``); ``"auto"``: ``key`` where it exists.
+        Column that names rows (``search_like(key)``); ``"auto"``: the key column the
+        Parquet files record (:mod:`dask_clip.file_metadata`: ``key``, or ``path`` for a
+        folder of images), else ``key`` where it exists.
     image_column
         Column of image bytes or paths/URLs kept for display (``dask-clip serve``, HTML
-        results). Image bytes are kept only when named here or in ``columns``.
+        results); ``"auto"``: the image column the Parquet files record, if any; None: no
+        images. Bytes are stored in the id table in small row groups and left on disk by
+        :func:`~dask_clip.index.load` (read one row group per image shown).
     columns
         Metadata columns to keep in the id table and return with results; default: all but
         the embedding, binary and list columns.
@@ -321,6 +344,8 @@ def build(
     ddf, source, job = _read_source(embeddings, storage_options)
     ddf = settle_partitions(ddf)
     meta = ddf._meta.to_pandas() if hasattr(ddf._meta, "to_pandas") else ddf._meta  # cuDF: tasks convert too
+    recorded = read_file_metadata(embeddings, storage_options) if source is not None else {}
+    key_column, image_column = _recorded_columns(meta, recorded, key_column, image_column)
     key_column, kept = _resolve_columns(meta, embedding_column, key_column, image_column, columns)
     model_record = _model_record(model, job)
     build_dir = root / layout.BUILD_DIR
@@ -419,6 +444,8 @@ def build(
         reason=choice.reason,
         tuning=tuning,
         steps=steps.times,
+        key_column=key_column,
+        image_column=image_column,
         **totals,
     )
     manifest = {

@@ -55,14 +55,25 @@ def load(index_dir: str | os.PathLike, *, mmap: bool = False) -> SearchIndex:
     folder = layout.version_dir(index_dir, manifest)
     index = read_index(folder / layout.INDEX_FILE, on_disk=manifest["on_disk"], mmap=mmap)
     parts = sorted((folder / "ids").glob("part-*.parquet"))
-    table = pq.read_table(parts) if parts else pa.table({ID: pa.array([], pa.int64())})
+    columns = None
+    image_column = manifest.get("image_column")
+    if parts and image_column is not None:
+        schema = pq.read_schema(parts[0])
+        if schema.get_field_index(image_column) >= 0 and _is_binary(schema.field(image_column).type):
+            # image bytes stay on disk, read one row group at a time (SearchIndex.image)
+            columns = [name for name in schema.names if name != image_column]
+    table = pq.read_table(parts, columns=columns) if parts else pa.table({ID: pa.array([], pa.int64())})
     counts = manifest["counts"]
     if index.ntotal != counts["vectors"] or table.num_rows != counts["vectors"]:
         raise ValueError(
             f"{index_dir}: the manifest counts {counts['vectors']} vectors, the index holds {index.ntotal} "
             f"and the id table {table.num_rows}"
         )
-    return SearchIndex(index_dir, manifest, index, table)
+    return SearchIndex(index_dir, manifest, index, table, ids_dir=folder / "ids")
+
+
+def _is_binary(dtype: pa.DataType) -> bool:
+    return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype)
 
 
 class SearchIndex:
@@ -84,8 +95,16 @@ class SearchIndex:
         Default lists visited per query (None for exact search).
     """
 
-    def __init__(self, index_dir: str | os.PathLike, manifest: dict[str, Any], index: Any, table: pa.Table) -> None:
+    def __init__(
+        self,
+        index_dir: str | os.PathLike,
+        manifest: dict[str, Any],
+        index: Any,
+        table: pa.Table,
+        ids_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.index_dir = os.fspath(index_dir)
+        self._ids_dir = Path(ids_dir) if ids_dir is not None else None
         self.manifest = manifest
         self.index = index
         partition_rows = np.asarray(manifest["partition_rows"], dtype=np.int64)
@@ -109,6 +128,7 @@ class SearchIndex:
         self._lock = threading.Lock()
         self._direct_map = False
         self._keys: pd.Index | None = None
+        self._group_starts: dict[int, np.ndarray] = {}
         self._key_positions = np.zeros(0, np.int64)
 
     # -- facts ---------------------------------------------------------------------------
@@ -222,7 +242,11 @@ class SearchIndex:
         """
         if self.image_column is None:
             raise LookupError("this index keeps no image column (build it with image_column=...)")
-        value = self.table.column(self.image_column)[int(self.positions([id_])[0])].as_py()
+        position = int(self.positions([id_])[0])
+        if self.image_column in self.table.column_names:
+            value = self.table.column(self.image_column)[position].as_py()
+        else:
+            value = self._stored_image(position)
         if value is None:
             raise LookupError(f"row {id_} has no image")
         if isinstance(value, (bytes, bytearray)):
@@ -233,6 +257,31 @@ class SearchIndex:
         if data is None:
             raise LookupError(f"row {id_}: {reason}")
         return data
+
+    def _stored_image(self, position: int) -> Any:
+        """The image bytes of the id-table row at ``position``, read from its partition's id part
+        (one row group), for image columns that :func:`load` leaves on disk."""
+        import pyarrow.parquet as pq
+
+        from ..dedup._frame import ROW_BITS
+
+        if self._ids_dir is None:
+            raise LookupError(f"the image column {self.image_column!r} is not loaded")
+        partition = int(self.table.column(PARTITION)[position].as_py())
+        first = int(np.searchsorted(self.ids, np.int64(partition) << np.int64(ROW_BITS)))
+        row = position - first  # the part holds the partition's indexed rows, in id order
+        path = self._ids_dir / layout.id_part_name(partition, len(self.manifest["partition_rows"]))
+        with self._lock:  # row-group boundaries, read once per part
+            starts = self._group_starts.get(partition)
+        if starts is None:
+            meta = pq.read_metadata(path)
+            starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+            with self._lock:
+                self._group_starts[partition] = starts
+        group = int(np.searchsorted(starts, row, side="right") - 1)
+        # a ParquetFile per read: pyarrow's readers are not meant to be shared between threads
+        column = pq.ParquetFile(path).read_row_group(group, columns=[self.image_column]).column(0)
+        return column[row - int(starts[group])].as_py()
 
     # -- search --------------------------------------------------------------------------
 

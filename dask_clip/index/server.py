@@ -1,7 +1,10 @@
 """``dask-clip serve``: a small local web page to browse an index (Starlette + uvicorn).
 
-A search box (text, through the model's text tower), an image upload, a grid of thumbnails
-with caption, similarity and score columns, and "more like this" on a click. Bound to
+The page opens on a seeded random sample of the rows (with "more"); a search box (text,
+through the model's text tower, loaded when the server starts), an image upload, a grid of
+thumbnails with file name or key, caption and scores, "more like this" per card, and a full
+view of one image with its row. The query, ``like`` id, sample seed and ``k`` live in the URL,
+so a page can be bookmarked, shared, reloaded and navigated with back/forward. Bound to
 127.0.0.1 by default. What it will read is fixed by the index: thumbnails come from the kept
 image column (bytes, or the paths/URLs stored in the id table) by row id — a request never
 names a file. Uploads are size-limited and decoded with the embedder's decompression-bomb
@@ -14,6 +17,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import posixpath
+import threading
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -21,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
 from .ids import ID
@@ -34,6 +40,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
 DEFAULT_K = 24
 MAX_K = 200
 CAPTION_CANDIDATES = ("caption", "text", "TEXT", "title", "alt")
+# Text columns shown on a card beside the numeric scores (the zero-shot head's label).
+LABEL_COLUMNS = ("zero_shot_label",)
+FULL_IMAGE_SIZE = 1280
+MAX_SAMPLE_OFFSET = 10**12
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
@@ -59,6 +69,68 @@ class _Bad(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class TextTower:
+    """The text encoder of the page: loaded once, on first use or ahead of it (:meth:`load`,
+    which ``serve`` runs in a thread as the server starts), behind a lock.
+
+    Attributes
+    ----------
+    state : str
+        ``"idle"`` (not loaded yet), ``"loading"``, ``"ready"``, ``"unavailable"`` (the index
+        records no model) or ``"failed"``.
+    error : str or None
+        Why it is unavailable or failed.
+    seconds : float or None
+        How long loading took.
+    """
+
+    def __init__(self, index: Any, encode_text: Callable[[list[str]], np.ndarray] | None) -> None:
+        self._encode = encode_text
+        self._index = index
+        self._lock = threading.Lock()
+        self.state = "ready" if encode_text is not None else "idle"
+        self.error: str | None = None
+        self.seconds: float | None = None
+        if encode_text is None and index.model is None:
+            self.state, self.error = "unavailable", "the index records no model"
+
+    @property
+    def available(self) -> bool:
+        """Text search can work (loaded, or loadable)."""
+        return self.state in ("idle", "loading", "ready")
+
+    def load(self) -> None:
+        """Load the model and tokenizer now (a one-word query warms both); idempotent."""
+        with self._lock:
+            if self.state != "idle":
+                return
+            self.state, started = "loading", time.perf_counter()
+            try:
+                from ..text_embedder import embed_texts
+
+                encode = functools.partial(embed_texts, self._index.model)
+                encode(["a photo"])
+            except Exception as err:  # shown on the page and in the terminal, never a crash
+                self.state, self.error = "failed", f"{type(err).__name__}: {err}"
+                logger.exception("the text tower did not load")
+                return
+            self._encode, self.state = encode, "ready"
+            self.seconds = time.perf_counter() - started
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        """float32 (Q, D) for ``texts``; loads first if needed.
+
+        Raises
+        ------
+        ValueError
+            The text tower is unavailable or failed to load (with the reason).
+        """
+        self.load()
+        if self._encode is None:
+            raise ValueError(self.error or "no text tower")
+        return np.asarray(self._encode(texts), dtype=np.float32)
 
 
 def create_app(
@@ -125,23 +197,58 @@ def create_app(
             raise _Bad(400, f"k must be between 1 and {MAX_K}")
         return k
 
-    def respond(results: pd.DataFrame, query: str, started: float) -> JSONResponse:
+    loaded = index.image_column is not None and index.image_column in names  # bytes stay on disk
+    image_type = index.table.schema.field(index.image_column).type if loaded else None
+    image_is_path = image_type is not None and (pa.types.is_string(image_type) or pa.types.is_large_string(image_type))
+    labels = [c for c in LABEL_COLUMNS if c in names]
+
+    def display_name(row: dict[str, Any]) -> str | None:
+        """A file name (the last part of the image path) where images are paths, else the key."""
+        if image_is_path and isinstance(row.get(index.image_column), str):
+            return posixpath.basename(str(row[index.image_column]).replace("\\", "/").rstrip("/")) or None
+        key = json_value(row.get(index.key_column)) if index.key_column else None
+        return None if key is None else str(key)
+
+    def respond(results: pd.DataFrame, query: str, started: float, extra: dict | None = None) -> JSONResponse:
         scores = score_columns(results, exclude=(index.key_column,))
         items = []
         for row in results.to_dict(orient="records"):
             caption = row.get(caption_column) if caption_column else None
+            similarity = row.get("similarity")
             items.append(
                 {
                     "id": str(int(row[ID])),  # a string: JavaScript numbers lose int64 precision
                     "rank": int(row["rank"]),
-                    "similarity": float(row["similarity"]),
+                    "similarity": None if similarity is None else float(similarity),
                     "key": json_value(row.get(index.key_column)) if index.key_column else None,
+                    "name": display_name(row),
                     "caption": json_value(caption),
                     "scores": {c: json_value(row[c]) for c in scores},
+                    "labels": {c: json_value(row[c]) for c in labels},
                 }
             )
         took = (time.perf_counter() - started) * 1000
-        return JSONResponse({"query": query, "results": items, "took_ms": round(took, 2)}, headers=_HEADERS)
+        body = {"query": query, "results": items, "took_ms": round(took, 2), **(extra or {})}
+        return JSONResponse(body, headers=_HEADERS)
+
+    def id_of(raw: str) -> int:
+        """A row id of this index, or 404."""
+        try:
+            id_ = int(raw)
+            index.positions([id_])
+        except (ValueError, KeyError, OverflowError):
+            raise _Bad(404, "no such row") from None
+        return id_
+
+    def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+        raw = request.query_params.get(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise _Bad(400, f"{name}={raw!r} is not an integer") from None
+        if not low <= value <= high:
+            raise _Bad(400, f"{name} must be between {low} and {high}")
+        return value
 
     def guarded(handler: Callable[..., Any]) -> Callable[[Request], Any]:
         @functools.wraps(handler)
@@ -153,18 +260,12 @@ def create_app(
 
         return endpoint
 
-    text_encoder = encode_text
+    tower = TextTower(index, encode_text)
 
     def encode(texts: list[str]) -> np.ndarray:
-        nonlocal text_encoder
-        if text_encoder is None:
-            spec = index.model
-            if spec is None:
-                raise _Bad(503, "text search needs the embedding model; this index does not record it")
-            from ..text_embedder import embed_texts
-
-            text_encoder = functools.partial(embed_texts, spec)
-        return np.asarray(text_encoder(texts), dtype=np.float32)
+        if tower.state == "unavailable":
+            raise _Bad(503, "text search needs the embedding model; this index does not record it")
+        return tower(texts)
 
     def image_embedder() -> Any:
         """The upload embedder, with this app's decompression-bomb limit."""
@@ -186,7 +287,9 @@ def create_app(
             "key_column": index.key_column,
             "caption_column": caption_column,
             "images": index.image_column is not None,
-            "text": encode_text is not None or index.model is not None,
+            "text": tower.available,
+            "text_state": tower.state,
+            "text_error": tower.error,
             "upload": embedder is not None or index.model is not None,
             "max_upload_bytes": max_upload_bytes,
         }
@@ -241,6 +344,49 @@ def create_app(
             raise _Bad(400, str(err)) from None
         return respond(results, "uploaded image", started)
 
+    @guarded
+    async def sample(request: Request) -> Response:
+        """A seeded random page of the rows: row ``offset`` to ``offset + k`` of one shuffle."""
+        k, started = k_of(request), time.perf_counter()
+        seed = int_param(request, "seed", 0, 0, 2**32 - 1)
+        offset = int_param(request, "offset", 0, 0, MAX_SAMPLE_OFFSET)
+        order = shuffled(seed)
+        positions = order[offset : offset + k]
+        rows = index.frame.take(positions).reset_index(drop=True)
+        rows.insert(0, "rank", np.arange(offset + 1, offset + 1 + len(positions), dtype=np.int64))
+        extra = {"seed": seed, "offset": offset, "total": len(order)}
+        return respond(rows, f"a random sample (seed {seed})", started, extra)
+
+    @functools.lru_cache(maxsize=4)
+    def shuffled(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).permutation(len(index.frame))
+
+    @guarded
+    async def row(request: Request) -> Response:
+        """Every column of one row (binary ones dropped), for the full view."""
+        id_ = id_of(request.path_params["id"])
+        record = {str(c): json_value(v) for c, v in index.rows([id_]).iloc[0].items()}
+        record[ID] = str(id_)
+        body = {"id": str(id_), "name": display_name(record), "row": record}
+        return JSONResponse(body, headers=_HEADERS)
+
+    @functools.lru_cache(maxsize=64)
+    def full_bytes(id_: int) -> tuple[bytes | None, str | None]:
+        try:
+            return thumbnail(index.image(id_), size=FULL_IMAGE_SIZE, max_pixels=max_pixels)
+        except LookupError as err:
+            return None, str(err)
+
+    @guarded
+    async def full(request: Request) -> Response:
+        """One row's image, re-encoded at most FULL_IMAGE_SIZE px on its longest side."""
+        id_ = id_of(request.path_params["id"])
+        data, reason = await run_in_threadpool(full_bytes, id_)
+        if data is None:
+            raise _Bad(404, f"no image: {reason}")
+        headers = {**_HEADERS, "Cache-Control": "max-age=3600"}
+        return Response(data, media_type="image/jpeg", headers=headers)
+
     @functools.lru_cache(maxsize=thumbnail_cache)
     def thumb_bytes(id_: int) -> tuple[bytes | None, str | None]:
         try:
@@ -269,9 +415,14 @@ def create_app(
         Route("/api/search", search_text),
         Route("/api/like", like),
         Route("/api/image", upload, methods=["POST"]),
+        Route("/api/sample", sample),
+        Route("/api/row/{id}", row),
         Route("/thumb/{id}", thumb),
+        Route("/image/{id}", full),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    app.state.text_tower = tower
+    return app
 
 
 def serve(
@@ -285,6 +436,7 @@ def serve(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     log_level: str = "info",
+    preload_text: bool = True,
 ) -> None:
     """Serve the browse page of ``index_dir`` until interrupted (what ``dask-clip serve`` runs).
 
@@ -299,6 +451,9 @@ def serve(
         As :func:`create_app`.
     log_level
         uvicorn's log level.
+    preload_text
+        Load the text tower in a thread as the server starts (a terminal line says so, and
+        the page shows it while it loads), instead of on the first text query.
     """
     _, uvicorn = _import_web()
     from .search import load
@@ -314,4 +469,20 @@ def serve(
     )
     logger.info("serving %r on http://%s:%d", index, host, port)
     print(f"dask-clip serve: {len(index)} vectors from {os.fspath(index_dir)} on http://{host}:{port}/", flush=True)
+    if preload_text:
+        threading.Thread(target=_load_text_tower, args=(app.state.text_tower, index), daemon=True).start()
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+def _load_text_tower(tower: TextTower, index: Any) -> None:
+    """Load the text tower now, so the first query does not wait for it; say so in the terminal."""
+    if tower.state != "idle":
+        return
+    model = index.model
+    name = model.model_dir or f"{model.model} ({model.pretrained})"
+    print(f"dask-clip serve: loading the text tower of {name} (the page shows it while it loads)", flush=True)
+    tower.load()
+    if tower.state == "ready":
+        print(f"dask-clip serve: text search ready ({tower.seconds:.1f} s)", flush=True)
+    else:
+        print(f"dask-clip serve: text search unavailable: {tower.error}", flush=True)
