@@ -291,7 +291,9 @@ def test_bad_choices_are_usage_errors(capsys):
         (["--image-column", "nope"], "image_column='nope' not in the columns"),
     ],
 )
-def test_configuration_errors_exit_1_with_a_message(extra, message, shards, tmp_path, client):
+def test_configuration_errors_exit_1_with_a_message(extra, message, shards, tmp_path, model_dir, client):
+    if not any(a in ("--model-dir", "--model", "--random-weights") for a in extra):
+        extra = [*extra, "--model-dir", model_dir]  # else the workers' preload asks the hub for ViT-L-14
     proc = run_main("embed", str(shards), str(tmp_path / "o"), *extra, client=client, check=False)
     assert proc.returncode == 1
     assert message in proc.stderr

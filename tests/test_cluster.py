@@ -269,6 +269,7 @@ def _no_workers_then_ctrl_c() -> None:
                 signal.raise_signal(signal.SIGINT)
 
 
+@pytest.mark.slow  # a local cluster of its own
 def test_connect_early_preloads_the_model_once_and_closes_a_cluster_it_never_used(model_dir):
     """The CLI's start: the cluster (and the model on its workers) starts while the client plans."""
     import time

@@ -61,6 +61,7 @@ def hostile(tmp_path, photo_jpegs) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # a child process: its peak RSS is what is measured
 def test_hostile_local_paths_are_row_errors_without_hanging_or_reading_them(hostile, model_dir):
     names = list(hostile)
     script = textwrap.dedent(

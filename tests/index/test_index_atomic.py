@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 N_PARTITIONS = 6
 
 
+pytestmark = pytest.mark.slow  # builds in child processes, killed part-way
+
+
 def write_embeddings(folder: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((600, 16)).astype(np.float32)

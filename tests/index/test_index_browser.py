@@ -16,7 +16,10 @@ from conftest import HOSTILE_CAPTION, Server
 from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)")
+pytestmark = [
+    pytest.mark.slow,  # a browser process
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)"),
+]
 # Debian's Chromium, headless, without the background services that would try the network.
 CHROMIUM_ARGS = [
     "--headless",

@@ -124,6 +124,7 @@ def test_ivf_from_dask_dataframe_recall_and_full_scan(tmp_path, data, client):
     assert recall_1 < recall  # nprobe really reaches faiss
 
 
+@pytest.mark.slow  # 20,000 x 1,024 vectors: the auto rule needs more than 2**24 floats
 def test_auto_chooses_ivf_for_larger_sets_and_on_disk_lists_match(tmp_path, client):
     # 20,000 x 1,024 floats > 2**24: the auto rule leaves exact search for IVF
     x = clustered_embeddings(20_000, 1024, clusters=100, seed=4)
