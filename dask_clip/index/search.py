@@ -188,8 +188,18 @@ class SearchIndex:
         return pos
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
-        """The id-table rows of faiss ``ids``, in the order given."""
-        return self.frame.iloc[self.positions(ids)].reset_index(drop=True)
+        """The id-table rows of faiss ``ids``, in the order given (image bytes included)."""
+        positions = self.positions(ids)
+        return self._with_stored_images(self.frame.iloc[positions].reset_index(drop=True), positions)
+
+    def _with_stored_images(self, rows: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+        """``rows`` with the image column that :func:`load` left on disk read back for just these
+        rows (a search returns its hits' images, as when the column was held in memory)."""
+        column = self.image_column
+        if column is None or column in rows.columns or self._ids_dir is None:
+            return rows
+        values = pa.array([self._stored_image(int(p)) for p in positions], pa.binary())
+        return rows.assign(**{column: pd.arrays.ArrowExtensionArray(values)})
 
     def ids_for_keys(self, keys: Any) -> np.ndarray:
         """Faiss ids of the rows whose key column holds ``keys`` (the first row of each key).
@@ -366,7 +376,8 @@ class SearchIndex:
     def _results(self, similarity: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
         found = labels >= 0
         query, rank = np.nonzero(found)
-        rows = self.frame.take(self.positions(labels[found]))
+        positions = self.positions(labels[found])
+        rows = self._with_stored_images(self.frame.take(positions).reset_index(drop=True), positions)
         columns = {"query": query.astype(np.int64), "rank": (rank + 1).astype(np.int64)}
         columns["similarity"] = similarity[found].astype(np.float32)
         columns.update({name: rows[name].array for name in rows.columns})
