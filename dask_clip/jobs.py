@@ -86,6 +86,7 @@ def prepare_embed(
         storage_options=storage_options,
         input_format=input_format,
         split_shards=split_shards,
+        max_member_bytes=embedder.max_image_bytes,
     )
     column = image_column or (embedder.image_column if embedder.image_column in ddf.columns else guessed)
     embedder = replace(embedder, image_column=column)
