@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import ModelLoadError
-from .model_dirs import OPEN_CLIP, TRANSFORMERS, detect_model_dir, find_weights
+from .model_dirs import OPEN_CLIP, TRANSFORMERS, check_no_remote_code, detect_model_dir, find_weights
 from .preprocess import PreprocessConfig
 from .spec import ModelSpec
 
@@ -150,9 +151,45 @@ def _unreadable(what: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(f"could not load the weights of {what}: {kind}: {detail} — {hint}")
 
 
+def refuse_remote_code() -> None:
+    """Make transformers refuse a model's own Python code wherever dask_clip does not say so.
+
+    dask_clip passes ``trust_remote_code=False`` where it calls transformers, but open_clip calls
+    ``AutoConfig``/``AutoTokenizer`` itself (an ``hf_model_name`` text tower) without it; then
+    transformers asks on a terminal, for 15 s, whether to run the code. With its timeout at 0
+    (the setting transformers' own CI uses) it refuses at once instead.
+    """
+    try:
+        from transformers import dynamic_module_utils
+    except ImportError:  # without transformers, nothing can import a model's code
+        return
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
+
+
+def check_hub_config(hub_id: str) -> None:
+    """Refuse an ``hf-hub:`` open_clip config that asks for remote code (it is in the hub cache
+    once the model is loaded; fetched here otherwise, as open_clip itself would)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(hub_id, "open_clip_config.json")
+    except Exception:  # offline, or no such file: open_clip's own load says what went wrong
+        return
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        check_no_remote_code(config, f"hf-hub:{hub_id} open_clip_config.json")
+    except ValueError as err:
+        raise ModelLoadError(str(err)) from None
+
+
 def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
     """The model of ``spec`` on the CPU, and its kind (``"open_clip"`` or ``"transformers"``)."""
     import open_clip
+
+    refuse_remote_code()
 
     if spec.model_dir is not None:
         try:  # again on the worker: the folder decides how to load it
@@ -176,6 +213,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         except Exception as err:  # SafetensorError, a state-dict size mismatch, an unpickling error
             raise _unreadable(f"model_dir {str(folder)!r}", err) from err
     if spec.hub_id is not None:
+        check_hub_config(spec.hub_id)
         try:
             return open_clip.create_model(spec.model, weights_only=True), OPEN_CLIP
         except Exception as err:  # open_clip and huggingface_hub raise many kinds for a failed download

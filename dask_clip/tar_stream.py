@@ -194,10 +194,10 @@ class _Header(tarfile.TarInfo):
         # header's records and the headers after it, a long name, sparse blocks) goes through it.
         stream = tarfile.fileobj
         if isinstance(stream, _HeaderBudget):  # the header after a PAX or long-name header
-            return super()._proc_member(tarfile)
+            return super()._proc_member(tarfile)  # type: ignore[misc]  # not in typeshed
         tarfile.fileobj = _HeaderBudget(stream, MAX_HEADER_BYTES)
         try:
-            return super()._proc_member(tarfile)
+            return super()._proc_member(tarfile)  # type: ignore[misc]
         finally:
             tarfile.fileobj = stream
 

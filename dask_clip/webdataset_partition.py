@@ -215,7 +215,8 @@ def _escaped(text: str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
-def _strings(values: Sequence[str | None]) -> pa.Array:
+def _strings(values: Sequence[Any]) -> pa.Array:
+    """A string array of ``values`` (str or None)."""
     try:
         return pa.array(values, _STRING)
     except (UnicodeEncodeError, pa.ArrowException):  # a surrogate in a member name or JSON text
