@@ -20,12 +20,12 @@ import pandas as pd
 from fsspec.core import url_to_fs
 
 from ..validation import check_eps
-from ..writer import location, write_tasks
+from ..writer import _input_roots, check_not_input, location, write_tasks
 from . import _frame
 from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
 from .workflow import OUTPUT_COLUMNS, attach_results, cluster_results, prepare
 
-__all__ = ["ROW_NUMBER", "SUMMARY_FILE", "dedup_parquet", "with_row_numbers"]
+__all__ = ["ROW_NUMBER", "SUMMARY_FILE", "check_dedup_paths", "dedup_parquet", "with_row_numbers"]
 
 ROW_NUMBER = "row"
 #: The summary of a finished run, next to its part files (read back by a rerun).
@@ -63,6 +63,16 @@ def persist_and_wait(collection: Any) -> Any:
     if futures_of(persisted):
         wait(persisted)
     return persisted
+
+
+def check_dedup_paths(input_path: str | os.PathLike | Sequence[str | os.PathLike], output_path: str) -> None:
+    """ValueError when the output folder is, contains or lies inside an input: checked before
+    anything runs (a cluster start, the whole dedup), as ``embed`` checks its paths.
+
+    (The writer checks again before it writes or removes anything.)
+    """
+    inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
+    check_not_input(location(output_path), _input_roots({"input": [location(p) for p in inputs]}))
 
 
 def dedup_parquet(
@@ -121,6 +131,7 @@ def dedup_parquet(
     import dask
     import dask.dataframe as dd
 
+    check_dedup_paths(input_path, output_path)
     eps = check_eps(eps)
     summary_eps = sorted({*(summary_eps or DEFAULT_SUMMARY_EPS), eps})
     for e in summary_eps:
