@@ -141,6 +141,13 @@ def _unreadable(what: str, err: Exception) -> ModelLoadError:
     if len(detail) > 400:
         detail = detail[:400] + " ..."
     kind = type(err).__name__
+    if "Weights only load failed" in detail:
+        # torch's own text goes on to suggest weights_only=False, i.e. running the pickle.
+        return ModelLoadError(
+            f"refused the weights of {what}: the file holds Python objects other than tensors (a pickle "
+            "that could run code when loaded), and dask_clip loads tensors only — use a .safetensors file "
+            "or a state dict of tensors"
+        )
     if "size mismatch" in detail or "Missing key" in detail or "Unexpected key" in detail:
         hint = (
             "the weights do not fit the architecture: "
