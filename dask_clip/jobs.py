@@ -19,6 +19,7 @@ from .embedder import ImageEmbedder
 from .readers import read_images
 from .webdataset import is_webdataset_input, webdataset_partitions
 from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
+from .weights_id import weights_fingerprint
 from .writer import WriteSummary, check_output, location, write_parquet
 
 if TYPE_CHECKING:
@@ -109,6 +110,8 @@ def prepare_embed(
         fingerprint["shards"] = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     if embedder.model_dir is not None:  # the folder decides the architecture
         fingerprint["model"] = {"model_dir": location(embedder.model_dir), "precision": embedder.precision}
+        # What the folder holds: weights replaced in place make a resumed run another job.
+        fingerprint["weights"] = weights_fingerprint(embedder.spec)
     output = os.fspath(output_path)
     todo = check_output(
         output, frame.npartitions, job=fingerprint, overwrite=overwrite, storage_options=storage_options

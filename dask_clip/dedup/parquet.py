@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,30 @@ def check_dedup_paths(input_path: str | os.PathLike | Sequence[str | os.PathLike
     """
     inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
     check_not_input(location(output_path), _input_roots({"input": [location(p) for p in inputs]}))
+    _check_same_model(inputs)
+
+
+def _check_same_model(inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse to dedup embeddings folders whose manifests record different models or weights
+    (their vectors live in different spaces; the similarities between them mean nothing)."""
+    import json
+
+    seen: dict[str, tuple[Any, Any]] = {}
+    for given in inputs:
+        manifest = os.path.join(os.fspath(given), "_dask_clip.json")
+        if "://" in os.fspath(given) or not os.path.isfile(manifest):
+            continue  # a file, a glob, a remote folder or another writer's: nothing recorded to compare
+        try:
+            job = json.loads(Path(manifest).read_text(encoding="utf-8")).get("job") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        seen[os.fspath(given)] = (job.get("model"), job.get("weights"))
+    if len(set(map(json.dumps, seen.values()))) > 1:
+        listed = "; ".join(f"{path}: model {m!r}, weights {w}" for path, (m, w) in seen.items())
+        raise ValueError(
+            f"the inputs were embedded by different models or weights ({listed}): their similarities are "
+            "meaningless — embed them again with one model, or dedup each on its own"
+        )
 
 
 def dedup_parquet(

@@ -139,6 +139,18 @@ class SearchIndex:
         """The column of image bytes or paths/URLs kept for display, or None."""
         return self.manifest.get("image_column")
 
+    def check_weights(self) -> None:
+        """Refuse to embed queries with the recorded model when its folder now holds other
+        weights than those that embedded the index (:mod:`dask_clip.weights_id`).
+
+        Raises
+        ------
+        dask_clip.weights_id.WeightsChangedError
+        """
+        from ..weights_id import check_weights
+
+        check_weights(self.manifest.get("weights"), self.model, "the vectors of this index")
+
     @property
     def model(self) -> Any:
         """The :class:`~dask_clip.spec.ModelSpec` that made the embeddings, or None if unknown."""
@@ -398,6 +410,7 @@ class SearchIndex:
                 "the index does not record the embedding model; pass embedder=ImageEmbedder(...) "
                 "(or build with model=...)"
             )
+        self.check_weights()
         return ImageEmbedder(
             model=spec.model, pretrained=spec.pretrained, model_dir=spec.model_dir, precision=spec.precision
         )
@@ -431,6 +444,7 @@ class SearchIndex:
             spec = self.model
             if spec is None:
                 raise ValueError("the index does not record the embedding model; pass encode_text=")
+            self.check_weights()
             encode_text = functools.partial(embed_texts, spec)
         return self.search(np.asarray(encode_text(texts), dtype=np.float32), k, **kwargs)
 

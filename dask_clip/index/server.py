@@ -216,6 +216,7 @@ def create_app(
                 raise _Bad(503, "text search needs the embedding model; this index does not record it")
             from ..text_embedder import embed_texts
 
+            index.check_weights()  # weights replaced since the index was built: 503, not nonsense
             text_encoder = functools.partial(embed_texts, spec)
         return np.asarray(text_encoder(texts), dtype=np.float32)
 
