@@ -182,3 +182,25 @@ def test_corrupt_first_sidecar_is_a_row_note(tmp_path, jpeg):
     assert frame["key"].tolist() == ["000000000", "000010000"]
     assert "sidecar 00000.parquet unreadable" in frame["read_error"].iloc[0]
     assert pd.isna(frame["read_error"].iloc[1]) and frame["width"].iloc[1] == 7
+
+
+def test_a_header_claiming_a_tib_ends_at_the_data(tmp_path, jpeg):
+    """Found by benchmarks/fuzz.py: a member size of 1 TiB (base-256) in a 10 KB archive made
+    tarfile's stream skip call read() 10**8 times on the exhausted file (minutes of CPU; the
+    fuzz's 60 s deadline called it a hang). Now the skip stops at the end of the data."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        add(tar, "a.jpg", jpeg)
+        add(tar, "b.jpg", jpeg)
+    data = bytearray(buf.getvalue())
+    second = 512 + -(-len(jpeg) // 512) * 512
+    data[second + 124 : second + 136] = b"\x80" + (1 << 40).to_bytes(11, "big")
+    block = bytearray(data[second : second + 512])
+    block[148:156] = b" " * 8
+    data[second + 148 : second + 156] = b"%06o\x00 " % sum(block)
+    shard = tmp_path / "tib.tar"
+    shard.write_bytes(bytes(data))
+    frame, _ = read(shard)
+    assert frame["image"].iloc[0] == jpeg
+    assert frame["read_error"].iloc[1] == f"member b.jpg too large: {1 << 40} bytes > max_image_bytes {LIMIT}; not read"
+    assert frame["read_error"].iloc[2].endswith("ReadError: unexpected end of data")
