@@ -207,6 +207,18 @@ def _put(fs: Any, root: str, name: str, write: Callable[[Any], None], mode: str 
             os.remove(temp)
 
 
+#: Parquet key-value metadata of each part file: the model and weights fingerprint that made
+#: its embeddings (``{"model": ..., "weights": ...}`` as JSON), so that a file moved out of its
+#: folder still says so (:mod:`dask_clip.weights_id`).
+EMBEDDING_METADATA = b"dask_clip.embedding"
+
+
+def _embedding_metadata(job: Mapping[str, Any] | None) -> bytes | None:
+    if not job or ("model" not in job and "weights" not in job):
+        return None
+    return json.dumps({"model": job.get("model"), "weights": job.get("weights")}, sort_keys=True).encode()
+
+
 def _manifest_text(npartitions: int, job: Mapping[str, Any] | None) -> str:
     return json.dumps({"npartitions": npartitions, "job": _canonical(job), "writer": WRITER}, indent=2, sort_keys=True)
 
@@ -220,10 +232,13 @@ def _write_partition(
     partition_stats: Callable[[pd.DataFrame], Mapping[str, int]] | None,
     manifest: str,
     partition_info: dict | None = None,
+    file_metadata: bytes | None = None,
 ) -> pd.Series:
     """Write one partition as ``names[its number]``; a one-element object Series of its stats."""
     name = names[partition_info["number"] if partition_info is not None else 0]
     table = to_arrow(df, types)
+    if file_metadata is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), EMBEDDING_METADATA: file_metadata})
     if not fs.exists(f"{root}/{MANIFEST}"):  # the first partition done: before any part file
         _put(fs, root, MANIFEST, lambda f: f.write(manifest), mode="w")
     _put(fs, root, name, lambda f: pq.write_table(table, f))
@@ -448,6 +463,7 @@ def write_tasks(
         arrow_types(ddf._meta),
         partition_stats,
         _manifest_text(n, job),
+        file_metadata=_embedding_metadata(job),
         meta=pd.Series([], dtype=object),
         enforce_metadata=False,
         align_dataframes=False,

@@ -6,9 +6,11 @@ manifest, the index manifest) and checked when new embeddings meet them."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import dask
+import pyarrow.parquet as pq
 import pytest
 from conftest import TEXT_MODEL_CFG
 
@@ -19,6 +21,7 @@ from dask_clip.jobs import embed_parquet
 from dask_clip.spec import ModelSpec
 from dask_clip.testing import encode_image, photo_crops, write_model_dir
 from dask_clip.weights_id import WeightsChangedError, weights_fingerprint
+from dask_clip.writer import EMBEDDING_METADATA
 
 
 @pytest.fixture
@@ -58,6 +61,10 @@ def test_fingerprint_follows_the_weights_not_the_path(setup, tmp_path):
 def test_search_refuses_queries_from_swapped_weights(setup, tmp_path):
     model, images, jpegs = setup
     embed(images, tmp_path / "emb", model)
+    fingerprint = weights_fingerprint(ModelSpec(model_dir=str(model)))
+    for part in sorted((tmp_path / "emb").glob("part-*.parquet")):  # each file says it too
+        recorded = json.loads(pq.read_schema(part).metadata[EMBEDDING_METADATA])
+        assert recorded["weights"] == fingerprint and recorded["model"]["model_dir"] == str(model)
     with dask.config.set(scheduler="sync"):
         build(str(tmp_path / "emb"), tmp_path / "index")
     index = load(tmp_path / "index")
