@@ -173,6 +173,57 @@ def refuse_remote_code() -> None:
     dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
 
 
+_HUB_PROBE_S = 3.0
+_OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, found in at most ~3 s; None when it can.
+
+    huggingface_hub retries with 10 s timeouts, so a load without network took 60-109 s to
+    fail; ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) makes the answer immediate.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:  # in a thread: a DNS lookup ignores socket timeouts
+        try:
+            socket.create_connection((host, port), timeout=_HUB_PROBE_S).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{constants.ENDPOINT} cannot be reached ({type(err).__name__}: {err})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_HUB_PROBE_S + 1)
+    return outcome[0] if outcome else f"{constants.ENDPOINT} did not answer within {_HUB_PROBE_S:.0f} s"
+
+
+def _check_hub_reachable(repo: str, what: str) -> None:
+    """Fail at once when ``repo``'s open_clip files are not in the hub cache and the hub cannot
+    be reached (instead of after huggingface_hub's minute of retries)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in _OPEN_CLIP_FILES[1:]):
+        return  # cached weights: open_clip loads them (huggingface_hub falls back to the cache)
+    reason = _hub_unreachable()
+    if reason is not None:
+        raise ModelLoadError(
+            f"could not load {what}: it is not in the local Hugging Face cache and {reason}. Fetch it on a "
+            f"machine with network access (`huggingface-cli download {repo} --local-dir DIR`), copy DIR here "
+            "and pass model_dir=DIR (CLI: --model-dir DIR)"
+        )
+
+
 def check_hub_config(hub_id: str) -> None:
     """Refuse an ``hf-hub:`` open_clip config that asks for remote code (it is in the hub cache
     once the model is loaded; fetched here otherwise, as open_clip itself would)."""
@@ -220,6 +271,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         except Exception as err:  # SafetensorError, a state-dict size mismatch, an unpickling error
             raise _unreadable(f"model_dir {str(folder)!r}", err) from err
     if spec.hub_id is not None:
+        _check_hub_reachable(spec.hub_id, repr(spec.model))
         check_hub_config(spec.hub_id)
         try:
             return open_clip.create_model(spec.model, weights_only=True), OPEN_CLIP
@@ -241,6 +293,8 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         except Exception as err:
             raise _unreadable(f"checkpoint {spec.pretrained!r} for {spec.model!r}", err) from err
     tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
+    if tag_cfg.get("hf_hub"):
+        _check_hub_reachable(tag_cfg["hf_hub"].strip("/"), f"pretrained={spec.pretrained!r} for {spec.model!r}")
     try:
         # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.
         model = open_clip.create_model(

@@ -77,3 +77,25 @@ def test_pickled_objects_in_weights_are_refused_in_plain_words(tmp_path, model_d
 def test_a_missing_key_is_one_plain_line():
     line = explain(KeyError("keys not in the index (or their rows had no embedding): ['nope']"))
     assert line == "keys not in the index (or their rows had no embedding): ['nope']"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}])
+def test_a_hub_model_without_network_fails_at_once(tmp_path, env):
+    """Before: huggingface_hub's retries took 34 s here (60-109 s in the issue) to fail with a
+    download error; now the hub is probed first (about 3 s at most) and the message says why."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from dask_clip.models import get_model; from dask_clip.spec import ModelSpec\n"
+        "try:\n    get_model(ModelSpec('hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K'))\n"
+        "except Exception as err:\n    print(type(err).__name__, err)\n"
+    )
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    environment = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": root, **env}
+    out = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, timeout=300)
+    assert out.stdout.startswith("ModelLoadError could not load 'hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K'")
+    why = "HF_HUB_OFFLINE is set" if "HF_HUB_OFFLINE" in env else "http://127.0.0.1:9 cannot be reached"
+    assert f"it is not in the local Hugging Face cache and {why}" in out.stdout
