@@ -352,7 +352,7 @@ def iter_entries(
             encoding="utf-8",  # names that are not UTF-8 keep their bytes as surrogates (the caller escapes them)
             errors="surrogateescape",
         )
-    except (tarfile.TarError, OSError, EOFError) as err:  # opening reads the first member's headers
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:  # opening reads the first member's headers
         if first_range:
             yield StreamDamage(base, f"not a readable tar archive at byte {base}: {type(err).__name__}: {err}")
         return  # past a split point the damage is the previous range's to report
@@ -365,7 +365,8 @@ def iter_entries(
         at = base + tar.offset
         try:
             info = tar.next()
-        except (tarfile.TarError, OSError, EOFError) as err:  # truncated skip, bad PAX header, I/O, zlib
+        # ValueError: tarfile's parsers of PAX sparse maps unpack lines without checking them.
+        except (tarfile.TarError, OSError, EOFError, ValueError) as err:  # truncated skip, bad PAX header, I/O, zlib
             if owning:
                 yield StreamDamage(at, f"tar unreadable from byte {at}: {type(err).__name__}: {err}")
             return

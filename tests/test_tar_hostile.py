@@ -204,3 +204,18 @@ def test_a_header_claiming_a_tib_ends_at_the_data(tmp_path, jpeg):
     assert frame["image"].iloc[0] == jpeg
     assert frame["read_error"].iloc[1] == f"member b.jpg too large: {1 << 40} bytes > max_image_bytes {LIMIT}; not read"
     assert frame["read_error"].iloc[2].endswith("ReadError: unexpected end of data")
+
+
+def test_a_malformed_pax_sparse_map_is_damage_not_an_exception(jpeg):
+    """Found by benchmarks/fuzz.py (tar case 963): tarfile parses a GNU 1.0 sparse map by
+    unpacking lines and raised ValueError out of iter_entries."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a.jpg")
+        info.size = 512
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "4096"}
+        tar.addfile(info, io.BytesIO(b"7" * 512))  # a map with no line break
+    buf.seek(0)
+    items = list(iter_entries(buf, lambda key, field: True, max_bytes=LIMIT))
+    assert len(items) == 1 and isinstance(items[0], StreamDamage)
+    assert "ValueError" in items[0].reason
