@@ -627,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         help="what to fuzz: image bytes through the embedder (default), tar shards, the browse server",
     )
     parser.add_argument("--concurrency", type=int, default=4, help="server: requests in flight (default: 4)")
+    parser.add_argument("--max-seconds", type=float, help="server: send no request after this many seconds")
     parser.add_argument("--cases", type=int, default=1000, help="cases to run (default: 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=500, help="cases per child process (default: 500)")

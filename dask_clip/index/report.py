@@ -94,11 +94,17 @@ def thumbnail(
     pixels, reason = decode_bytes(data, max_pixels=max_pixels, max_bytes=max_bytes)
     if pixels is None:
         return None, reason
+    large = pixels.nbytes > 64 * 2**20  # dask_clip.prepare.RELEASE_AFTER_BYTES (prepare imports torch)
     image = Image.fromarray(pixels)
     del pixels  # Image.fromarray copies: one full-size copy at a time
     image.thumbnail((size, size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85)
+    del image
+    if large:  # as the embedder does: glibc would keep the freed full-size copies mapped
+        from ..worker_setup import release_freed_memory
+
+        release_freed_memory()
     return out.getvalue(), None
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
+from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
 from .ids import ID
 from .report import json_value, score_columns, thumbnail
 
@@ -293,17 +293,10 @@ def create_app(
         data = b"".join(chunks)
         started = time.perf_counter()
 
-        def decode_and_search() -> pd.DataFrame:
-            pixels, reason = decode_bytes(data, max_pixels=max_pixels, max_bytes=max_decode_bytes)
-            if pixels is None:  # refused before the model sees it: bombs, non-images, truncation
-                raise _Bad(400, f"not a usable image: {reason}")
-            del pixels
-            return index.search_image(data, k, embedder=one)
-
-        try:
-            results = await decoding(decode_and_search)
+        try:  # decoded once, by the embedder, within its limits: bombs, non-images are a 400
+            results = await decoding(lambda: index.search_image(data, k, embedder=one))
         except ValueError as err:
-            raise _Bad(400, str(err)) from None
+            raise _Bad(400, f"not a usable image: {err}") from None
         return respond(results, "uploaded image", started)
 
     @functools.lru_cache(maxsize=thumbnail_cache)
