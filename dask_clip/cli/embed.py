@@ -175,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
+    if embedder.model_dir is not None:
+        # A few stat calls: a folder that cannot load (a FIFO as its weights, a config asking for
+        # remote code) is refused before a cluster starts for it.
+        embedder.spec.resolve_model_dir()
     # The cluster starts (and its workers start loading the model) while this process reads
     # and plans the job: on a short job, the fixed costs overlap instead of adding up.
     with connect_early(preload=embedder.spec, **options.cluster_options(args)) as wait_for_client:

@@ -105,6 +105,9 @@ class SearchIndex:
     ) -> None:
         self.index_dir = os.fspath(index_dir)
         self._ids_dir = Path(ids_dir) if ids_dir is not None else None
+        #: Whether results and rows carry the image bytes that :func:`load` leaves on disk (one
+        #: row-group read per hit); the browse server, which serves images by id, turns it off.
+        self.result_images = True
         self.manifest = manifest
         self.index = index
         partition_rows = np.asarray(manifest["partition_rows"], dtype=np.int64)
@@ -159,6 +162,18 @@ class SearchIndex:
         """The column of image bytes or paths/URLs kept for display, or None."""
         return self.manifest.get("image_column")
 
+    def check_weights(self) -> None:
+        """Refuse to embed queries with the recorded model when its folder now holds other
+        weights than those that embedded the index (:mod:`dask_clip.weights_id`).
+
+        Raises
+        ------
+        dask_clip.weights_id.WeightsChangedError
+        """
+        from ..weights_id import check_weights
+
+        check_weights(self.manifest.get("weights"), self.model, "the vectors of this index")
+
     @property
     def model(self) -> Any:
         """The :class:`~dask_clip.spec.ModelSpec` that made the embeddings, or None if unknown."""
@@ -196,7 +211,7 @@ class SearchIndex:
         """``rows`` with the image column that :func:`load` left on disk read back for just these
         rows (a search returns its hits' images, as when the column was held in memory)."""
         column = self.image_column
-        if column is None or column in rows.columns or self._ids_dir is None:
+        if not self.result_images or column is None or column in rows.columns or self._ids_dir is None:
             return rows
         values = pa.array([self._stored_image(int(p)) for p in positions], pa.binary())
         return rows.assign(**{column: pd.arrays.ArrowExtensionArray(values)})
@@ -458,6 +473,7 @@ class SearchIndex:
                 "the index does not record the embedding model; pass embedder=ImageEmbedder(...) "
                 "(or build with model=...)"
             )
+        self.check_weights()
         return ImageEmbedder(
             model=spec.model, pretrained=spec.pretrained, model_dir=spec.model_dir, precision=spec.precision
         )
@@ -491,6 +507,7 @@ class SearchIndex:
             spec = self.model
             if spec is None:
                 raise ValueError("the index does not record the embedding model; pass encode_text=")
+            self.check_weights()
             encode_text = functools.partial(embed_texts, spec)
         return self.search(np.asarray(encode_text(texts), dtype=np.float32), k, **kwargs)
 
