@@ -10,7 +10,9 @@ Each model's seeded random weights are written once to a temporary ``local-dir:`
   (random initialisation, then the checkpoint copied over it);
 - ``dask_clip``: the project's path (``dask_clip.models._create`` for ``ModelSpec(model_dir=...)``);
 - ``dask_clip_get_model``: ``dask_clip.models.get_model`` as a worker runs it (also moves the
-  model to the device and runs one probe image to learn the embedding width), cache cleared.
+  model to the device; eval mode), cache cleared;
+- ``transformers-NAME``: ``get_model`` on a transformers ``CLIPModel`` folder of that size
+  (``from_pretrained`` already builds on ``meta`` in transformers 5: nothing to compare against).
 
 The file read is included in every figure (the page cache is warm after the first round). The
 machine's load average is recorded beside the figures: on a shared machine they are upper bounds.
@@ -31,7 +33,7 @@ import torch
 
 from dask_clip import models
 from dask_clip.spec import ModelSpec
-from dask_clip.testing import write_model_dir
+from dask_clip.testing import write_model_dir, write_transformers_model_dir
 
 
 def _seconds(fn, *args) -> float:
@@ -43,6 +45,7 @@ def _seconds(fn, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-L-14"])
+    parser.add_argument("--transformers", nargs="*", default=["ViT-L-14"], help="transformers folders too")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/startup.json")
     args = parser.parse_args()
@@ -67,6 +70,15 @@ def main() -> None:
                 "speedup": round(best["open_clip"] / best["dask_clip"], 1),
             }
             print(name, results[name]["best_s"], f"x{results[name]['speedup']}")
+        for name in args.transformers:  # transformers' from_pretrained already builds on meta
+            folder = write_transformers_model_dir(Path(tmp) / f"hf-{name}", config=name)
+            spec = ModelSpec(model_dir=str(folder), device="cpu", precision="fp32")
+            hf_times: list[float] = []
+            for _ in range(args.rounds):
+                hf_times.append(_seconds(models.get_model, spec))
+                models.clear_cache()
+            results[f"transformers-{name}"] = {"best_s": {"dask_clip_get_model": round(min(hf_times), 3)}}
+            print(f"transformers {name}", results[f"transformers-{name}"])
     record = {
         "what": "model build + weight load, one process, best of rounds (seconds)",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

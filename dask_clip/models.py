@@ -205,6 +205,14 @@ def _unreadable(what: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(f"could not load the weights of {what}: {kind}: {detail} — {hint}")
 
 
+def _cache_dir() -> str | None:
+    """Where downloads go: ``dask_clip.model-cache`` of this worker's dask.config, else the hub's cache."""
+    from . import config
+
+    folder = config.get("model-cache")
+    return str(Path(folder).expanduser()) if folder else None
+
+
 def _local_dir_checkpoint(folder: Path) -> Path:
     """The weights file open_clip's ``local-dir:`` loader picks in ``folder``."""
     import open_clip.factory
@@ -259,7 +267,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
             raise _unreadable(f"model_dir {str(folder)!r}", err) from err
     if spec.hub_id is not None:
         try:
-            return open_clip.create_model(spec.model, weights_only=True), OPEN_CLIP
+            return open_clip.create_model(spec.model, weights_only=True, cache_dir=_cache_dir()), OPEN_CLIP
         except Exception as err:  # open_clip and huggingface_hub raise many kinds for a failed download
             raise ModelLoadError(
                 f"could not load {spec.model!r}: {err}. Without network access, fetch the folder on a "
@@ -285,6 +293,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
             pretrained=spec.pretrained,
             force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
             weights_only=True,
+            cache_dir=_cache_dir(),
         )
     except Exception as err:  # open_clip raises RuntimeError for any download failure
         repo = (tag_cfg.get("hf_hub") or "laion/CLIP-ViT-L-14-laion2B-s32B-b82K").rstrip("/")
