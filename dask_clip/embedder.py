@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["ImageEmbedder", "clip_scores"]
 
 logger = logging.getLogger(__name__)
+#: Key prefix of the embedding tasks, what the dashboard's task stream and progress bars show.
+TASK_NAME = "clip_embed"
 
 
 @dataclass(frozen=True)
@@ -275,7 +277,7 @@ class ImageEmbedder:
         """
         self.validate(ddf.columns)
         resolved = replace(self, image_kind=self._resolve_kind(ddf))
-        return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta))
+        return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta), token=TASK_NAME)
 
     def _resolve_kind(self, ddf: dd.DataFrame) -> str:
         if self.image_kind != "auto":

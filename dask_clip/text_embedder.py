@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["TextEmbedder", "embed_texts"]
 
 logger = logging.getLogger(__name__)
+#: Key prefix of the caption-embedding tasks on the dashboard.
+TASK_NAME = "clip_text"
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class TextEmbedder:
             ``error_column`` (string). Nothing is computed.
         """
         self.validate(ddf.columns)
-        return ddf.map_partitions(self.embed_partition, meta=self.output_meta(ddf._meta))
+        return ddf.map_partitions(self.embed_partition, meta=self.output_meta(ddf._meta), token=TASK_NAME)
 
     def output_meta(self, meta: Any) -> Any:
         """The empty output frame for an input ``meta``."""

@@ -486,6 +486,7 @@ def write_tasks(
         meta=pd.Series([], dtype=object),
         enforce_metadata=False,
         align_dataframes=False,
+        token="parquet_write",  # fused with the step before it: one task per partition
     )
     stats = dask.delayed(_stats, pure=True)
     return [stats(part) for part in written.to_delayed()]
