@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from .. import config
 from ..readers import INPUT_FORMATS
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cluster import connect_early
     from ..embedder import ImageEmbedder
     from ..jobs import prepare_embed, run_embed
-    from ..writer import remove_temporaries
+    from ..writer import looks_complete, remove_temporaries
 
     embedder = ImageEmbedder(
         **options.weights(args),
@@ -175,10 +176,9 @@ def run(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
-    # The cluster starts (and its workers start loading the model) while this process reads
-    # and plans the job: on a short job, the fixed costs overlap instead of adding up.
-    with connect_early(preload=embedder.spec, **options.cluster_options(args)) as wait_for_client:
-        job = prepare_embed(
+
+    def prepare() -> Any:
+        return prepare_embed(
             args.input,
             args.output,
             embedder,
@@ -189,11 +189,30 @@ def run(args: argparse.Namespace) -> int:
             input_format=args.input_format,
             split_shards=args.split_shards,
         )
-        total = job.frame.npartitions
-        if not job.todo:
-            remove_temporaries(args.output)  # a killed run's, even when every partition is there
-            print(f"dask-clip embed: all {total} partitions of {args.output} are already written; nothing to do")
+
+    def nothing_to_do(job: Any) -> bool:
+        if job.todo:
+            return False
+        remove_temporaries(args.output)  # a killed run's, even when every partition is there
+        print(
+            f"dask-clip embed: all {job.frame.npartitions} partitions of {args.output} are already written; "
+            "nothing to do"
+        )
+        return True
+
+    job = None
+    if not args.overwrite and looks_complete(args.output):  # likely nothing to do: no cluster for that
+        job = prepare()
+        if nothing_to_do(job):
             return 0
+    # The cluster starts (and its workers start loading the model) while this process reads
+    # and plans the job: on a short job, the fixed costs overlap instead of adding up.
+    with connect_early(preload=embedder.spec, **options.cluster_options(args)) as wait_for_client:
+        if job is None:
+            job = prepare()
+            if nothing_to_do(job):
+                return 0
+        total = job.frame.npartitions
         todo = f"{len(job.todo)} of {total} partitions to write"
         options.say(todo + ("" if len(job.todo) == total else " (resuming)"))
         client = wait_for_client()
