@@ -273,7 +273,16 @@ class ImageEmbedder:
         -------
         dask.dataframe.DataFrame
             The same rows, index and columns, plus ``output_column`` (``list<float32>``),
-            ``error_column`` (string) and one column per head. Nothing is computed.
+            ``error_column`` (string) and one column per head.
+
+        Notes
+        -----
+        Nothing is computed, with one exception: an ``object``-dtype image column with
+        ``image_kind="auto"``. Its dtype does not say whether it holds encoded bytes, paths or
+        pixel arrays, so this call reads the first rows of up to 4 partitions (``head``) to
+        tell. To keep the call fully lazy, pass ``image_kind=`` or give the column a typed
+        dtype: ``dd.read_parquet(..., dtype_backend="pyarrow")`` gives Arrow ``binary``
+        (bytes) or ``string`` (paths) columns, which are recognised from the dtype alone.
         """
         self.validate(ddf.columns)
         resolved = replace(self, image_kind=self._resolve_kind(ddf))
