@@ -242,7 +242,7 @@ def _create_with_weights(name: str, checkpoint: Path, **create_kwargs: Any) -> t
 
 def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
     """The model of ``spec`` on the CPU, and its kind (``"open_clip"`` or ``"transformers"``)."""
-    import open_clip
+    from .open_clip_import import folder_needs, import_open_clip
 
     if spec.model_dir is not None:
         try:  # again on the worker: the folder decides how to load it
@@ -261,10 +261,12 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
                 raise _unreadable(f"model_dir {str(folder)!r}", err) from err
         if not find_weights(folder):  # open_clip would silently go on with random weights
             raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
+        import_open_clip(folder_needs(folder))  # transformers and timm only for towers made of them
         try:
             return _create_with_weights(f"local-dir:{folder}", _local_dir_checkpoint(folder)), OPEN_CLIP
         except Exception as err:  # SafetensorError, a state-dict size mismatch, an unpickling error
             raise _unreadable(f"model_dir {str(folder)!r}", err) from err
+    open_clip = import_open_clip()
     if spec.hub_id is not None:
         try:
             return open_clip.create_model(spec.model, weights_only=True, cache_dir=_cache_dir()), OPEN_CLIP
