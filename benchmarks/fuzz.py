@@ -14,6 +14,8 @@ with neither an embedding nor an error (or both), misaligned rows, and the child
     python benchmarks/fuzz.py --cases 10000 --jobs 2            # the figures in docs/robustness.md
     python benchmarks/fuzz.py --cases 200 --source path         # through the path reader instead
     python benchmarks/fuzz.py --cases 300 --save-failures fails/  # write failing inputs to replay
+    python benchmarks/fuzz.py --target tar --cases 10000        # WebDataset shards (fuzz_surfaces.py)
+    python benchmarks/fuzz.py --target server --cases 10000     # the browse server over loopback
 
 A case is reproducible from ``--seed`` and its index (``generate_case``). Writes
 ``benchmarks/results/fuzz-<date>.json`` (or ``--out``).
@@ -614,6 +616,18 @@ def main(argv: list[str] | None = None) -> int:
     kid.add_argument("--singles", type=int, default=0)
     kid.add_argument("--source", choices=("bytes", "path"), default="bytes")
     kid.add_argument("--inject-faults", action="store_true")
+    tar_kid = sub.add_parser("tar-child", help=argparse.SUPPRESS)
+    tar_kid.add_argument("--start", type=int, default=0)
+    tar_kid.add_argument("--cases", type=int, required=True)
+    tar_kid.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--target",
+        choices=("images", "tar", "server"),
+        default="images",
+        help="what to fuzz: image bytes through the embedder (default), tar shards, the browse server",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="server: requests in flight (default: 4)")
+    parser.add_argument("--max-seconds", type=float, help="server: send no request after this many seconds")
     parser.add_argument("--cases", type=int, default=1000, help="cases to run (default: 1000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=500, help="cases per child process (default: 500)")
@@ -630,12 +644,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "child":
         return child(args)
+    if args.mode == "tar-child":
+        import fuzz_surfaces
+
+        return fuzz_surfaces.tar_child(args)
+    if args.target != "images":
+        return _surface(args)
     result = fuzz(args)
     out = Path(args.out or Path(__file__).parent / "results" / f"fuzz-{result['date']}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     summary = {k: result[k] for k in ("cases", "ran", "crashes", "hangs", "memory_limit_hits", "rows_with_neither")}
     print(json.dumps({**summary, "max_rss_mib": result["max_rss_mib"], "seconds": result["seconds"], "out": str(out)}))
+    return 0
+
+
+def _surface(args: argparse.Namespace) -> int:
+    """``--target tar|server`` (benchmarks/fuzz_surfaces.py); the same JSON conventions."""
+    import fuzz_surfaces
+
+    run = fuzz_surfaces.run_tar if args.target == "tar" else fuzz_surfaces.run_server
+    result = {
+        "benchmark": "fuzz",
+        "date": dt.date.today().isoformat(),
+        "command": " ".join(["python", "benchmarks/fuzz.py", *sys.argv[1:]]),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "seed": args.seed,
+        **run(args),
+    }
+    out = Path(args.out or Path(__file__).parent / "results" / f"fuzz-{args.target}-{result['date']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    keys = ("cases", "ran", "crashes", "hangs", "memory_limit_hits", "exceptions", "server_errors_5xx", "max_rss_mib")
+    print(json.dumps({**{k: result[k] for k in keys if k in result}, "seconds": result["seconds"], "out": str(out)}))
     return 0
 
 

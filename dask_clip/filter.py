@@ -103,7 +103,10 @@ def filter_rules(
     if min_aesthetic is not None:
         rules.append(Rule(aesthetic_column, ">=", _threshold("min_aesthetic", min_aesthetic)))
     if max_nsfw is not None:
-        rules.append(Rule(nsfw_column, "<", _threshold("max_nsfw", max_nsfw)))
+        p = _threshold("max_nsfw", max_nsfw)
+        if not 0 < p <= 1:  # a probability: <= 0 removes every row, > 1 none
+            raise ValueError(f"max_nsfw={max_nsfw!r} must be a probability in (0, 1] (NeMo Curator uses 0.5)")
+        rules.append(Rule(nsfw_column, "<", p))
     if min_clip_score is not None:
         rules.append(Rule(clip_score_column, ">=", _threshold("min_clip_score", min_clip_score)))
     if labels is not None:
@@ -203,11 +206,11 @@ def filter_frame(ddf: dd.DataFrame, **thresholds: Any) -> dd.DataFrame:
 
 
 def _filtered(ddf: dd.DataFrame, rules: Sequence[Rule]) -> dd.DataFrame:
-    _check_columns(ddf.columns, rules)
+    _check_columns(ddf.columns, rules, ddf.dtypes)
     return ddf.map_partitions(_keep, tuple(rules), meta=ddf._meta, token="clip_filter")
 
 
-def _check_columns(columns: Sequence[str], rules: Sequence[Rule]) -> None:
+def _check_columns(columns: Sequence[str], rules: Sequence[Rule], dtypes: Any = None) -> None:
     names = list(columns)
     missing = [rule.column for rule in rules if rule.column not in names]
     if missing:
@@ -215,6 +218,19 @@ def _check_columns(columns: Sequence[str], rules: Sequence[Rule]) -> None:
             f"columns {missing} are not in the input (its columns: {names}); embed with the heads or "
             "text column that add them, or name the columns (--aesthetic-column ...)"
         )
+    if dtypes is None:
+        return
+    for rule in rules:
+        dtype = dtypes[rule.column]
+        numeric = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+        text = pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype)
+        if rule.op != "in" and not numeric:
+            raise TypeError(
+                f"column {rule.column!r} holds {dtype}, not numbers: it cannot be compared with {rule.name}; "
+                "name the score column (--aesthetic-column, --nsfw-column, --clip-score-column)"
+            )
+        if rule.op == "in" and not text:
+            raise TypeError(f"column {rule.column!r} holds {dtype}, not label names; name it with --label-column")
 
 
 def filter_parquet(

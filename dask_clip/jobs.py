@@ -19,6 +19,7 @@ from .embedder import ImageEmbedder
 from .readers import PATH_COLUMN, read_images
 from .webdataset import is_webdataset_input, webdataset_partitions
 from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
+from .weights_id import weights_fingerprint
 from .writer import WriteSummary, check_output, location, write_parquet
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def prepare_embed(
         storage_options=storage_options,
         input_format=input_format,
         split_shards=split_shards,
+        max_member_bytes=embedder.max_image_bytes,
     )
     column = image_column or (embedder.image_column if embedder.image_column in ddf.columns else guessed)
     embedder = replace(embedder, image_column=column)
@@ -112,6 +114,8 @@ def prepare_embed(
         fingerprint["shards"] = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     if embedder.model_dir is not None:  # the folder decides the architecture
         fingerprint["model"] = {"model_dir": location(embedder.model_dir), "precision": embedder.precision}
+        # What the folder holds: weights replaced in place make a resumed run another job.
+        fingerprint["weights"] = weights_fingerprint(embedder.spec)
     output = os.fspath(output_path)
     todo = check_output(
         output, frame.npartitions, job=fingerprint, overwrite=overwrite, storage_options=storage_options

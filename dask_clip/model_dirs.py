@@ -19,12 +19,19 @@ kind / layout               files
 
 When a folder holds both an open_clip and a transformers model (LAION's Hugging Face
 repositories do), open_clip's files are used, as open_clip's own ``local-dir:`` loader does.
+
+A folder is data, never code: every file in it must be a regular file (a FIFO as the weights
+would block the loader forever, a device would never end), and a config that asks for the
+folder's own Python code (``trust_remote_code`` anywhere, e.g. open_clip's
+``text_cfg.tokenizer_kwargs``) is refused (:func:`check_no_remote_code`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +43,8 @@ __all__ = [
     "WEIGHT_FILE_PATTERNS",
     "ImageConfig",
     "ModelDir",
+    "check_no_remote_code",
+    "check_regular_files",
     "detect_model_dir",
     "find_weights",
     "transformers_image_config",
@@ -152,6 +161,70 @@ class ModelDir:
         return out
 
 
+def check_no_remote_code(config: object, where: str) -> None:
+    """Refuse a model config that asks a loader to run Python code shipped with the model.
+
+    open_clip passes ``text_cfg.tokenizer_kwargs`` to ``AutoTokenizer.from_pretrained``; with
+    ``trust_remote_code`` there, transformers imports the ``auto_map`` modules of the folder (or
+    hub repository). The key is looked for at any depth, so no loader's spelling is missed.
+
+    Raises
+    ------
+    ValueError
+        The config sets ``trust_remote_code`` to anything but false/null.
+    """
+    stack = [(config, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                here = f"{path}.{key}" if path else str(key)
+                if key == "trust_remote_code" and item not in (False, None):
+                    raise ValueError(
+                        f"{where} sets {here}={json.dumps(item)}: it asks to run Python code shipped with the model, "
+                        "which dask_clip never does; remove the entry (the standard CLIP tokenizers need no code)"
+                    )
+                stack.append((item, here))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def check_regular_files(folder: Path) -> None:
+    """Refuse a model folder holding anything a loader could open that is not a regular file.
+
+    A FIFO as ``model.safetensors`` blocks the loader forever (the watchdog sees a live worker);
+    a character device never ends. Subfolders are allowed (NeMo's layout, caches); symlinks are
+    followed, as the loaders follow them; a broken symlink fails to open, so it passes here.
+
+    Raises
+    ------
+    ValueError
+        Names the first such entry and what it is.
+    """
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError:
+            continue
+        if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+            continue
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a character device"
+            if stat.S_ISCHR(mode)
+            else "a block device"
+            if stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise ValueError(
+            f"model_dir {str(folder)!r}: {entry.name} is {kind}; weights, configs and tokenizer files must be "
+            "regular files (a loader would block or read forever)"
+        )
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
@@ -180,17 +253,20 @@ def detect_model_dir(path: str | Path) -> ModelDir:
         Not a folder; none of the three layouts; a layout without weights (never silently
         random) or without its preprocessing config.
     ValueError
-        A config that is not a CLIP model's, or preprocessing dask_clip cannot reproduce.
+        A config that is not a CLIP model's, preprocessing dask_clip cannot reproduce, a
+        config that asks for remote code, or an entry that is not a regular file (a FIFO).
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"model_dir {str(folder)!r} is not a folder")
+    check_regular_files(folder)
     if (folder / "open_clip_config.json").is_file():
         return _open_clip_dir(folder)
     if (folder / "config.json").is_file():
         return _transformers_dir(folder, "transformers")
     nemo = folder / NEMO_CLIP_SUBDIR
     if (nemo / "config.json").is_file():
+        check_regular_files(nemo)
         return _transformers_dir(nemo, "NeMo Curator model_dir")
     raise FileNotFoundError(
         f"model_dir {str(folder)!r} holds no model dask_clip knows: expected open_clip's local-dir layout "
@@ -202,8 +278,10 @@ def detect_model_dir(path: str | Path) -> ModelDir:
 
 def _open_clip_dir(folder: Path) -> ModelDir:
     config = folder / "open_clip_config.json"
-    if "model_cfg" not in _read_json(config):
+    parsed = _read_json(config)
+    if "model_cfg" not in parsed:
         raise ValueError(f"{config} has no 'model_cfg' entry; it is not an open_clip config")
+    check_no_remote_code(parsed, str(config))
     weights = find_weights(folder)
     if not weights:
         # open_clip itself would log a warning and go on with random weights.
@@ -216,6 +294,10 @@ def _open_clip_dir(folder: Path) -> ModelDir:
 
 def _transformers_dir(folder: Path, layout: str) -> ModelDir:
     config = _read_json(folder / "config.json")
+    check_no_remote_code(config, str(folder / "config.json"))
+    for name in ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        if (folder / name).is_file():
+            check_no_remote_code(_read_json(folder / name), str(folder / name))
     model_type = config.get("model_type")
     if model_type != "clip":
         raise ValueError(

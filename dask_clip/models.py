@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import ModelLoadError
-from .model_dirs import OPEN_CLIP, TRANSFORMERS, detect_model_dir, find_weights
+from .model_dirs import OPEN_CLIP, TRANSFORMERS, check_no_remote_code, detect_model_dir, find_weights
 from .preprocess import PreprocessConfig
 from .spec import ModelSpec
 
@@ -195,6 +196,13 @@ def _unreadable(what: str, err: Exception) -> ModelLoadError:
     if len(detail) > 400:
         detail = detail[:400] + " ..."
     kind = type(err).__name__
+    if "Weights only load failed" in detail:
+        # torch's own text goes on to suggest weights_only=False, i.e. running the pickle.
+        return ModelLoadError(
+            f"refused the weights of {what}: the file holds Python objects other than tensors (a pickle "
+            "that could run code when loaded), and dask_clip loads tensors only — use a .safetensors file "
+            "or a state dict of tensors"
+        )
     if "size mismatch" in detail or "Missing key" in detail or "Unexpected key" in detail:
         hint = (
             "the weights do not fit the architecture: "
@@ -240,6 +248,91 @@ def _create_with_weights(name: str, checkpoint: Path, **create_kwargs: Any) -> t
     return open_clip.create_model(name, pretrained=str(checkpoint), weights_only=True, **create_kwargs)
 
 
+def refuse_remote_code() -> None:
+    """Make transformers refuse a model's own Python code wherever dask_clip does not say so.
+
+    dask_clip passes ``trust_remote_code=False`` where it calls transformers, but open_clip calls
+    ``AutoConfig``/``AutoTokenizer`` itself (an ``hf_model_name`` text tower) without it; then
+    transformers asks on a terminal, for 15 s, whether to run the code. With its timeout at 0
+    (the setting transformers' own CI uses) it refuses at once instead.
+    """
+    try:
+        from transformers import dynamic_module_utils
+    except ImportError:  # without transformers, nothing can import a model's code
+        return
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
+
+
+_HUB_PROBE_S = 3.0
+_OPEN_CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, found in at most ~3 s; None when it can.
+
+    huggingface_hub retries with 10 s timeouts, so a load without network took 60-109 s to
+    fail; ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) makes the answer immediate.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:  # in a thread: a DNS lookup ignores socket timeouts
+        try:
+            socket.create_connection((host, port), timeout=_HUB_PROBE_S).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{constants.ENDPOINT} cannot be reached ({type(err).__name__}: {err})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(_HUB_PROBE_S + 1)
+    return outcome[0] if outcome else f"{constants.ENDPOINT} did not answer within {_HUB_PROBE_S:.0f} s"
+
+
+def _check_hub_reachable(repo: str, what: str) -> None:
+    """Fail at once when ``repo``'s open_clip files are not in the hub cache and the hub cannot
+    be reached (instead of after huggingface_hub's minute of retries)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in _OPEN_CLIP_FILES[1:]):
+        return  # cached weights: open_clip loads them (huggingface_hub falls back to the cache)
+    reason = _hub_unreachable()
+    if reason is not None:
+        raise ModelLoadError(
+            f"could not load {what}: it is not in the local Hugging Face cache and {reason}. Fetch it on a "
+            f"machine with network access (`huggingface-cli download {repo} --local-dir DIR`), copy DIR here "
+            "and pass model_dir=DIR (CLI: --model-dir DIR)"
+        )
+
+
+def check_hub_config(hub_id: str) -> None:
+    """Refuse an ``hf-hub:`` open_clip config that asks for remote code (it is in the hub cache
+    once the model is loaded; fetched here otherwise, as open_clip itself would)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(hub_id, "open_clip_config.json")
+    except Exception:  # offline, or no such file: open_clip's own load says what went wrong
+        return
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        check_no_remote_code(config, f"hf-hub:{hub_id} open_clip_config.json")
+    except ValueError as err:
+        raise ModelLoadError(str(err)) from None
+
+
 def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
     """The model of ``spec`` on the CPU, and its kind (``"open_clip"`` or ``"transformers"``)."""
     from .open_clip_import import folder_needs, import_open_clip
@@ -253,6 +346,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         if found.kind == TRANSFORMERS:
             from .hf import load_transformers_clip
 
+            refuse_remote_code()
             try:
                 return load_transformers_clip(folder), TRANSFORMERS
             except ModelLoadError:
@@ -261,13 +355,19 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
                 raise _unreadable(f"model_dir {str(folder)!r}", err) from err
         if not find_weights(folder):  # open_clip would silently go on with random weights
             raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
-        import_open_clip(folder_needs(folder))  # transformers and timm only for towers made of them
+        needs = folder_needs(folder)
+        import_open_clip(needs)  # transformers and timm only for towers made of them
+        if "transformers" in needs:  # an hf_model_name text tower: open_clip calls transformers itself
+            refuse_remote_code()
         try:
             return _create_with_weights(f"local-dir:{folder}", _local_dir_checkpoint(folder)), OPEN_CLIP
         except Exception as err:  # SafetensorError, a state-dict size mismatch, an unpickling error
             raise _unreadable(f"model_dir {str(folder)!r}", err) from err
     open_clip = import_open_clip()
+    refuse_remote_code()  # any architecture may follow, an hf_model_name text tower among them
     if spec.hub_id is not None:
+        _check_hub_reachable(spec.hub_id, repr(spec.model))
+        check_hub_config(spec.hub_id)
         try:
             return open_clip.create_model(spec.model, weights_only=True, cache_dir=_cache_dir()), OPEN_CLIP
         except Exception as err:  # open_clip and huggingface_hub raise many kinds for a failed download
@@ -288,6 +388,8 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         except Exception as err:
             raise _unreadable(f"checkpoint {spec.pretrained!r} for {spec.model!r}", err) from err
     tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
+    if tag_cfg.get("hf_hub"):
+        _check_hub_reachable(tag_cfg["hf_hub"].strip("/"), f"pretrained={spec.pretrained!r} for {spec.model!r}")
     try:
         # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.
         model = open_clip.create_model(

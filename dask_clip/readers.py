@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from .fetch import DEFAULT_MAX_IMAGE_BYTES
 from .validation import check_choice
 from .webdataset import is_webdataset_input, read_webdataset
 
@@ -92,6 +93,7 @@ def read_images(
     storage_options: dict | None = None,
     input_format: str = "auto",
     split_shards: int | str | None = None,
+    max_member_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
 ) -> tuple[dd.DataFrame, str]:
     """Open an image input lazily: a Parquet table of images, WebDataset tar shards, or image files.
 
@@ -116,6 +118,9 @@ def read_images(
         one partition per shard, image bytes in ``image``) or ``"images"``.
     split_shards
         WebDataset input: bytes of tar per partition (default: one partition per shard).
+    max_member_bytes
+        WebDataset input: a larger member is skipped unread, its row's ``read_error`` says so
+        (the embedder's ``max_image_bytes``).
 
     Returns
     -------
@@ -132,7 +137,13 @@ def read_images(
     check_choice("input_format", input_format, INPUT_FORMATS)
     if input_format == "webdataset" or (input_format == "auto" and is_webdataset_input(path, storage_options)):
         column = image_column or "image"
-        shards = read_webdataset(path, image_column=column, split_shards=split_shards, storage_options=storage_options)
+        shards = read_webdataset(
+            path,
+            image_column=column,
+            split_shards=split_shards,
+            storage_options=storage_options,
+            max_member_bytes=max_member_bytes,
+        )
         return shards, column
     fs, files = _list_files(os.fspath(path), storage_options)
     if input_format == "images":

@@ -34,6 +34,12 @@ plus, past ``end``, the rest of the sample that straddles it; the archive is rea
 total, plus, per range, the tail of the member that straddles its start (read by the range
 before it too) and tarfile's read-ahead of at most 10 KiB.
 
+**Bounded memory whatever the headers say.** A member larger than ``max_bytes`` is not read:
+its entry comes with ``data=None`` and a ``too_large`` reason, and tarfile skips its blocks in
+10 KiB reads (a sparse member of 1 GiB in a 20 KB archive, or a ``.tar.gz`` of zeros, costs
+time, not memory). Header data that tarfile reads whole (PAX records, GNU long names, sparse
+maps) is refused beyond :data:`MAX_HEADER_BYTES` per member.
+
 Limits of splitting (reading whole archives has none of them): a member that is itself a tar
 archive can hold blocks that look like headers, and old pre-POSIX (v7) headers without the
 ``ustar`` magic are never split points (they stay with the range before them). Compressed
@@ -48,7 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["BLOCK", "StreamDamage", "TarEntry", "find_header", "iter_entries", "sample_key"]
+__all__ = ["BLOCK", "MAX_HEADER_BYTES", "StreamDamage", "TarEntry", "find_header", "iter_entries", "sample_key"]
 
 BLOCK = tarfile.BLOCKSIZE  # 512: tar headers start at multiples of it
 _MAGIC = b"ustar"  # POSIX ("ustar\x0000") and GNU ("ustar  \x00") headers; v7 headers have none
@@ -64,6 +70,10 @@ _STREAM_BUFSIZE = tarfile.RECORDSIZE
 # typeshed does not list. A zero block (end-of-archive marker) or no bytes at all is a clean end.
 _CLEAN_END = (getattr(tarfile, "EOFHeaderError"), getattr(tarfile, "EmptyHeaderError"))  # noqa: B009
 _TRUNCATED = getattr(tarfile, "TruncatedHeaderError")  # noqa: B009
+#: Header bytes (PAX records, GNU long names and sparse maps) that one member may have. tarfile
+#: reads them whole and keeps the sparse map as Python ints (~40 bytes a number), so an archive
+#: that claims 1 GiB of them would cost several GB; real names and attributes take a few KiB.
+MAX_HEADER_BYTES = 1024 * 1024
 
 
 def sample_key(name: str) -> tuple[str, str] | None:
@@ -99,9 +109,12 @@ class TarEntry:
     name : str
         The member's path in the archive.
     data : bytes or None
-        The member's content; None when it was not asked for (``want`` returned False).
+        The member's content; None when it was not asked for (``want`` returned False) or is
+        larger than ``max_bytes``.
     offset : int
         Byte offset of the member's first header block in the archive.
+    too_large : str or None
+        Why ``data`` is None although it was asked for: the member is larger than ``max_bytes``.
     """
 
     key: str
@@ -109,6 +122,7 @@ class TarEntry:
     name: str
     data: bytes | None
     offset: int
+    too_large: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,10 +144,34 @@ class StreamDamage:
     entry: TarEntry | None = None
 
 
+class _HeaderTooLong(tarfile.HeaderError):
+    """A member's PAX, long-name or sparse-map data is larger than :data:`MAX_HEADER_BYTES`."""
+
+
+class _HeaderBudget:
+    """The TarFile's stream while one member's headers are processed: reads past the budget raise."""
+
+    def __init__(self, stream: Any, budget: int) -> None:
+        self._stream = stream
+        self._left = budget
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self._left:
+            raise _HeaderTooLong(
+                f"member header data longer than {MAX_HEADER_BYTES} bytes (PAX records, long name or sparse map)"
+            )
+        data: bytes = self._stream.read(size)
+        self._left -= len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:  # tell(), seek(): the stream's own
+        return getattr(self._stream, name)
+
+
 class _Header(tarfile.TarInfo):
-    """A TarInfo that remembers whether its own header block carries the ``ustar`` magic, and
+    """A TarInfo that remembers whether its own header block carries the ``ustar`` magic,
     records on the TarFile why reading stopped (``tarfile`` returns None for a bad header past
-    the first one instead of raising)."""
+    the first one instead of raising), and bounds the header data tarfile reads whole."""
 
     ustar = False
 
@@ -150,6 +188,18 @@ class _Header(tarfile.TarInfo):
         except tarfile.HeaderError as err:
             tar.dask_clip_stop = err  # type: ignore[attr-defined]
             raise
+
+    def _proc_member(self, tarfile: Any) -> Any:
+        # tarfile's documented hook for subclasses; every header read of this member (a PAX
+        # header's records and the headers after it, a long name, sparse blocks) goes through it.
+        stream = tarfile.fileobj
+        if isinstance(stream, _HeaderBudget):  # the header after a PAX or long-name header
+            return super()._proc_member(tarfile)  # type: ignore[misc]  # not in typeshed
+        tarfile.fileobj = _HeaderBudget(stream, MAX_HEADER_BYTES)
+        try:
+            return super()._proc_member(tarfile)  # type: ignore[misc]
+        finally:
+            tarfile.fileobj = stream
 
 
 def _is_header(block: bytes) -> bool:
@@ -212,6 +262,26 @@ class _Prepended:
         return out
 
 
+def _bounded_seek(stream: Any) -> None:
+    """Make the stream-mode TarFile's skip stop where the data ends.
+
+    tarfile's ``_Stream.seek`` skips forward in ``bufsize`` reads without looking at what they
+    return: a header that claims 1 TiB in a 20 KB archive made it call ``read`` 10**8 times on
+    an exhausted stream (minutes of CPU per member, found by benchmarks/fuzz.py). This one
+    stops at the end, and tarfile's next read reports the archive truncated.
+    """
+
+    def seek(pos: int = 0) -> int:
+        if pos < stream.pos:
+            raise tarfile.StreamError("seeking backwards is not allowed")
+        while stream.pos < pos:
+            if not stream.read(min(stream.bufsize, pos - stream.pos)):
+                break
+        return int(stream.pos)
+
+    stream.seek = seek
+
+
 def _stop_reason(tar: tarfile.TarFile, offset: int) -> str | None:
     """None for a clean end (end-of-archive blocks, or the data ending between members)."""
     stop = getattr(tar, "dask_clip_stop", None)
@@ -229,6 +299,7 @@ def iter_entries(
     start: int = 0,
     end: int | None = None,
     compressed: bool = False,
+    max_bytes: int | None = None,
 ) -> Iterator[TarEntry | StreamDamage]:
     """Yield the sample members that the byte range ``[start, end)`` of a tar archive owns.
 
@@ -243,6 +314,9 @@ def iter_entries(
         end=None``: the whole archive.
     compressed
         Let tarfile detect gzip/bz2/xz compression (whole archives only).
+    max_bytes
+        Largest member content to read; a larger wanted member is skipped unread (its entry
+        has ``data=None`` and a ``too_large`` reason). None: no limit.
 
     Yields
     ------
@@ -271,12 +345,18 @@ def iter_entries(
         # Not a context manager: closing a stream-mode TarFile closes nothing of ours (the caller
         # owns fileobj), and a generator may be abandoned mid-way.
         tar = tarfile.open(  # noqa: SIM115
-            fileobj=stream, mode="r|*" if compressed else "r|", tarinfo=_Header, bufsize=_STREAM_BUFSIZE
+            fileobj=stream,
+            mode="r|*" if compressed else "r|",
+            tarinfo=_Header,
+            bufsize=_STREAM_BUFSIZE,
+            encoding="utf-8",  # names that are not UTF-8 keep their bytes as surrogates (the caller escapes them)
+            errors="surrogateescape",
         )
-    except (tarfile.TarError, OSError, EOFError) as err:  # opening reads the first member's headers
+    except (tarfile.TarError, OSError, EOFError, ValueError) as err:  # opening reads the first member's headers
         if first_range:
             yield StreamDamage(base, f"not a readable tar archive at byte {base}: {type(err).__name__}: {err}")
         return  # past a split point the damage is the previous range's to report
+    _bounded_seek(tar.fileobj)
     owning = first_range
     index = 0
     next_range_first: int | None = None  # f(end), as an entry index of this stream
@@ -285,7 +365,8 @@ def iter_entries(
         at = base + tar.offset
         try:
             info = tar.next()
-        except (tarfile.TarError, OSError, EOFError) as err:  # truncated skip, bad PAX header, I/O, zlib
+        # ValueError: tarfile's parsers of PAX sparse maps unpack lines without checking them.
+        except (tarfile.TarError, OSError, EOFError, ValueError) as err:  # truncated skip, bad PAX header, I/O, zlib
             if owning:
                 yield StreamDamage(at, f"tar unreadable from byte {at}: {type(err).__name__}: {err}")
             return
@@ -313,9 +394,14 @@ def iter_entries(
         if not want(*parsed):
             yield entry
             continue
+        if max_bytes is not None and info.size > max_bytes:  # the size a read would deliver (sparse: expanded)
+            reason = f"member {info.name} too large: {info.size} bytes > max_image_bytes {max_bytes}; not read"
+            yield TarEntry(parsed[0], parsed[1], info.name, None, base + info.offset, reason)
+            continue
         try:
             member = tar.extractfile(info)
-            data = member.read() if member is not None else b""
+            limit = -1 if max_bytes is None else max_bytes + 1
+            data = member.read(limit) if member is not None else b""
         except (tarfile.TarError, OSError, EOFError) as err:
             yield StreamDamage(
                 base + info.offset,

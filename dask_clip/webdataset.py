@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from .fetch import DEFAULT_MAX_IMAGE_BYTES
 from .tar_stream import StreamDamage, iter_entries
 from .webdataset_partition import CAPTION, KEY, READ_ERROR, SHARD, URL, PartitionReader, Schema
 
@@ -52,6 +53,8 @@ _SPLITTABLE = ".tar"
 SIDECAR_SUFFIX = ".parquet"
 # The smallest byte range worth a task; a smaller split_shards is almost surely a member count.
 MIN_SPLIT_BYTES = 64 * 1024
+# Unreadable sidecars the client passes over to find the sidecar schema (each is a row note later).
+_SIDECAR_TRIES = 8
 # How far the client looks into the first shard for a json member when json field types are not given.
 _PEEK_MEMBERS = 1000
 
@@ -351,14 +354,16 @@ def _extensions(values: Sequence[str], what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _peek_json(part: ShardPartition, extension: str, storage_options: dict) -> dict | None:
+def _peek_json(part: ShardPartition, extension: str, storage_options: dict, max_bytes: int | None) -> dict | None:
     """The first json member of a shard, read on the client (stops as soon as it is found)."""
     import fsspec
 
     try:
         with fsspec.open(part.shard, "rb", **storage_options) as fileobj:
             for i, item in enumerate(
-                iter_entries(fileobj, lambda key, name: name == extension, compressed=part.compressed)
+                iter_entries(
+                    fileobj, lambda key, name: name == extension, compressed=part.compressed, max_bytes=max_bytes
+                )
             ):
                 if isinstance(item, StreamDamage) or i >= _PEEK_MEMBERS:
                     return None
@@ -376,6 +381,7 @@ def _json_fields(
     extension: str,
     storage_options: dict,
     taken: set[str],
+    max_bytes: int | None = None,
 ) -> list[tuple[str, str, pa.DataType]]:
     """(field, column, type) of the flattened json columns."""
     if json_fields is None or json_fields is False:
@@ -395,7 +401,7 @@ def _json_fields(
         )
     sample: dict | None = None
     for part in [p for p in plan if p.split == 0][:3]:  # an empty first shard is common enough to look on
-        sample = _peek_json(part, extension, storage_options)
+        sample = _peek_json(part, extension, storage_options, max_bytes)
         if sample is not None:
             break
     if json_fields is True:
@@ -416,11 +422,20 @@ def _sidecar_fields(
     import fsspec
     import pyarrow.parquet as pq
 
-    first = next((p.sidecar for p in plan if p.sidecar is not None), None)
-    if first is None:
+    arrow_schema = None
+    for sidecar in list(dict.fromkeys(p.sidecar for p in plan if p.sidecar is not None))[:_SIDECAR_TRIES]:
+        try:
+            with fsspec.open(sidecar, "rb", **storage_options) as fileobj:
+                arrow_schema = pq.read_schema(fileobj)
+        except Exception as err:  # its rows get a note from the worker that reads it; try the next one
+            logger.warning(
+                "sidecar %s unreadable (%s: %s); taking its columns from the next one", sidecar, type(err).__name__, err
+            )
+            continue
+        first = sidecar
+        break
+    if arrow_schema is None:
         return []
-    with fsspec.open(first, "rb", **storage_options) as fileobj:
-        arrow_schema = pq.read_schema(fileobj)
     if KEY not in arrow_schema.names:
         logger.warning("sidecar %s has no %r column; not joined", first, KEY)
         return []
@@ -453,6 +468,7 @@ def read_webdataset(
     sidecar_columns: Sequence[str] | None = None,
     split_shards: int | str | None = None,
     storage_options: dict | None = None,
+    max_member_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
 ) -> dd.DataFrame:
     """Open WebDataset tar shards lazily: one row per sample, one partition per shard.
 
@@ -492,6 +508,10 @@ def read_webdataset(
         the shard once. None: one partition per shard. Keys are grouped within a range.
     storage_options
         fsspec options (credentials, ...), used on the client and on the workers.
+    max_member_bytes
+        Largest member read (64 MiB, the embedder's ``max_image_bytes``): a larger image,
+        caption or json member is skipped unread, whatever its header claims, and its row's
+        ``read_error`` says so. None: no limit.
 
     Returns
     -------
@@ -538,10 +558,14 @@ def read_webdataset(
         raise TypeError(f"storage_options must be a dict, got {type(storage_options).__name__}")
     if sidecar_columns is not None and (isinstance(sidecar_columns, str) or not isinstance(sidecar_columns, Sequence)):
         raise TypeError(f"sidecar_columns must be a list of column names, got {sidecar_columns!r}")
+    if max_member_bytes is not None and (
+        isinstance(max_member_bytes, bool) or not isinstance(max_member_bytes, int) or max_member_bytes < 1
+    ):
+        raise ValueError(f"max_member_bytes must be a positive int or None, got {max_member_bytes!r}")
     options = dict(storage_options or {})
     plan = webdataset_partitions(urlpath, split_shards=split_shards, sidecar=sidecar, storage_options=options)
     taken = set(base)
-    json_columns = _json_fields(json_fields, plan, json_extension, options, taken)
+    json_columns = _json_fields(json_fields, plan, json_extension, options, taken, max_member_bytes)
     sidecar_fields = _sidecar_fields(plan, sidecar_columns, options, taken) if sidecar else []
     extra = pa.schema([pa.field(column, arrow_type) for _, column, arrow_type in [*json_columns, *sidecar_fields]])
     schema = Schema(
@@ -553,6 +577,7 @@ def read_webdataset(
         sidecar_fields=tuple((source, column) for source, column, _ in sidecar_fields),
         extra_types=extra.serialize().to_pybytes() if len(extra) else b"",
         storage_options=tuple(sorted(options.items())),
+        max_member_bytes=max_member_bytes,
     )
     return dd.from_map(
         PartitionReader(schema), plan, meta=schema.empty(), label="read-webdataset", enforce_metadata=False

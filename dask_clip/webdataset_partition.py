@@ -50,6 +50,7 @@ class Schema:
     sidecar_fields: tuple[tuple[str, str], ...] = ()
     extra_types: bytes = b""
     storage_options: tuple[tuple[str, Any], ...] = field(default=())
+    max_member_bytes: int | None = None
 
     def extra_schema(self) -> pa.Schema:
         return pa.ipc.read_schema(pa.py_buffer(self.extra_types)) if self.extra_types else pa.schema([])
@@ -147,10 +148,14 @@ class _Rows:
                     document = json.loads(text)
                 except json.JSONDecodeError as err:
                     problems.append(f"{schema.json_extension} member is not valid JSON: {err}")
+                except RecursionError:  # json's C parser recurses once per nesting level
+                    problems.append(f"{schema.json_extension} member is nested too deeply to parse")
         if document is not None and not isinstance(document, dict):
             problems.append(f"{schema.json_extension} member is not a JSON object")
             document = None
         url = document.get("url") if isinstance(document, dict) else None
+        if not _is_utf8(key):
+            problems.append("member name is not UTF-8 (the key shows its bytes as \\x escapes)")
         self.keys.append(key)
         self.images.append(image)
         self.captions.append(caption)
@@ -159,7 +164,7 @@ class _Rows:
             raw = document.get(source) if isinstance(document, dict) else None
             try:
                 values.append(_json_value(raw, arrow_type))
-            except (TypeError, ValueError, OverflowError, pa.ArrowException):
+            except (TypeError, ValueError, OverflowError, RecursionError, pa.ArrowException):
                 values.append(None)
                 problems.append(f"json field {source!r} is not {arrow_type}: {json.dumps(raw)[:40]}")
         self.errors.append("; ".join(problems) or None)
@@ -178,15 +183,44 @@ class _Rows:
         schema = self.schema.arrow_schema()
         n = len(self.keys)
         arrays = [
-            pa.array(self.keys, _STRING),
+            _strings(self.keys),
             pa.array(self.images, pa.binary()),
-            pa.array(self.captions, _STRING),
-            pa.array(self.urls, _STRING),
-            pa.array([shard] * n, _STRING),
-            pa.array(self.errors, _STRING),
+            _strings(self.captions),
+            _strings(self.urls),
+            _strings([shard] * n),
+            _strings(self.errors),
         ]
-        arrays += [pa.array(values, arrow_type) for values, (_, arrow_type) in zip(self.json, self.json_types)]
+        arrays += [
+            _strings(values) if pa.types.is_string(arrow_type) else pa.array(values, arrow_type)
+            for values, (_, arrow_type) in zip(self.json, self.json_types)
+        ]
         return pa.Table.from_arrays(arrays, schema=pa.schema(list(schema)[: len(arrays)]))
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _escaped(text: str) -> str:
+    """Text Arrow can store: a name tarfile decoded with ``surrogateescape`` (``b"\\xff"`` became
+    ``"\\udcff"``) gets its bytes back as ``\\xff``; a lone surrogate from JSON, ``\\ud800``."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from JSON text
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _strings(values: Sequence[Any]) -> pa.Array:
+    """A string array of ``values`` (str or None)."""
+    try:
+        return pa.array(values, _STRING)
+    except (UnicodeEncodeError, pa.ArrowException):  # a surrogate in a member name or JSON text
+        return pa.array([None if v is None else _escaped(v) for v in values], _STRING)
 
 
 def _read_samples(part: ShardPartition, schema: Schema, rows: _Rows) -> None:
@@ -210,6 +244,7 @@ def _read_samples(part: ShardPartition, schema: Schema, rows: _Rows) -> None:
                 start=part.start,
                 end=part.end,
                 compressed=part.compressed,
+                max_bytes=schema.max_member_bytes,
             )
             for item in entries:
                 if isinstance(item, StreamDamage):
@@ -241,6 +276,9 @@ def _read_samples(part: ShardPartition, schema: Schema, rows: _Rows) -> None:
 
 def _add_member(sample: _Sample, entry: TarEntry) -> None:
     sample.seen.append(entry.field)
+    if entry.too_large is not None:
+        sample.problems.append(entry.too_large)
+        return
     if entry.data is None:
         return
     if entry.field in sample.fields:

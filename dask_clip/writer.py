@@ -239,6 +239,28 @@ def _put(fs: Any, root: str, name: str, write: Callable[[Any], None], mode: str 
             os.remove(temp)
 
 
+#: The entry of each part file's ``dask_clip`` metadata (:mod:`dask_clip.file_metadata`) that
+#: names the model and weights fingerprint that made its embeddings (``{"model": ...,
+#: "weights": ...}``), so that a file moved out of its folder still says so
+#: (:mod:`dask_clip.weights_id`).
+EMBEDDING_METADATA = "embedding"
+
+
+def _embedding_metadata(job: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not job or ("model" not in job and "weights" not in job):
+        return None
+    return {"model": _canonical(job.get("model")), "weights": job.get("weights")}
+
+
+def _with_embedding(file_metadata: Mapping[str, Any] | None, job: Mapping[str, Any] | None) -> dict | None:
+    """The job's ``dask_clip`` file metadata: what the caller records plus the embedding's model."""
+    record = {**(file_metadata or {})}
+    embedding = _embedding_metadata(job)
+    if embedding is not None:
+        record[EMBEDDING_METADATA] = embedding
+    return record or None
+
+
 def _manifest_text(npartitions: int, job: Mapping[str, Any] | None) -> str:
     return json.dumps({"npartitions": npartitions, "job": _canonical(job), "writer": WRITER}, indent=2, sort_keys=True)
 
@@ -498,7 +520,7 @@ def write_tasks(
         arrow_types(ddf._meta),
         partition_stats,
         _manifest_text(n, job),
-        dict(file_metadata) if file_metadata else None,
+        _with_embedding(file_metadata, job),
         meta=pd.Series([], dtype=object),
         enforce_metadata=False,
         align_dataframes=False,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_support import assert_same_rows, reference, run_main, subprocess_env, write_image_parquet
+from cli_support import assert_same_rows, reference, run_cli, run_main, subprocess_env, write_image_parquet
 
 from dask_clip.columns import embeddings_to_numpy
 from dask_clip.heads import AestheticHead, NSFWHead, zero_shot_heads
@@ -133,7 +133,7 @@ def test_a_nemo_model_dir_through_the_cli(tmp_path, nemo_model_dir, client):
 def test_hf_hub_offline_tells_how_to_fetch_the_folder(tmp_path):
     shards = write_image_parquet(tmp_path / "shards", 1, 2)
     env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
-    proc = run_main(
+    proc = run_cli(
         "embed",
         str(shards),
         str(tmp_path / "o"),

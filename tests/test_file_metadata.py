@@ -49,13 +49,20 @@ def folder_embeddings(tmp_path_factory, photo_jpegs, model_dir) -> tuple[Path, P
     return images, out
 
 
+def columns(record: dict) -> dict:
+    """The image and key columns of a recorded ``dask_clip`` entry (it also names the model)."""
+    return {k: v for k, v in record.items() if k in ("image_column", "key_column")}
+
+
 def test_embed_of_a_folder_records_path_as_image_and_key(folder_embeddings):
     images, out = folder_embeddings
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 2
     for part in parts:  # every file says it, not only the first
-        assert json.loads(pq.read_schema(part).metadata[KEY]) == {"image_column": "path", "key_column": "path"}
-    assert read_file_metadata(out) == {"image_column": "path", "key_column": "path"}
+        record = json.loads(pq.read_schema(part).metadata[KEY])
+        assert columns(record) == {"image_column": "path", "key_column": "path"}
+        assert record["embedding"]["weights"].startswith("sha256:")  # and the weights that made it
+    assert columns(read_file_metadata(out)) == {"image_column": "path", "key_column": "path"}
     assert pd.read_parquet(out)["path"].tolist() == [str(p) for p in sorted(images.iterdir())]
 
 
@@ -86,8 +93,8 @@ def test_img2dataset_input_records_key_and_bytes_stay_on_disk(captioned_frame, t
         embed_parquet(source, tmp_path / "lean", ImageEmbedder(model_dir=model_dir, remove_image_data=True))
         build(tmp_path / "emb", tmp_path / "auto")
         build(tmp_path / "emb", tmp_path / "none", image_column=None)
-    assert read_file_metadata(tmp_path / "emb") == {"image_column": "image", "key_column": "key"}
-    assert read_file_metadata(tmp_path / "lean") == {"key_column": "key"}  # no image column left to name
+    assert columns(read_file_metadata(tmp_path / "emb")) == {"image_column": "image", "key_column": "key"}
+    assert columns(read_file_metadata(tmp_path / "lean")) == {"key_column": "key"}  # no image column left to name
     auto = load(tmp_path / "auto")
     assert (auto.image_column, auto.key_column) == ("image", "key")
     assert "image" not in auto.table.column_names  # the bytes are not loaded into memory...
@@ -157,4 +164,4 @@ def test_dedup_command_names_rows_by_the_recorded_key(folder_embeddings, tmp_pat
     flagged = result[result["duplicate"]]
     assert len(flagged) == 1 and flagged.index[0] in pair
     assert flagged["duplicate_of"].iloc[0] == next(p for p in pair if p != flagged.index[0])
-    assert read_file_metadata(tmp_path / "dedup") == {"image_column": "path", "key_column": "path"}
+    assert columns(read_file_metadata(tmp_path / "dedup")) == {"image_column": "path", "key_column": "path"}

@@ -75,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from ..dedup import dedup_parquet
+        from ..dedup.parquet import check_dedup_paths
     except ImportError as err:
         raise ImportError(f"dask-clip dedup needs the dedup extra ({err}): pip install 'dask-clip[dedup]'") from err
     max_memory = check_memory("--max-memory", args.max_memory)  # before a cluster starts
+    check_dedup_paths(args.input, args.output)  # OUTPUT = INPUT: refused now, not after the whole dedup
     id_column = args.id_column
     if id_column is None:  # the key column the embeddings record (key, or a folder's file path)
         from ..file_metadata import read_file_metadata

@@ -176,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
         read_timeout=args.read_timeout,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
+    if embedder.model_dir is not None:
+        # A few stat calls: a folder that cannot load (a FIFO as its weights, a config asking for
+        # remote code) is refused before a cluster starts for it.
+        embedder.spec.resolve_model_dir()
 
     def prepare() -> Any:
         return prepare_embed(

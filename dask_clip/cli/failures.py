@@ -63,6 +63,8 @@ def explain(err: BaseException) -> str:
         return _os_error(err)
     if isinstance(err, (ValueError, TypeError, ImportError)):
         return _one_line(str(err))
+    if isinstance(err, LookupError):  # str(KeyError) quotes its message; nothing was written
+        return _one_line(str(err.args[0]) if err.args else name)
     if name in ("CancelledError", "FutureCancelledError"):
         return f"the cluster cancelled the job ({_one_line(str(err)) or name}) — {RESUME}"
     if isinstance(err, MemoryError):

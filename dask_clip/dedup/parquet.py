@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,12 @@ from fsspec.core import url_to_fs
 
 from ..file_metadata import carried, read_file_metadata
 from ..validation import check_eps
-from ..writer import location, write_tasks
+from ..writer import _input_roots, check_not_input, location, write_tasks
 from . import _frame
 from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
 from .workflow import OUTPUT_COLUMNS, attach_results, cluster_results, prepare
 
-__all__ = ["ROW_NUMBER", "SUMMARY_FILE", "dedup_parquet", "with_row_numbers"]
+__all__ = ["ROW_NUMBER", "SUMMARY_FILE", "check_dedup_paths", "dedup_parquet", "with_row_numbers"]
 
 ROW_NUMBER = "row"
 #: The summary of a finished run, next to its part files (read back by a rerun).
@@ -64,6 +65,40 @@ def persist_and_wait(collection: Any) -> Any:
     if futures_of(persisted):
         wait(persisted)
     return persisted
+
+
+def check_dedup_paths(input_path: str | os.PathLike | Sequence[str | os.PathLike], output_path: str) -> None:
+    """ValueError when the output folder is, contains or lies inside an input: checked before
+    anything runs (a cluster start, the whole dedup), as ``embed`` checks its paths.
+
+    (The writer checks again before it writes or removes anything.)
+    """
+    inputs = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
+    check_not_input(location(output_path), _input_roots({"input": [location(p) for p in inputs]}))
+    _check_same_model(inputs)
+
+
+def _check_same_model(inputs: Sequence[str | os.PathLike]) -> None:
+    """Refuse to dedup embeddings folders whose manifests record different models or weights
+    (their vectors live in different spaces; the similarities between them mean nothing)."""
+    import json
+
+    seen: dict[str, tuple[Any, Any]] = {}
+    for given in inputs:
+        manifest = os.path.join(os.fspath(given), "_dask_clip.json")
+        if "://" in os.fspath(given) or not os.path.isfile(manifest):
+            continue  # a file, a glob, a remote folder or another writer's: nothing recorded to compare
+        try:
+            job = json.loads(Path(manifest).read_text(encoding="utf-8")).get("job") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        seen[os.fspath(given)] = (job.get("model"), job.get("weights"))
+    if len(set(map(json.dumps, seen.values()))) > 1:
+        listed = "; ".join(f"{path}: model {m!r}, weights {w}" for path, (m, w) in seen.items())
+        raise ValueError(
+            f"the inputs were embedded by different models or weights ({listed}): their similarities are "
+            "meaningless — embed them again with one model, or dedup each on its own"
+        )
 
 
 def dedup_parquet(
@@ -122,6 +157,7 @@ def dedup_parquet(
     import dask
     import dask.dataframe as dd
 
+    check_dedup_paths(input_path, output_path)
     eps = check_eps(eps)
     summary_eps = sorted({*(summary_eps or DEFAULT_SUMMARY_EPS), eps})
     for e in summary_eps:

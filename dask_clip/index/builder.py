@@ -156,6 +156,20 @@ def _model_record(model: Any, job: Mapping[str, Any] | None) -> dict[str, Any] |
     raise TypeError(f"model must be an ImageEmbedder, a ModelSpec or a dict of its fields, not {type(model).__name__}")
 
 
+def _weights_record(model: Any, record: Mapping[str, Any] | None, job: Mapping[str, Any] | None) -> str | None:
+    """The weights fingerprint of the embeddings: the embeddings folder's record, or, for a model
+    given here, its folder's now (:mod:`dask_clip.weights_id`)."""
+    from ..spec import ModelSpec
+    from ..weights_id import weights_fingerprint
+
+    if model is None:
+        recorded = (job or {}).get("weights")
+        return recorded if isinstance(recorded, str) else None
+    if record is None or record.get("model_dir") is None:
+        return None
+    return weights_fingerprint(ModelSpec(**record))
+
+
 def _check_index_dir(index_dir: str | os.PathLike) -> Path:
     text = os.fspath(index_dir)
     if "://" in text and not text.startswith("file://"):
@@ -463,6 +477,7 @@ def build(
         "image_column": image_column,
         "columns": kept,
         "model": model_record,
+        "weights": _weights_record(model, model_record, job),
         "choice": choice.to_dict(),
         "nprobe_tuning": tuning,
         "build": {"seed": seed, "max_memory": budget, "requested_index_key": index_key, "on_disk": on_disk},

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
+from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
 from .ids import ID, PARTITION, PARTITION_ROW, SOURCE_ROW
 
 __all__ = ["json_value", "results_html", "results_records", "score_columns", "thumbnail"]
@@ -74,11 +74,15 @@ def score_columns(results: pd.DataFrame, exclude: tuple[str | None, ...] = ()) -
 
 
 def thumbnail(
-    data: bytes, size: int = THUMBNAIL_SIZE, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+    data: bytes,
+    size: int = THUMBNAIL_SIZE,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    max_bytes: int | None = DEFAULT_DECODE_BUDGET,
 ) -> tuple[bytes | None, str | None]:
     """A JPEG thumbnail (longest side ``size``) of encoded image bytes.
 
-    Decoded by :func:`dask_clip.decode.decode_bytes` with the same decompression-bomb limit as
+    Decoded by :func:`dask_clip.decode.decode_bytes` with the same decompression-bomb limit and
+    decode budget (``max_bytes`` of RGB; a JPEG beyond it is decoded at a reduced scale) as
     embedding.
 
     Returns
@@ -87,13 +91,20 @@ def thumbnail(
     """
     from PIL import Image
 
-    pixels, reason = decode_bytes(data, max_pixels=max_pixels)
+    pixels, reason = decode_bytes(data, max_pixels=max_pixels, max_bytes=max_bytes)
     if pixels is None:
         return None, reason
+    large = pixels.nbytes > 64 * 2**20  # dask_clip.prepare.RELEASE_AFTER_BYTES (prepare imports torch)
     image = Image.fromarray(pixels)
+    del pixels  # Image.fromarray copies: one full-size copy at a time
     image.thumbnail((size, size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=85)
+    del image
+    if large:  # as the embedder does: glibc would keep the freed full-size copies mapped
+        from ..worker_setup import release_freed_memory
+
+        release_freed_memory()
     return out.getvalue(), None
 
 

@@ -105,6 +105,9 @@ class SearchIndex:
     ) -> None:
         self.index_dir = os.fspath(index_dir)
         self._ids_dir = Path(ids_dir) if ids_dir is not None else None
+        #: Whether results and rows carry the image bytes that :func:`load` leaves on disk (one
+        #: row-group read per hit); the browse server, which serves images by id, turns it off.
+        self.result_images = True
         self.manifest = manifest
         self.index = index
         partition_rows = np.asarray(manifest["partition_rows"], dtype=np.int64)
@@ -159,6 +162,18 @@ class SearchIndex:
         """The column of image bytes or paths/URLs kept for display, or None."""
         return self.manifest.get("image_column")
 
+    def check_weights(self) -> None:
+        """Refuse to embed queries with the recorded model when its folder now holds other
+        weights than those that embedded the index (:mod:`dask_clip.weights_id`).
+
+        Raises
+        ------
+        dask_clip.weights_id.WeightsChangedError
+        """
+        from ..weights_id import check_weights
+
+        check_weights(self.manifest.get("weights"), self.model, "the vectors of this index")
+
     @property
     def model(self) -> Any:
         """The :class:`~dask_clip.spec.ModelSpec` that made the embeddings, or None if unknown."""
@@ -188,8 +203,18 @@ class SearchIndex:
         return pos
 
     def rows(self, ids: Sequence[int] | np.ndarray) -> pd.DataFrame:
-        """The id-table rows of faiss ``ids``, in the order given."""
-        return self.frame.iloc[self.positions(ids)].reset_index(drop=True)
+        """The id-table rows of faiss ``ids``, in the order given (image bytes included)."""
+        positions = self.positions(ids)
+        return self._with_stored_images(self.frame.iloc[positions].reset_index(drop=True), positions)
+
+    def _with_stored_images(self, rows: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+        """``rows`` with the image column that :func:`load` left on disk read back for just these
+        rows (a search returns its hits' images, as when the column was held in memory)."""
+        column = self.image_column
+        if not self.result_images or column is None or column in rows.columns or self._ids_dir is None:
+            return rows
+        values = pa.array([self._stored_image(int(p)) for p in positions], pa.binary())
+        return rows.assign(**{column: pd.arrays.ArrowExtensionArray(values)})
 
     def ids_for_keys(self, keys: Any) -> np.ndarray:
         """Faiss ids of the rows whose key column holds ``keys`` (the first row of each key).
@@ -366,7 +391,8 @@ class SearchIndex:
     def _results(self, similarity: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
         found = labels >= 0
         query, rank = np.nonzero(found)
-        rows = self.frame.take(self.positions(labels[found]))
+        positions = self.positions(labels[found])
+        rows = self._with_stored_images(self.frame.take(positions).reset_index(drop=True), positions)
         columns = {"query": query.astype(np.int64), "rank": (rank + 1).astype(np.int64)}
         columns["similarity"] = similarity[found].astype(np.float32)
         columns.update({name: rows[name].array for name in rows.columns})
@@ -447,6 +473,7 @@ class SearchIndex:
                 "the index does not record the embedding model; pass embedder=ImageEmbedder(...) "
                 "(or build with model=...)"
             )
+        self.check_weights()
         return ImageEmbedder(
             model=spec.model, pretrained=spec.pretrained, model_dir=spec.model_dir, precision=spec.precision
         )
@@ -480,6 +507,7 @@ class SearchIndex:
             spec = self.model
             if spec is None:
                 raise ValueError("the index does not record the embedding model; pass encode_text=")
+            self.check_weights()
             encode_text = functools.partial(embed_texts, spec)
         return self.search(np.asarray(encode_text(texts), dtype=np.float32), k, **kwargs)
 

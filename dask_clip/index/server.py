@@ -10,6 +10,14 @@ image column (bytes, or the paths/URLs stored in the id table) by row id — a r
 names a file. Uploads are size-limited and decoded with the embedder's decompression-bomb
 limit; the page renders every value from the data as text (``textContent``), and the
 Content-Security-Policy allows only the app's own script.
+
+Hostile requests (see docs/robustness.md): a ``Host`` header that is not one of the allowed
+names (localhost names by default; DNS rebinding) is answered 400 before any route runs;
+uploads must come as the page sends them (``Content-Type: application/octet-stream``, which a
+cross-origin page cannot send without a CORS preflight this server never grants; a foreign
+``Origin`` is refused too) and are decoded only when the search can run; thumbnails and
+uploads decode within ``max_decode_bytes``, at most ``max_decodes`` at a time; ids outside
+int64 are 404s; an unreadable thumbnail names no local path.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import os
 import posixpath
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -28,15 +36,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
+from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
 from .ids import ID
 from .report import json_value, score_columns, thumbnail
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "serve"]
+__all__ = ["DEFAULT_MAX_DECODES", "DEFAULT_MAX_UPLOAD_BYTES", "LOCAL_HOSTS", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 2**20
+#: Images decoded at once (thumbnails and uploads together); others wait their turn.
+DEFAULT_MAX_DECODES = 2
+#: Host names the server answers by default: this machine's. Any other name in ``Host`` is a
+#: page on another site reaching 127.0.0.1 through DNS rebinding.
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+UPLOAD_TYPE = "application/octet-stream"  # what static/app.js sends
+_INT64 = (-(2**63), 2**63 - 1)
 DEFAULT_K = 24
 MAX_K = 200
 CAPTION_CANDIDATES = ("caption", "text", "TEXT", "title", "alt")
@@ -110,6 +125,7 @@ class TextTower:
             try:
                 from ..text_embedder import embed_texts
 
+                self._index.check_weights()  # weights replaced since the index was built: say so
                 encode = functools.partial(embed_texts, self._index.model)
                 encode(["a photo"])
             except Exception as err:  # shown on the page and in the terminal, never a crash
@@ -142,6 +158,9 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     thumbnail_cache: int = 2048,
+    max_decode_bytes: int | None = DEFAULT_DECODE_BUDGET,
+    max_decodes: int = DEFAULT_MAX_DECODES,
+    allowed_hosts: Sequence[str] = LOCAL_HOSTS,
 ) -> Any:
     """The browse app (an ASGI application) for a loaded index.
 
@@ -162,22 +181,47 @@ def create_app(
         Decompression-bomb limit for uploads and thumbnails.
     thumbnail_cache
         Thumbnails kept in memory.
+    max_decode_bytes
+        Decoded bytes one thumbnail or upload may take (the embedder's budget, 256 MiB): a
+        larger JPEG is decoded at a reduced scale, anything else larger is refused.
+    max_decodes
+        Images decoded at once; with ``max_decode_bytes`` this bounds what decoding can hold
+        (about ``max_decodes x 2.7 x max_decode_bytes``, see docs/robustness.md).
+    allowed_hosts
+        Names the ``Host`` header may give (a port is ignored; ``*.example.com`` patterns,
+        ``"*"`` for any); others get 400. Localhost names by default.
 
     Returns
     -------
     starlette.applications.Starlette
     """
     _import_web()
+    import asyncio
+
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     from .search import SearchIndex, load
 
+    if not isinstance(max_decodes, int) or isinstance(max_decodes, bool) or max_decodes < 1:
+        raise ValueError(f"max_decodes must be a positive int, got {max_decodes!r}")
+    if isinstance(allowed_hosts, str):
+        raise TypeError(f"allowed_hosts must be a list of host names, got {allowed_hosts!r}")
+    hosts = [h.lower().strip() for h in allowed_hosts]
     if not isinstance(index, SearchIndex):
         index = load(index)
+    decode_slots = asyncio.Semaphore(max_decodes)
+
+    async def decoding(fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) in a worker thread, at most ``max_decodes`` at a time."""
+        async with decode_slots:
+            return await run_in_threadpool(fn, *args)
+
     names = index.table.column_names
     if caption_column == "auto":
         caption_column = next((c for c in CAPTION_CANDIDATES if c in names), None)
@@ -209,6 +253,16 @@ def create_app(
         key = json_value(row.get(index.key_column)) if index.key_column else None
         return None if key is None else str(key)
 
+    def row_id(raw: str) -> int:
+        """A row id from the request: an int64, else 404 (no row can have it)."""
+        try:
+            id_ = int(raw)
+        except ValueError:
+            raise _Bad(400, f"id={raw[:40]!r} is not an integer") from None
+        if not _INT64[0] <= id_ <= _INT64[1]:
+            raise _Bad(404, f"no row with id {raw[:40]}")
+        return id_
+
     def respond(results: pd.DataFrame, query: str, started: float, extra: dict | None = None) -> JSONResponse:
         scores = score_columns(results, exclude=(index.key_column,))
         items = []
@@ -234,9 +288,9 @@ def create_app(
     def id_of(raw: str) -> int:
         """A row id of this index, or 404."""
         try:
-            id_ = int(raw)
+            id_ = row_id(raw)
             index.positions([id_])
-        except (ValueError, KeyError, OverflowError):
+        except (_Bad, KeyError, OverflowError):
             raise _Bad(404, "no such row") from None
         return id_
 
@@ -261,6 +315,7 @@ def create_app(
         return endpoint
 
     tower = TextTower(index, encode_text)
+    index.result_images = False  # the page gets images from /thumb and /image, not in results
 
     def encode(texts: list[str]) -> np.ndarray:
         if tower.state == "unavailable":
@@ -268,13 +323,14 @@ def create_app(
         return tower(texts)
 
     def image_embedder() -> Any:
-        """The upload embedder, with this app's decompression-bomb limit."""
+        """The upload embedder, with this app's decompression-bomb limit and decode budget."""
         from dataclasses import replace
 
+        limits = {"max_image_pixels": max_pixels, "max_decode_bytes": max_decode_bytes}
         if embedder is not None:
-            return replace(embedder, max_image_pixels=max_pixels)
+            return replace(embedder, **limits)
         try:
-            return replace(index._embedder(None), max_image_pixels=max_pixels)
+            return replace(index._embedder(None), **limits)
         except ValueError as err:
             raise _Bad(503, str(err)) from None
 
@@ -309,20 +365,26 @@ def create_app(
 
     @guarded
     async def like(request: Request) -> Response:
-        raw = request.query_params.get("id", "")
-        try:
-            id_ = int(raw)
-        except ValueError:
-            raise _Bad(400, f"id={raw!r} is not an integer") from None
+        id_ = row_id(request.query_params.get("id", ""))
         k, started = k_of(request), time.perf_counter()
         try:
             results = await run_in_threadpool(index.search_ids, [id_], k)
-        except KeyError:
+        except (KeyError, OverflowError):
             raise _Bad(404, f"no row with id {id_}") from None
         return respond(results, f"more like #{id_}", started)
 
     @guarded
     async def upload(request: Request) -> Response:
+        # Only as the page sends it: a cross-origin form or fetch without a preflight can send
+        # text/plain or form types, never this one; browsers name the sending page in Origin.
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != UPLOAD_TYPE:
+            raise _Bad(415, f"upload the image bytes as {UPLOAD_TYPE} (got {media_type or 'no content type'!r})")
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+            raise _Bad(403, "uploads are accepted from this server's own page only")
+        k = k_of(request)
+        one = image_embedder()  # 503 before the body is read or decoded when no model is recorded
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             raise _Bad(413, f"upload larger than {max_upload_bytes} bytes")
@@ -333,15 +395,12 @@ def create_app(
                 raise _Bad(413, f"upload larger than {max_upload_bytes} bytes")
             chunks.append(chunk)
         data = b"".join(chunks)
-        k, started = k_of(request), time.perf_counter()
-        pixels, reason = await run_in_threadpool(decode_bytes, data, max_pixels=max_pixels)
-        if pixels is None:  # refused before the model sees it: bombs, non-images, truncation
-            raise _Bad(400, f"not a usable image: {reason}")
-        one = image_embedder()
-        try:
-            results = await run_in_threadpool(lambda: index.search_image(data, k, embedder=one))
+        started = time.perf_counter()
+
+        try:  # decoded once, by the embedder, within its limits: bombs, non-images are a 400
+            results = await decoding(lambda: index.search_image(data, k, embedder=one))
         except ValueError as err:
-            raise _Bad(400, str(err)) from None
+            raise _Bad(400, f"not a usable image: {err}") from None
         return respond(results, "uploaded image", started)
 
     @guarded
@@ -390,18 +449,24 @@ def create_app(
     @functools.lru_cache(maxsize=thumbnail_cache)
     def thumb_bytes(id_: int) -> tuple[bytes | None, str | None]:
         try:
-            return thumbnail(index.image(id_), max_pixels=max_pixels)
+            data = index.image(id_)
         except LookupError as err:
-            return None, str(err)
+            if index.image_column is None:
+                return None, str(err)
+            # The reason may name a local file (a path column): the log has it, the answer not.
+            logger.info("thumbnail of row %d: %s", id_, err)
+            return None, "the row's image is missing or cannot be read"
+        return thumbnail(data, max_pixels=max_pixels, max_bytes=max_decode_bytes)
 
     @guarded
     async def thumb(request: Request) -> Response:
+        raw = request.path_params["id"]
         try:
-            id_ = int(request.path_params["id"])
+            id_ = row_id(raw)
             index.positions([id_])
-        except (ValueError, KeyError):
+        except (_Bad, KeyError, OverflowError):
             raise _Bad(404, "no such row") from None
-        data, reason = await run_in_threadpool(thumb_bytes, id_)
+        data, reason = await decoding(thumb_bytes, id_)
         if data is None:
             raise _Bad(404, f"no image: {reason}")
         headers = {**_HEADERS, "Cache-Control": "max-age=3600"}
@@ -420,7 +485,7 @@ def create_app(
         Route("/thumb/{id}", thumb),
         Route("/image/{id}", full),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
     app.state.text_tower = tower
     return app
 
@@ -437,6 +502,9 @@ def serve(
     max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     log_level: str = "info",
     preload_text: bool = True,
+    max_decode_bytes: int | None = DEFAULT_DECODE_BUDGET,
+    max_decodes: int = DEFAULT_MAX_DECODES,
+    allow_hosts: Sequence[str] = (),
 ) -> None:
     """Serve the browse page of ``index_dir`` until interrupted (what ``dask-clip serve`` runs).
 
@@ -447,8 +515,11 @@ def serve(
     host, port
         Where to listen; 127.0.0.1 (this machine only) by default. Another host exposes the
         index's metadata and images to whoever can reach it.
-    encode_text, embedder, caption_column, max_upload_bytes, max_pixels
+    encode_text, embedder, caption_column, max_upload_bytes, max_pixels, max_decode_bytes, max_decodes
         As :func:`create_app`.
+    allow_hosts
+        Names the ``Host`` header may give besides the localhost names and ``host`` itself
+        (unless it is a wildcard address, ``0.0.0.0`` or ``::``); ``"*"`` allows any.
     log_level
         uvicorn's log level.
     preload_text
@@ -459,6 +530,8 @@ def serve(
     from .search import load
 
     index = load(index_dir)
+    bound = [] if host in ("0.0.0.0", "::", "") else [f"[{host}]" if ":" in host else host]
+    allowed_hosts = [*LOCAL_HOSTS, *bound, *allow_hosts]
     app = create_app(
         index,
         encode_text=encode_text,
@@ -466,6 +539,9 @@ def serve(
         caption_column=caption_column,
         max_upload_bytes=max_upload_bytes,
         max_pixels=max_pixels,
+        max_decode_bytes=max_decode_bytes,
+        max_decodes=max_decodes,
+        allowed_hosts=allowed_hosts,
     )
     logger.info("serving %r on http://%s:%d", index, host, port)
     print(f"dask-clip serve: {len(index)} vectors from {os.fspath(index_dir)} on http://{host}:{port}/", flush=True)

@@ -103,3 +103,14 @@ def test_results_html_escapes_captions_and_inlines_thumbnails(index, sample_fram
     import json
 
     json.dumps(records)  # plain JSON values
+
+
+def test_results_and_rows_carry_the_image_bytes_kept_on_disk(index, sample_frame):
+    """The image column stays on disk after load, yet results and rows hold their own images."""
+    assert index.image_column == "jpg" and "jpg" not in index.frame.columns
+    by_key = dict(zip(sample_frame["key"], sample_frame["jpg"]))
+    keys = sample_frame["key"].iloc[[3, 150, 300]].tolist()
+    found = index.search_like(keys, k=4)
+    assert len(found) == 12 and found["jpg"].tolist() == [by_key[k] for k in found["key"]]
+    rows = index.rows(index.ids_for_keys(keys))
+    assert rows["key"].tolist() == keys and rows["jpg"].tolist() == [by_key[k] for k in keys]
