@@ -11,16 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import backends
+from . import backends, config
 from .columns import FLOAT32, LIST_FLOAT32, STRING
-from .decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
-from .fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT, check_protocols
+from .fetch import check_protocols
 from .heads import Head
 from .sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds
 from .spec import ModelSpec
 from .validation import (
     DECODE_DEVICES,
-    DEFAULT_BATCH_SIZE,
     DEFAULT_NUM_GPUS_PER_WORKER,
     ON_ERROR,
     SCHEDULES,
@@ -36,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["ImageEmbedder", "clip_scores"]
 
 logger = logging.getLogger(__name__)
+#: Key prefix of the embedding tasks, what the dashboard's task stream and progress bars show.
+TASK_NAME = "clip_embed"
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class ImageEmbedder:
     model, pretrained, model_dir, precision, device
         What to load; see :class:`~dask_clip.spec.ModelSpec`. ``pretrained=None`` asks for
         seeded random weights.
+
+    Where ``precision``, ``model_inference_batch_size`` and the read limits
+    (``max_image_pixels``, ``max_decode_bytes``, ``max_image_bytes``, ``allowed_protocols``,
+    ``read_timeout``) are not passed, they come from ``dask.config``'s ``dask_clip`` namespace
+    when the embedder is made (:mod:`dask_clip.config`); the defaults below are its shipped ones.
     normalize
         L2-normalise embeddings (unit length).
     model_inference_batch_size
@@ -130,10 +135,10 @@ class ImageEmbedder:
     model: str = "ViT-L-14"
     pretrained: str | None = "openai"
     model_dir: str | None = None
-    precision: str = "auto"
+    precision: str = field(default_factory=config.default("precision"))
     device: str = "auto"
     normalize: bool = True
-    model_inference_batch_size: int = DEFAULT_BATCH_SIZE
+    model_inference_batch_size: int = field(default_factory=config.default("batch-size"))
     num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER
     verbose: bool = False
     remove_image_data: bool = False
@@ -144,11 +149,11 @@ class ImageEmbedder:
     image_kind: str = "auto"
     height_column: str = "height"
     width_column: str = "width"
-    max_image_pixels: int | None = field(default=DEFAULT_MAX_IMAGE_PIXELS)
-    max_decode_bytes: int | None = field(default=DEFAULT_DECODE_BUDGET)
-    max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES
-    allowed_protocols: Sequence[str] = DEFAULT_PROTOCOLS
-    read_timeout: float | None = DEFAULT_READ_TIMEOUT
+    max_image_pixels: int | None = field(default_factory=config.default("read.max-image-pixels"))
+    max_decode_bytes: int | None = field(default_factory=config.default("read.max-decode-bytes"))
+    max_image_bytes: int | None = field(default_factory=config.default("read.max-image-bytes"))
+    allowed_protocols: Sequence[str] = field(default_factory=config.default("read.allowed-protocols", tuple))
+    read_timeout: float | None = field(default_factory=config.default("read.timeout"))
     decode_device: str = "auto"
     heads: Sequence[Head] = ()
     schedule: str = "auto"
@@ -268,11 +273,20 @@ class ImageEmbedder:
         -------
         dask.dataframe.DataFrame
             The same rows, index and columns, plus ``output_column`` (``list<float32>``),
-            ``error_column`` (string) and one column per head. Nothing is computed.
+            ``error_column`` (string) and one column per head.
+
+        Notes
+        -----
+        Nothing is computed, with one exception: an ``object``-dtype image column with
+        ``image_kind="auto"``. Its dtype does not say whether it holds encoded bytes, paths or
+        pixel arrays, so this call reads the first rows of up to 4 partitions (``head``) to
+        tell. To keep the call fully lazy, pass ``image_kind=`` or give the column a typed
+        dtype: ``dd.read_parquet(..., dtype_backend="pyarrow")`` gives Arrow ``binary``
+        (bytes) or ``string`` (paths) columns, which are recognised from the dtype alone.
         """
         self.validate(ddf.columns)
         resolved = replace(self, image_kind=self._resolve_kind(ddf))
-        return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta))
+        return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta), token=TASK_NAME)
 
     def _resolve_kind(self, ddf: dd.DataFrame) -> str:
         if self.image_kind != "auto":

@@ -207,7 +207,7 @@ def filter_frame(ddf: dd.DataFrame, **thresholds: Any) -> dd.DataFrame:
 
 def _filtered(ddf: dd.DataFrame, rules: Sequence[Rule]) -> dd.DataFrame:
     _check_columns(ddf.columns, rules, ddf.dtypes)
-    return ddf.map_partitions(_keep, tuple(rules), meta=ddf._meta)
+    return ddf.map_partitions(_keep, tuple(rules), meta=ddf._meta, token="clip_filter")
 
 
 def _check_columns(columns: Sequence[str], rules: Sequence[Rule], dtypes: Any = None) -> None:

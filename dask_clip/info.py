@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 from typing import Any
 
-__all__ = ["environment_info", "format_info"]
+__all__ = ["environment_info", "format_config", "format_info"]
 
 PACKAGES = (
     "dask-clip",
@@ -67,10 +67,12 @@ def environment_info() -> dict[str, Any]:
     dict
         JSON-able: ``python``, ``platform``, ``packages`` (name → version or None), ``cpu``
         (cores usable, torch threads), ``cuda`` (torch's view: available, version, devices),
-        ``gpu_libraries`` (dask_cuda, cupy, cudf, rmm → usable, version or error).
+        ``gpu_libraries`` (dask_cuda, cupy, cudf, rmm → usable, version or error), ``config``
+        (the effective ``dask_clip.*`` settings of ``dask.config``, dotted keys).
     """
     import torch
 
+    from . import config
     from .worker_setup import cpu_count
 
     cuda: dict[str, Any] = {"available": bool(torch.cuda.is_available()), "torch_cuda_version": torch.version.cuda}
@@ -99,6 +101,7 @@ def environment_info() -> dict[str, Any]:
             "cudf": _probe("cudf", _cudf_check),
             "rmm": _probe("rmm"),
         },
+        "config": config.effective(),
     }
 
 
@@ -123,4 +126,12 @@ def format_info(info: dict[str, Any]) -> str:
     for name, probe in info["gpu_libraries"].items():
         state = f"usable {probe.get('version') or ''}".rstrip() if probe["usable"] else f"not usable ({probe['error']})"
         lines.append(f"  {name:<16}{state}")
+    lines.append(format_config(info["config"]))
+    return "\n".join(lines)
+
+
+def format_config(settings: dict[str, Any]) -> str:
+    """The effective ``dask_clip.*`` settings as aligned text (``dask-clip info --config``)."""
+    lines = ["config      dask.config dask_clip.* (YAML, DASK_CLIP__* variables, dask.config.set)"]
+    lines.extend(f"  {key:<26}{value!r}" for key, value in settings.items())
     return "\n".join(lines)

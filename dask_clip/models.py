@@ -213,6 +213,41 @@ def _unreadable(what: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(f"could not load the weights of {what}: {kind}: {detail} — {hint}")
 
 
+def _cache_dir() -> str | None:
+    """Where downloads go: ``dask_clip.model-cache`` of this worker's dask.config, else the hub's cache."""
+    from . import config
+
+    folder = config.get("model-cache")
+    return str(Path(folder).expanduser()) if folder else None
+
+
+def _local_dir_checkpoint(folder: Path) -> Path:
+    """The weights file open_clip's ``local-dir:`` loader picks in ``folder``."""
+    import open_clip.factory
+
+    # open_clip's own choice where it has one, so that the same file loads as with create_model
+    pick = getattr(open_clip.factory, "_find_checkpoint_in_dir", None)
+    found = pick(folder) if pick is not None else next(iter(find_weights(folder)), None)
+    if found is None:
+        raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
+    return Path(found)
+
+
+def _create_with_weights(name: str, checkpoint: Path, **create_kwargs: Any) -> torch.nn.Module:
+    """open_clip model ``name`` with ``checkpoint``'s weights: built on ``meta`` and the weights
+    assigned (:mod:`dask_clip.skeleton`), or built in full where that cannot fill every tensor."""
+    import open_clip
+
+    from .skeleton import create_assigned
+
+    model = create_assigned(name, checkpoint, **create_kwargs)
+    if model is not None:
+        return model
+    if name.startswith("local-dir:"):
+        return open_clip.create_model(name, weights_only=True, **create_kwargs)
+    return open_clip.create_model(name, pretrained=str(checkpoint), weights_only=True, **create_kwargs)
+
+
 def refuse_remote_code() -> None:
     """Make transformers refuse a model's own Python code wherever dask_clip does not say so.
 
@@ -300,9 +335,7 @@ def check_hub_config(hub_id: str) -> None:
 
 def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
     """The model of ``spec`` on the CPU, and its kind (``"open_clip"`` or ``"transformers"``)."""
-    import open_clip
-
-    refuse_remote_code()
+    from .open_clip_import import folder_needs, import_open_clip
 
     if spec.model_dir is not None:
         try:  # again on the worker: the folder decides how to load it
@@ -313,6 +346,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
         if found.kind == TRANSFORMERS:
             from .hf import load_transformers_clip
 
+            refuse_remote_code()
             try:
                 return load_transformers_clip(folder), TRANSFORMERS
             except ModelLoadError:
@@ -321,15 +355,21 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
                 raise _unreadable(f"model_dir {str(folder)!r}", err) from err
         if not find_weights(folder):  # open_clip would silently go on with random weights
             raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
+        needs = folder_needs(folder)
+        import_open_clip(needs)  # transformers and timm only for towers made of them
+        if "transformers" in needs:  # an hf_model_name text tower: open_clip calls transformers itself
+            refuse_remote_code()
         try:
-            return open_clip.create_model(f"local-dir:{folder}", weights_only=True), OPEN_CLIP
+            return _create_with_weights(f"local-dir:{folder}", _local_dir_checkpoint(folder)), OPEN_CLIP
         except Exception as err:  # SafetensorError, a state-dict size mismatch, an unpickling error
             raise _unreadable(f"model_dir {str(folder)!r}", err) from err
+    open_clip = import_open_clip()
+    refuse_remote_code()  # any architecture may follow, an hf_model_name text tower among them
     if spec.hub_id is not None:
         _check_hub_reachable(spec.hub_id, repr(spec.model))
         check_hub_config(spec.hub_id)
         try:
-            return open_clip.create_model(spec.model, weights_only=True), OPEN_CLIP
+            return open_clip.create_model(spec.model, weights_only=True, cache_dir=_cache_dir()), OPEN_CLIP
         except Exception as err:  # open_clip and huggingface_hub raise many kinds for a failed download
             raise ModelLoadError(
                 f"could not load {spec.model!r}: {err}. Without network access, fetch the folder on a "
@@ -344,7 +384,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
     checkpoint = Path(spec.pretrained).expanduser()
     if checkpoint.is_file():  # a file: nothing to download, so no hub hint on failure
         try:
-            return open_clip.create_model(spec.model, pretrained=str(checkpoint), weights_only=True), OPEN_CLIP
+            return _create_with_weights(spec.model, checkpoint), OPEN_CLIP
         except Exception as err:
             raise _unreadable(f"checkpoint {spec.pretrained!r} for {spec.model!r}", err) from err
     tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
@@ -357,6 +397,7 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
             pretrained=spec.pretrained,
             force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
             weights_only=True,
+            cache_dir=_cache_dir(),
         )
     except Exception as err:  # open_clip raises RuntimeError for any download failure
         repo = (tag_cfg.get("hf_hub") or "laion/CLIP-ViT-L-14-laion2B-s32B-b82K").rstrip("/")
@@ -369,6 +410,15 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
     return model, OPEN_CLIP
 
 
+def _declared_embed_dim(model: Any, kind: str) -> int | None:
+    """The embedding width D the model's config declares, or None where it declares none."""
+    if kind == TRANSFORMERS:
+        dim = getattr(getattr(getattr(model, "clip", None), "config", None), "projection_dim", None)
+    else:
+        dim = getattr(getattr(model, "visual", None), "output_dim", None)
+    return int(dim) if isinstance(dim, int) else None
+
+
 def _load(spec: ModelSpec) -> LoadedModel:
     device = resolve_device(spec.device)
     created, kind = _create(spec)
@@ -377,9 +427,11 @@ def _load(spec: ModelSpec) -> LoadedModel:
     if dtype != torch.float32:
         to_low_precision(model, dtype)
     preprocess = model.preprocess_config if kind == TRANSFORMERS else PreprocessConfig.from_model(model)
-    with torch.inference_mode():
-        probe = torch.zeros((1, 3, *preprocess.size), device=device, dtype=dtype)
-        embed_dim = int(model.encode_image(probe).shape[-1])
+    embed_dim = _declared_embed_dim(model, kind)
+    if embed_dim is None:  # one image through the tower (seconds for ViT-L/14 on a CPU)
+        with torch.inference_mode():
+            probe = torch.zeros((1, 3, *preprocess.size), device=device, dtype=dtype)
+            embed_dim = int(model.encode_image(probe).shape[-1])
     if spec.random_weights:
         logger.warning("dask_clip: %s has seeded RANDOM weights (pretrained=None)", spec.model)
     return LoadedModel(

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import backends
+from . import backends, config
 from .columns import LIST_FLOAT32, STRING
 from .spec import ModelSpec
-from .validation import DEFAULT_BATCH_SIZE, DEFAULT_NUM_GPUS_PER_WORKER, check_gpu_share, check_int
+from .validation import DEFAULT_NUM_GPUS_PER_WORKER, check_gpu_share, check_int
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["TextEmbedder", "embed_texts"]
 
 logger = logging.getLogger(__name__)
+#: Key prefix of the caption-embedding tasks on the dashboard.
+TASK_NAME = "clip_text"
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,10 @@ class TextEmbedder:
     model: str = "ViT-L-14"
     pretrained: str | None = "openai"
     model_dir: str | None = None
-    precision: str = "auto"
+    precision: str = field(default_factory=config.default("precision"))
     device: str = "auto"
     normalize: bool = True
-    model_inference_batch_size: int = DEFAULT_BATCH_SIZE
+    model_inference_batch_size: int = field(default_factory=config.default("batch-size"))
     num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER
     verbose: bool = False
     text_column: str = "caption"
@@ -113,7 +115,7 @@ class TextEmbedder:
             ``error_column`` (string). Nothing is computed.
         """
         self.validate(ddf.columns)
-        return ddf.map_partitions(self.embed_partition, meta=self.output_meta(ddf._meta))
+        return ddf.map_partitions(self.embed_partition, meta=self.output_meta(ddf._meta), token=TASK_NAME)
 
     def output_meta(self, meta: Any) -> Any:
         """The empty output frame for an input ``meta``."""

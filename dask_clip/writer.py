@@ -59,6 +59,7 @@ __all__ = [
     "check_output",
     "count_nonnull",
     "location",
+    "looks_complete",
     "part_name",
     "remove_temporaries",
     "to_arrow",
@@ -429,6 +430,21 @@ def check_output(
     return [i for i in range(npartitions) if part_name(i, npartitions) not in done]
 
 
+def looks_complete(path: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    """Whether ``path`` holds a manifest of this writer and every part file it describes.
+
+    A cheap look (one listing, one small read) before anything else runs: the CLI then plans
+    the job before starting a cluster, which a finished output does not need. It does not say
+    that the output is of the same job: :func:`check_output` does.
+    """
+    fs, root = _open(path, storage_options)
+    names = _listing(fs, root)
+    if MANIFEST not in names:
+        return False
+    described = _ours(_read_manifest(fs, root))
+    return bool(described) and described <= set(names)
+
+
 def _ours(manifest: Mapping[str, Any] | None) -> set[str]:
     """The part files a manifest says this writer made."""
     if manifest is None or manifest.get("writer") != WRITER:
@@ -508,6 +524,7 @@ def write_tasks(
         meta=pd.Series([], dtype=object),
         enforce_metadata=False,
         align_dataframes=False,
+        token="parquet_write",  # fused with the step before it: one task per partition
     )
     stats = dask.delayed(_stats, pure=True)
     return [stats(part) for part in written.to_delayed()]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
-from ..fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
+from .. import config
 from ..readers import INPUT_FORMATS
 from ..sources import image_kinds
 from . import options
@@ -86,24 +86,25 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     reads.add_argument(
         "--max-image-bytes",
         type=options.positive_int,
-        default=DEFAULT_MAX_IMAGE_BYTES,
+        default=config.get("read.max-image-bytes"),
         metavar="N",
-        help=f"largest encoded image read, in bytes (default: {DEFAULT_MAX_IMAGE_BYTES // 2**20} MiB)",
+        help="largest encoded image read, in bytes (default: dask_clip.read.max-image-bytes, %(default)s)",
     )
     reads.add_argument(
         "--max-image-pixels",
         type=options.positive_int,
-        default=DEFAULT_MAX_IMAGE_PIXELS,
+        default=config.get("read.max-image-pixels"),
         metavar="N",
-        help=f"images with more pixels are refused before decoding (default: {DEFAULT_MAX_IMAGE_PIXELS:,})",
+        help="images with more pixels are refused before decoding (default: dask_clip.read.max-image-pixels, "
+        "%(default)s)",
     )
     reads.add_argument(
         "--max-decode-bytes",
         type=options.positive_int,
-        default=DEFAULT_DECODE_BUDGET,
+        default=config.get("read.max-decode-bytes"),
         metavar="N",
         help="decoded RGB bytes one image may take; larger JPEGs are decoded at a reduced scale "
-        f"(default: {DEFAULT_DECODE_BUDGET // 2**20} MiB)",
+        "(default: dask_clip.read.max-decode-bytes, %(default)s)",
     )
     reads.add_argument(
         "--allow-protocol",
@@ -111,14 +112,14 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         default=[],
         metavar="PROTO",
         help="also read paths of this fsspec protocol, e.g. https (needs the http extra); "
-        f"repeatable (default: {', '.join(DEFAULT_PROTOCOLS)})",
+        f"repeatable (default: dask_clip.read.allowed-protocols, {', '.join(config.get('read.allowed-protocols'))})",
     )
     reads.add_argument(
         "--read-timeout",
         type=float,
-        default=DEFAULT_READ_TIMEOUT,
+        default=config.get("read.timeout"),
         metavar="SECONDS",
-        help=f"seconds one remote read may take (default: {DEFAULT_READ_TIMEOUT:.0f})",
+        help="seconds one remote read may take (default: dask_clip.read.timeout, %(default)s)",
     )
     part = parser.add_argument_group("partitions and output")
     part.add_argument(
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cluster import connect_early
     from ..embedder import ImageEmbedder
     from ..jobs import prepare_embed, run_embed
-    from ..writer import remove_temporaries
+    from ..writer import looks_complete, remove_temporaries
 
     embedder = ImageEmbedder(
         **options.weights(args),
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,
         max_decode_bytes=args.max_decode_bytes,
-        allowed_protocols=(*DEFAULT_PROTOCOLS, *(p.lower() for p in args.allow_protocol)),
+        allowed_protocols=(*config.get("read.allowed-protocols"), *(p.lower() for p in args.allow_protocol)),
         read_timeout=args.read_timeout,
         **({"num_gpus_per_worker": args.num_gpus_per_worker} if args.num_gpus_per_worker is not None else {}),
     )
@@ -179,10 +180,9 @@ def run(args: argparse.Namespace) -> int:
         # A few stat calls: a folder that cannot load (a FIFO as its weights, a config asking for
         # remote code) is refused before a cluster starts for it.
         embedder.spec.resolve_model_dir()
-    # The cluster starts (and its workers start loading the model) while this process reads
-    # and plans the job: on a short job, the fixed costs overlap instead of adding up.
-    with connect_early(preload=embedder.spec, **options.cluster_options(args)) as wait_for_client:
-        job = prepare_embed(
+
+    def prepare() -> Any:
+        return prepare_embed(
             args.input,
             args.output,
             embedder,
@@ -193,11 +193,30 @@ def run(args: argparse.Namespace) -> int:
             input_format=args.input_format,
             split_shards=args.split_shards,
         )
-        total = job.frame.npartitions
-        if not job.todo:
-            remove_temporaries(args.output)  # a killed run's, even when every partition is there
-            print(f"dask-clip embed: all {total} partitions of {args.output} are already written; nothing to do")
+
+    def nothing_to_do(job: Any) -> bool:
+        if job.todo:
+            return False
+        remove_temporaries(args.output)  # a killed run's, even when every partition is there
+        print(
+            f"dask-clip embed: all {job.frame.npartitions} partitions of {args.output} are already written; "
+            "nothing to do"
+        )
+        return True
+
+    job = None
+    if not args.overwrite and looks_complete(args.output):  # likely nothing to do: no cluster for that
+        job = prepare()
+        if nothing_to_do(job):
             return 0
+    # The cluster starts (and its workers start loading the model) while this process reads
+    # and plans the job: on a short job, the fixed costs overlap instead of adding up.
+    with connect_early(preload=embedder.spec, **options.cluster_options(args)) as wait_for_client:
+        if job is None:
+            job = prepare()
+            if nothing_to_do(job):
+                return 0
+        total = job.frame.npartitions
         todo = f"{len(job.todo)} of {total} partitions to write"
         options.say(todo + ("" if len(job.todo) == total else " (resuming)"))
         client = wait_for_client()

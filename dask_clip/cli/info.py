@@ -12,6 +12,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser = sub.add_parser("info", parents=[common], help="versions, CPU/GPU devices, usable GPU libraries")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
+        "--config", action="store_true", help="only the effective dask_clip.* settings of dask.config (no torch import)"
+    )
+    parser.add_argument(
         "--model-dir",
         metavar="DIR",
         help="report what DIR holds instead: open_clip local-dir, transformers CLIP folder or NeMo Curator model_dir",
@@ -22,6 +25,13 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def run(args: argparse.Namespace) -> int:
     from ..info import environment_info, format_info
 
+    if args.config:
+        from .. import config
+        from ..info import format_config
+
+        settings = config.effective()
+        print(json.dumps(settings, indent=2) if args.json else format_config(settings))
+        return 0
     if args.model_dir is not None:
         from ..model_dirs import detect_model_dir
 

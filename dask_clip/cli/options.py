@@ -6,15 +6,14 @@ import argparse
 import sys
 from typing import Any
 
+from .. import config
 from ..validation import (
     CLUSTER_KINDS,
-    DEFAULT_BATCH_SIZE,
     DEFAULT_NUM_GPUS_PER_WORKER,
     DEVICES,
     ON_ERROR,
     PRECISIONS,
 )
-from ..watchdog import DEFAULT_WORKER_TIMEOUT
 
 __all__ = [
     "add_cluster_options",
@@ -108,10 +107,10 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--worker-timeout",
         type=_seconds_or_none,
-        default=DEFAULT_WORKER_TIMEOUT,
+        default=config.get("watchdog.worker-timeout"),
         metavar="SECONDS",
         help="give up (exit 1, resumable) when the cluster has had no worker for this long; "
-        f"'none' waits forever (default: {DEFAULT_WORKER_TIMEOUT:.0f})",
+        "'none' waits forever (default: dask_clip.watchdog.worker-timeout, %(default)s)",
     )
     tls = parser.add_argument_group(
         "TLS", "Certificates for a TLS cluster, as `dask scheduler`/`dask worker` take them (docs/clusters.md)"
@@ -198,7 +197,7 @@ def add_model_options(
     group.add_argument(
         "--precision",
         choices=PRECISIONS,
-        default="auto",
+        default=config.get("precision"),
         help="auto: fp32 on CPU; fp16 weights on GPU (rows that overflow are redone in bf16); "
         "fp16/bf16: autocast; pure_fp16/pure_bf16: weights in that dtype",
     )
@@ -206,9 +205,9 @@ def add_model_options(
     group.add_argument(
         "--batch-size",
         type=positive_int,
-        default=DEFAULT_BATCH_SIZE,
+        default=config.get("batch-size"),
         metavar="N",
-        help=f"images per forward pass (default: {DEFAULT_BATCH_SIZE})",
+        help="images per forward pass (default: dask_clip.batch-size, %(default)s)",
     )
     group.add_argument(
         "--num-gpus-per-worker",

@@ -450,6 +450,7 @@ def cluster_results(plan: DedupPlan) -> Any:
         **assign_kw,
         meta=assign.assign_partition(ddf._meta, centroids, **meta_kw),
         enforce_metadata=False,
+        token="semdedup_assign",  # the task name on the dashboard
     )
     if plan.shuffle_plan is None:
         clustered = payload.shuffle(on="cluster", npartitions=plan.npartitions, shuffle_method=plan.shuffle_method)
@@ -472,6 +473,7 @@ def cluster_results(plan: DedupPlan) -> Any:
         **step,
         meta=pairwise.dedup_partition(clustered._meta, **meta_step),
         enforce_metadata=False,
+        token="semdedup_pairs",
     )
     return _join.route(ddf, scored, shuffle_method=plan.shuffle_method)
 

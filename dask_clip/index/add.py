@@ -147,6 +147,7 @@ def add_tasks(
     parts = ddf.to_delayed()
     n = len(parts)
     add = dask.delayed(add_partition, pure=False)
+    stamp = uuid.uuid4().hex  # a unique key per call; the dashboard shows "index_add"
     return [
         add(
             parts[i],
@@ -156,6 +157,7 @@ def add_tasks(
             embedding_column=embedding_column,
             columns=list(columns),
             arrow_types=types,
+            dask_key_name=f"index_add-{stamp}-{i}",
         )
         for i in todo
     ]
