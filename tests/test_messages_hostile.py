@@ -15,6 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
+from cli_support import run_main
 
 from dask_clip import write_parquet
 from dask_clip.cli import main
@@ -51,15 +52,15 @@ def test_max_nsfw_must_be_a_probability(scores, tmp_path, capsys, value):
     assert not (tmp_path / "out").exists()
 
 
-def test_filter_on_a_text_score_column_says_so(scores, tmp_path, capsys):
-    status = main(["filter", scores, str(tmp_path / "out"), "--min-aesthetic", "5"])
-    assert status == 1
-    err = capsys.readouterr().err.strip().splitlines()
+def test_filter_on_a_text_score_column_says_so(scores, tmp_path, client):
+    proc = run_main("filter", scores, str(tmp_path / "out"), "--min-aesthetic", "5", client=client, check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.strip().splitlines()
     assert err[-1].startswith(
         "dask-clip filter: error: column 'aesthetic_score' holds string, not numbers: it cannot be compared with aesthetic_score >= 5;"
     )
     assert not any("Traceback" in line or "pandas" in line for line in err)
-    assert main(["filter", scores, str(tmp_path / "ok"), "--max-nsfw", "0.5"]) == 0
+    assert run_main("filter", scores, str(tmp_path / "ok"), "--max-nsfw", "0.5", client=client).returncode == 0
 
 
 def test_pickled_objects_in_weights_are_refused_in_plain_words(tmp_path, model_dir):
