@@ -388,7 +388,8 @@ def _reason_key(reason: str) -> str:
     return head
 
 
-def _rss_kib(pid: int) -> int:
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` in KiB (``VmRSS``), 0 once it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -444,7 +445,7 @@ def _run_child(cases: list[Case], args: argparse.Namespace, tally: Tally, single
         try:
             while True:
                 ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-                rss = _rss_kib(proc.pid)
+                rss = rss_kib(proc.pid)
                 tally.max_rss_kib = max(tally.max_rss_kib, rss)
                 if baseline:
                     tally.max_rss_growth_kib = max(tally.max_rss_growth_kib, rss - baseline)
@@ -463,7 +464,7 @@ def _run_child(cases: list[Case], args: argparse.Namespace, tally: Tally, single
                         line, buffer = buffer.split(b"\n", 1)
                         words = line.decode().split(" ", 2)
                         if words[0] == "ready":
-                            baseline = _rss_kib(proc.pid)
+                            baseline = rss_kib(proc.pid)
                             deadline = time.monotonic() + args.timeout
                         elif words[0] == "begin":
                             current = (int(words[1]), int(words[2]))

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fuzz import rss_kib  # the image fuzz's reader of a process's resident memory
 
 TAR_LIMIT = 256 * 1024  # max_member_bytes of the tar cases
 
@@ -266,17 +267,6 @@ def tar_child(args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def run_tar(args) -> dict:  # type: ignore[no-untyped-def]
     """Run ``args.cases`` tar cases in children (a new child after a crash or hang)."""
     sparse = sparse_seeds()
@@ -297,7 +287,7 @@ def run_tar(args) -> dict:  # type: ignore[no-untyped-def]
             failure = None
             while True:
                 ready, _, _ = select.select([proc.stdout], [], [], 0.05)
-                rss = _rss_kib(proc.pid)
+                rss = rss_kib(proc.pid)
                 max_rss = max(max_rss, rss)
                 if baseline:
                     max_growth = max(max_growth, rss - baseline)
@@ -506,13 +496,13 @@ def run_server(args) -> dict:  # type: ignore[no-untyped-def]
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise RuntimeError("the server did not start") from None
                 time.sleep(0.2)
-        baseline = _rss_kib(server.pid)
+        baseline = rss_kib(server.pid)
         peak = [baseline]
         stop = threading.Event()
 
         def watch() -> None:
             while not stop.is_set():
-                peak[0] = max(peak[0], _rss_kib(server.pid))
+                peak[0] = max(peak[0], rss_kib(server.pid))
                 time.sleep(0.05)
 
         watcher = threading.Thread(target=watch, daemon=True)
