@@ -60,10 +60,12 @@ def embedded(shards, model_dir, tmp_path_factory, client) -> Path:
 
 
 @pytest.fixture(scope="module")
-def resumed(shards, model_dir, tmp_path_factory) -> dict:
+def resumed(shards, model_dir, tmp_path_factory, client) -> dict:
     """``dask-clip embed`` on a local cluster it starts, SIGKILLed once two files exist, run again.
 
-    Slow enough to be caught part-way: many small partitions, batch size 1.
+    Slow enough to be caught part-way: many small partitions, batch size 1. The kill needs a
+    process of its own; the rerun, which only has to resume, runs in this process on the session
+    cluster.
     """
     folder = tmp_path_factory.mktemp("out")
     out = folder / "embeddings"
@@ -92,7 +94,7 @@ def resumed(shards, model_dir, tmp_path_factory) -> dict:
             time.sleep(0.2)  # let the signals land before looking at the files
     killed_log = (folder / "killed.log").read_text()
     finished = {p.name: os.stat(p) for p in out.glob("part-*.parquet")}
-    again = run_cli(*args, "--progress")
+    again = run_main(*args[: -len(LOCAL)], "--progress", client=client)
     return {"out": out, "returncode": proc.returncode, "killed_log": killed_log, "finished": finished, "proc": again}
 
 

@@ -256,7 +256,7 @@ def _wait_for_parts(out: Path, n: int, proc: subprocess.Popen, deadline: float =
 
 
 @pytest.mark.slow
-def test_every_worker_killed_ends_the_cli_with_one_line_and_a_rerun_resumes(tmp_path, model_dir):
+def test_every_worker_killed_ends_the_cli_with_one_line_and_a_rerun_resumes(tmp_path, model_dir, client):
     shards = write_image_parquet(tmp_path / "in", 24, 3, bad_every=5)
     scheduler, sched = start_scheduler(tmp_path)
     worker = start_worker(sched, tmp_path / "worker.log")
@@ -291,9 +291,7 @@ def test_every_worker_killed_ends_the_cli_with_one_line_and_a_rerun_resumes(tmp_
         assert 4 <= waited < 40, waited  # from when the kill returned: the clock may start a little earlier
         done = len(list(out.glob("part-*.parquet")))
         assert 2 <= done < 24
-        worker = start_worker(sched, tmp_path / "worker2.log")
-        wait_for_workers(sched, 1)
-        again = run_cli(*args)
+        again = run_main(*args[:-2], client=client)  # the rerun on the session cluster: resuming is not process-bound
         assert f"wrote {24 - done} partitions ({done} already there)" in again.stdout
         assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), reference(shards, model_dir))
     finally:
@@ -302,7 +300,7 @@ def test_every_worker_killed_ends_the_cli_with_one_line_and_a_rerun_resumes(tmp_
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_task_is_one_line_and_a_rerun_resumes(tmp_path, model_dir):
+def test_a_worker_killed_mid_task_is_one_line_and_a_rerun_resumes(tmp_path, model_dir, client):
     """KilledWorker (here after one death: allowed-failures=0) on the CLI's own local cluster."""
     import psutil
 
@@ -332,7 +330,7 @@ def test_a_worker_killed_mid_task_is_one_line_and_a_rerun_resumes(tmp_path, mode
     line = one_error_line(text)
     assert "a worker process died while running" in line and "run the same command again to resume" in line
     assert "dashboard off" in text
-    again = run_cli(*args)
+    again = run_main(*args[:-2], client=client)  # the rerun on the session cluster
     assert "(resuming)" in again.stderr
     assert_same_rows(pd.read_parquet(out, dtype_backend="pyarrow"), reference(shards, model_dir))
 
