@@ -470,7 +470,8 @@ def test_tls_cluster_refuses_plain_tcp_and_the_cli_works_with_the_tls_options(tm
         wait_for_workers(sched, 1, security=tls_security(tls["ca"], tls["cert"], tls["key"]))
         with pytest.raises(OSError):  # plain TCP to the TLS port: the handshake fails, the scheduler hangs up
             Client(address.replace("tls://", "tcp://"), timeout="3s")
-        without = run_cli(
+        # The CLI in this process: the TLS processes are the scheduler and worker above.
+        without = run_main(
             "embed",
             str(shards),
             str(tmp_path / "o"),
@@ -483,7 +484,7 @@ def test_tls_cluster_refuses_plain_tcp_and_the_cli_works_with_the_tls_options(tm
         line = one_error_line(without.stderr)
         assert without.returncode == 1 and "uses TLS: pass --tls-ca-file, --tls-cert and --tls-key" in line
         out = tmp_path / "out"
-        proc = run_cli(
+        proc = run_main(
             "embed", str(shards), str(out), "--model-dir", model_dir, "--scheduler-file", str(sched), *options
         )
         assert f"scheduler {address}" in proc.stderr

@@ -1,8 +1,9 @@
 """The browse page on the README's own flow, in a real headless Chromium (Debian's) via Playwright.
 
-``dask-clip embed FOLDER emb``, ``dask-clip index emb idx``, ``dask-clip serve idx`` — each a
-subprocess, with no option but the model folder (the tiny seeded model: no weights can be
-downloaded here). FOLDER holds the bundled sample's images written as JPEG files (real photos,
+``dask-clip embed FOLDER emb``, ``dask-clip index emb idx``, ``dask-clip serve idx`` with no option
+but the model folder (the tiny seeded model: no weights can be downloaded here). ``serve`` runs as
+a subprocess, as users start it; ``embed`` (on the session cluster) and ``index`` run in this
+process, where their output is the same and no interpreter or cluster has to start again. FOLDER holds the bundled sample's images written as JPEG files (real photos,
 crops, planted copies and broken files). Nothing tells `index` or `serve` which column holds the
 images or names the rows: the Parquet files `embed` writes record it.
 
@@ -21,25 +22,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_support import run_main
 from conftest import free_port
 from playwright.sync_api import expect, sync_playwright
 from test_index_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, wait_for_images
 
 pytestmark = [
-    pytest.mark.slow,  # three CLI processes, a cluster of their own and a browser
+    pytest.mark.slow,  # a server process and a browser
     pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)"),
 ]
 K = 12
-
-
-def dask_clip(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``dask-clip ARGS`` as the README runs it (the module entry point of the same console script)."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "dask_clip.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert proc.returncode == 0, f"dask-clip {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +45,11 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(photo_folder: Path, text_model_dir: str, tmp_path_factory: pytest.TempPathFactory):
+def served(photo_folder: Path, text_model_dir: str, tmp_path_factory: pytest.TempPathFactory, client):
     """The three README commands; yields (url, the serve process's terminal lines so far)."""
     work = tmp_path_factory.mktemp("readme-flow")
-    dask_clip("embed", str(photo_folder), str(work / "emb"), "--model-dir", text_model_dir)
-    dask_clip("index", str(work / "emb"), str(work / "idx"))
+    run_main("embed", str(photo_folder), str(work / "emb"), "--model-dir", text_model_dir, client=client)
+    run_main("index", str(work / "emb"), str(work / "idx"))
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYTHONUNBUFFERED": "1"}
     log = work / "serve.log"
