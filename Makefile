@@ -41,9 +41,11 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q
 
 # The full tier: the default tier first (fails fast), then the tests that need a process
-# boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser).
+# boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser). Those
+# mostly wait on other processes, so two pytest workers share the 2 cores; a file's tests stay on
+# one worker (--dist loadfile), so its module fixtures (a killed run, a served index) run once.
 test-slow: $(VENV)/.test
-	$(BIN)/python -m pytest tests -q --runslow -m slow
+	$(BIN)/python -m pytest tests -q --runslow -m slow -n 2 --dist loadfile
 
 test-all: test test-slow
 
