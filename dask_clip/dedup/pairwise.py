@@ -80,6 +80,7 @@ def dedup_partition(
     border_scale: float | None = None,
     eps: float | None = None,
     max_memory: int | None = None,
+    sketch_basis: np.ndarray | None = None,
 ) -> Any:
     """Within-cluster max similarity for every row of a partition holding whole clusters.
 
@@ -100,6 +101,9 @@ def dedup_partition(
     max_memory
         Budget in bytes: a cluster whose rows exceed its share raises
         :class:`~dask_clip.dedup.budget.ClusterTooLargeError`.
+    sketch_basis
+        Border-aware runs: float32 ``(d, r)`` basis of :func:`.border.sketch`; ``None``:
+        :func:`.border.sketch_basis` of ``centroids`` (computed here, once per call).
 
     Returns
     -------
@@ -132,6 +136,7 @@ def dedup_partition(
             border_scale=border_scale,
             eps=eps,
             max_memory=max_memory,
+            sketch_basis=sketch_basis,
         )
     dev = x.device
     n = len(df)
@@ -176,6 +181,7 @@ def _border_partition(
     border_scale: float,
     eps: float,
     max_memory: int | None,
+    sketch_basis: np.ndarray | None = None,
 ) -> Any:
     """:func:`dedup_partition` of a partition with border rows (see :mod:`.border`)."""
     import torch
@@ -209,6 +215,8 @@ def _border_partition(
         )
         c_all = torch.as_tensor(np.asarray(centroids, np.float32), device=dev)
         threshold = border.duplicate_threshold(eps)
+        basis = sketch_basis if sketch_basis is not None else border.sketch_basis(centroids)
+        sk = border.sketch(x, torch.as_tensor(np.asarray(basis, np.float32), device=dev))
         found: list[tuple[Any, Any, Any]] = []
         start = 0
         for c, size, n_own in zip(values.tolist(), counts.tolist(), own_counts.tolist()):
@@ -232,6 +240,8 @@ def _border_partition(
                 guest_pos=gpos[g],
                 guest_gap=gap[g],
                 guest_home=home[g],
+                own_sketch=sk[o],
+                guest_sketch=sk[g],
                 host=c,
                 centroids=c_all,
                 scale=border_scale,
