@@ -198,7 +198,6 @@ def _border_partition(
     if n:
         x = torch.nn.functional.normalize(x, dim=1)
         host = backends.numeric_tensor(df["cluster"], dev).to(torch.int64)
-        gap = backends.numeric_tensor(df["_gap"], dev).to(torch.float32)
         own = home == host
         by_rank = torch.argsort(row, stable=True)
         by_rank = by_rank[torch.argsort(rank[by_rank], stable=True)]
@@ -213,7 +212,6 @@ def _border_partition(
         own_counts.index_add_(
             0, torch.repeat_interleave(torch.arange(len(counts), device=dev), counts), own[order].to(counts.dtype)
         )
-        c_all = torch.as_tensor(np.asarray(centroids, np.float32), device=dev)
         threshold = border.duplicate_threshold(eps)
         basis = sketch_basis if sketch_basis is not None else border.sketch_basis(centroids)
         sk = border.sketch(x, torch.as_tensor(np.asarray(basis, np.float32), device=dev))
@@ -238,13 +236,8 @@ def _border_partition(
                 x[g],
                 own_pos=gpos[o],
                 guest_pos=gpos[g],
-                guest_gap=gap[g],
-                guest_home=home[g],
                 own_sketch=sk[o],
                 guest_sketch=sk[g],
-                host=c,
-                centroids=c_all,
-                scale=border_scale,
                 threshold=threshold,
                 block_size=block_size,
             )
