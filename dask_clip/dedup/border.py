@@ -17,11 +17,19 @@ so ``min(g_a, g_b) <= h_AB = delta * |c_A - c_B| / 2``, and the other gap is at 
 
 - a row ``a`` of cluster A is a **border row** of every cluster B with ``g_a(B) <= h_AB`` (all
   such B, not only the second-nearest: the partner may sit in the third-nearest cluster);
-- in cluster B's block, a border row ``a`` from A is compared with the rows ``b`` of B whose own
-  gap towards A is at most ``2 h_AB - g_a(B)``.
+- in cluster B's block, a border row ``a`` from A is compared with the rows ``b`` of B (only
+  those with ``g_b(A) <= 2 h_AB - g_a(B)`` can pair with it).
 
 Every pair with cosine >= 1 - eps is then compared exactly once or twice, whatever the
-centroids: in its common cluster, or in the cluster of whichever row has the smaller gap. With
+centroids: in its common cluster, or in the cluster of whichever row has the smaller gap.
+
+Inside a block the comparisons are pruned by a second bound, not by the gaps: with ``Q`` an
+orthonormal ``(d, r)`` basis (the centroids' top principal directions, :func:`sketch_basis`),
+``z = x Q`` and the residual ``e = x - z Q^T``, ``a.b = z_a.z_b + e_a.e_b <= z_a.z_b + |e_a||e_b|``
+(Cauchy-Schwarz), so the ``(r + 1)``-dim sketches ``s = [z, |e|]`` give ``s_a.s_b >= a.b``. A
+pair whose sketches fall below the threshold (less :data:`SKETCH_SLACK`) cannot be a
+duplicate and gets no ``d``-dim dot product; the rest get one. Neither bound can lose a pair;
+they only decide how much is computed. With
 ``border_margin = f < 1`` the margins shrink by ``f`` and the same argument holds for
 ``delta' = f * delta``: every pair with cosine >= ``1 - f**2 * eps`` is guaranteed, pairs
 between ``1 - eps`` and that are found unless their difference points along the centroids'
