@@ -79,7 +79,7 @@ def planted_hashes(n: int, seed: int = 0) -> np.ndarray:
     return h
 
 
-@pytest.mark.parametrize("k", [0, 3, 4, 8, 11])
+@pytest.mark.parametrize("k", [0, 4, 11])  # probe radius 0, 1, 2
 def test_near_duplicates_equal_brute_force_on_the_cluster(dedup_client, k):
     n = 1500
     h = planted_hashes(n, seed=k)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from cli_support import run_main
 from PIL import Image
 
@@ -13,7 +14,8 @@ from dask_clip.dedup.plan import dedup_steps, drop_duplicates
 from dask_clip.testing import encode_image
 
 
-def test_three_steps_through_the_cli_resume_and_drop(photos, tmp_path, client):
+@pytest.mark.slow  # two CLI runs and the library's plan: the default tier has test_dedup_plan.py
+def test_three_steps_through_the_cli_and_drop(photos, tmp_path, client):
     rng = np.random.default_rng(1)
     base = list(photos) + [rng.integers(0, 256, (48, 48, 3), np.uint8) for _ in range(5)]
     blobs = [encode_image(p, quality=90) for p in base]
