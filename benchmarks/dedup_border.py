@@ -151,7 +151,7 @@ def block_stats(x: np.ndarray, c: np.ndarray, eps: float, margin: float) -> dict
     }
 
 
-def run_set(name: str, eps: float, repeats: int, seed: int, margin: float = 1.0) -> dict:
+def run_set(name: str, eps: float, repeats: int, seed: int, margin: float = 1.0, rows: int = 200_000) -> dict:
     import dask
     import dask.dataframe as dd
 
@@ -159,7 +159,7 @@ def run_set(name: str, eps: float, repeats: int, seed: int, margin: float = 1.0)
     from dask_clip.dedup.kmeans import fit_centroids
 
     t0 = time.perf_counter()
-    x, pairs, c, k, truth, info = make_set(name, eps, seed)
+    x, pairs, c, k, truth, info = make_set(name, eps, seed, n=rows)
     print(f"[{name} eps={eps}] {x.shape} k={k} built in {time.perf_counter() - t0:.1f} s", flush=True)
     sample = x[np.random.default_rng(seed).choice(len(x), min(len(x), 256 * k), replace=False)]
     t0 = time.perf_counter()
@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--margin", type=float, default=1.0, help="border_margin of the border-aware runs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=int, default=200_000, help="rows of the clip-like and isotropic sets")
     p.add_argument("--out", type=Path, default=RESULTS / "dedup-border.json")
     p.add_argument("--from-json", type=Path, nargs="+", help="plot these results files together")
     a = p.parse_args(argv)
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    records = [run_set(s, e, a.repeats, a.seed, a.margin) for s in a.sets for e in a.eps]
+    records = [run_set(s, e, a.repeats, a.seed, a.margin, a.rows) for s in a.sets for e in a.eps]
     out = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "scheduler": "dask threads, 2 workers, torch 1 thread each; same centroids for both modes",

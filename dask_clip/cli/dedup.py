@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..validation import KEEP_RULES, check_memory
 from . import options
 
-__all__ = ["add_parser", "run"]
+__all__ = ["SIDE_FOLDER", "add_parser", "run"]
+
+# --steps: the removal list and each step's checkpoint, inside OUTPUT where readers skip them
+SIDE_FOLDER = "_dedup"
 
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -65,6 +69,24 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         metavar="F",
         help="fraction of the guaranteed border margin (1.0 finds every pair within eps; less is cheaper)",
     )
+    parser.add_argument(
+        "--steps",
+        default="semantic",
+        metavar="S1,S2",
+        help="dedup steps in order, each on the rows the earlier ones kept: exact (identical image bytes), phash "
+        "(perceptual hash within --phash-k bits), semantic (default: semantic only). With more than semantic, "
+        "OUTPUT also gets _dedup/duplicates.parquet (id, duplicate_of, step, similarity)",
+    )
+    parser.add_argument("--image-column", default="image", metavar="NAME", help="image bytes (exact, phash steps)")
+    parser.add_argument(
+        "--hash-column",
+        default="phash",
+        metavar="NAME",
+        help="uint64 pHash column (phash step; computed from --image-column where the input has none)",
+    )
+    parser.add_argument(
+        "--phash-k", type=int, default=6, metavar="K", help="phash step: duplicate within K bits of 64 (default: 6)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     options.add_cluster_options(parser)
     parser.set_defaults(func=run)
@@ -85,6 +107,19 @@ def run(args: argparse.Namespace) -> int:
         from ..file_metadata import read_file_metadata
 
         id_column = read_file_metadata(args.input).get("key_column")
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if steps != ["semantic"]:
+        from ..dedup.plan import STEPS
+
+        bad = [s for s in steps if s not in STEPS]
+        if bad or not steps:
+            raise ValueError(f"--steps takes names among {', '.join(STEPS)}, not {args.steps!r}")
+        with connect(**options.cluster_options(args)) as client:
+            options.say(f"cluster: {options.describe(client, args)}")
+            summary = _run_steps(args, steps, id_column, max_memory)
+        print(f"dask-clip dedup: -> {args.output} (removal list: {SIDE_FOLDER}/duplicates.parquet)")
+        print(summary.to_string(index=False))
+        return 0
     with connect(**options.cluster_options(args)) as client:
         options.say(f"cluster: {options.describe(client, args)}")
         summary = dedup_parquet(
@@ -106,3 +141,84 @@ def run(args: argparse.Namespace) -> int:
     print(f"dask-clip dedup: -> {args.output}")
     print(summary.to_string())
     return 0
+
+
+def _run_steps(args: argparse.Namespace, steps: list[str], id_column: str | None, max_memory: int | None) -> Any:
+    """``--steps``: the plan on one read of INPUT, the removal list, then the output written."""
+    import os
+    import shutil
+
+    import dask.dataframe as dd
+    import pandas as pd
+
+    from ..dedup.parquet import with_row_numbers
+    from ..dedup.plan import _write_atomic, dedup_steps
+    from ..writer import write_tasks
+
+    # under a "_" folder, which Parquet readers skip: OUTPUT still reads as one dataset
+    side = os.path.join(args.output, SIDE_FOLDER)
+    if args.overwrite and os.path.isdir(side):
+        shutil.rmtree(side)
+    ddf = dd.read_parquet(args.input, dtype_backend="pyarrow")
+    if id_column is None and ddf._meta.index.name is None and isinstance(ddf._meta.index, pd.RangeIndex):
+        ddf = with_row_numbers(ddf)  # ids: the row number, index "row"
+    removal, summary = dedup_steps(
+        ddf,
+        steps,
+        id_column=id_column,
+        image_column=args.image_column,
+        hash_column=args.hash_column,
+        embedding_column=args.embedding_column,
+        k=args.phash_k,
+        checkpoint=side,
+        eps=args.eps,
+        n_clusters=args.n_clusters,
+        max_train_rows=args.max_train_rows,
+        which_to_keep=args.which_to_keep,
+        seed=args.seed,
+        max_memory=max_memory,
+        border_aware=not args.plain_semdedup,
+        border_margin=args.border_margin,
+    )
+    _write_atomic(removal, os.path.join(side, "duplicates.parquet"), len(removal))
+    out = _mark(ddf, removal, id_column)
+    if args.drop_duplicates:
+        out = out[~out["duplicate"]]
+    job = {"command": "dedup", "steps": steps, "input": os.fspath(args.input), "eps": args.eps, "k": args.phash_k}
+    import dask
+
+    dask.compute(write_tasks(out, args.output, overwrite=args.overwrite, job=job))
+    return summary
+
+
+def _mark(ddf: Any, removal: Any, id_column: str | None) -> Any:
+    """Every input row with ``duplicate``, ``duplicate_of``, ``dedup_step``, ``similarity`` from the removal list."""
+    import dask
+    import pandas as pd
+    import pyarrow as pa
+
+    table = removal.set_index("id")
+    ids = ddf._meta[id_column] if id_column is not None else ddf._meta.index
+    dtype = ids.dtype
+    if isinstance(dtype, pd.ArrowDtype):
+        pass
+    elif pd.api.types.is_integer_dtype(dtype):
+        dtype = pd.ArrowDtype(pa.int64())
+    else:
+        dtype = pd.ArrowDtype(pa.string())
+
+    def mark(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+        key = df[id_column] if id_column is not None else df.index.to_series(index=df.index)
+        hit = table.reindex(key.to_numpy())
+        out = df.copy()
+        out["duplicate"] = hit["step"].notna().to_numpy()
+        of = hit["duplicate_of"].astype(object).where(hit["duplicate_of"].notna(), None)
+        out["duplicate_of"] = pd.array(of.tolist(), dtype=dtype)
+        out["dedup_step"] = pd.array(
+            hit["step"].astype(object).where(hit["step"].notna(), None).tolist(), dtype=pd.ArrowDtype(pa.string())
+        )
+        out["similarity"] = hit["similarity"].to_numpy(dtype="float32", na_value=float("nan"))
+        return out
+
+    meta = mark(ddf._meta, table.iloc[:0])
+    return ddf.map_partitions(mark, dask.delayed(table, traverse=False), meta=meta)

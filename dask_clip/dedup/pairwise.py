@@ -80,6 +80,7 @@ def dedup_partition(
     border_scale: float | None = None,
     eps: float | None = None,
     max_memory: int | None = None,
+    sketch_basis: np.ndarray | None = None,
 ) -> Any:
     """Within-cluster max similarity for every row of a partition holding whole clusters.
 
@@ -100,6 +101,9 @@ def dedup_partition(
     max_memory
         Budget in bytes: a cluster whose rows exceed its share raises
         :class:`~dask_clip.dedup.budget.ClusterTooLargeError`.
+    sketch_basis
+        Border-aware runs: float32 ``(d, r)`` basis of :func:`.border.sketch`; ``None``:
+        :func:`.border.sketch_basis` of ``centroids`` (computed here, once per call).
 
     Returns
     -------
@@ -132,6 +136,7 @@ def dedup_partition(
             border_scale=border_scale,
             eps=eps,
             max_memory=max_memory,
+            sketch_basis=sketch_basis,
         )
     dev = x.device
     n = len(df)
@@ -176,6 +181,7 @@ def _border_partition(
     border_scale: float,
     eps: float,
     max_memory: int | None,
+    sketch_basis: np.ndarray | None = None,
 ) -> Any:
     """:func:`dedup_partition` of a partition with border rows (see :mod:`.border`)."""
     import torch
@@ -192,7 +198,6 @@ def _border_partition(
     if n:
         x = torch.nn.functional.normalize(x, dim=1)
         host = backends.numeric_tensor(df["cluster"], dev).to(torch.int64)
-        gap = backends.numeric_tensor(df["_gap"], dev).to(torch.float32)
         own = home == host
         by_rank = torch.argsort(row, stable=True)
         by_rank = by_rank[torch.argsort(rank[by_rank], stable=True)]
@@ -207,8 +212,9 @@ def _border_partition(
         own_counts.index_add_(
             0, torch.repeat_interleave(torch.arange(len(counts), device=dev), counts), own[order].to(counts.dtype)
         )
-        c_all = torch.as_tensor(np.asarray(centroids, np.float32), device=dev)
         threshold = border.duplicate_threshold(eps)
+        basis = sketch_basis if sketch_basis is not None else border.sketch_basis(centroids)
+        sk = border.sketch(x, torch.as_tensor(np.asarray(basis, np.float32), device=dev))
         found: list[tuple[Any, Any, Any]] = []
         start = 0
         for c, size, n_own in zip(values.tolist(), counts.tolist(), own_counts.tolist()):
@@ -230,11 +236,8 @@ def _border_partition(
                 x[g],
                 own_pos=gpos[o],
                 guest_pos=gpos[g],
-                guest_gap=gap[g],
-                guest_home=home[g],
-                host=c,
-                centroids=c_all,
-                scale=border_scale,
+                own_sketch=sk[o],
+                guest_sketch=sk[g],
                 threshold=threshold,
                 block_size=block_size,
             )

@@ -466,6 +466,8 @@ def cluster_results(plan: DedupPlan) -> Any:
             centroids=dask.delayed(centroids, traverse=False),
             border_scale=plan.border_scale,
             eps=plan.eps,
+            # computed once here, not in every task (k may be 50,000)
+            sketch_basis=dask.delayed(border.sketch_basis(centroids), traverse=False),
         )
         meta_step.update(centroids=centroids, border_scale=plan.border_scale, eps=plan.eps)
     scored = clustered.map_partitions(

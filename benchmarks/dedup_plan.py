@@ -1,0 +1,112 @@
+"""Time of the three-step plan (exact -> phash -> semantic) against semantic dedup alone.
+
+A synthetic set (``dedup_phash.synthetic``: procedural JPEGs, 5 % with a re-encoded, a
+resized and two cropped copies) plus 2 % byte-identical copies, with CLIP-like embeddings
+(``dedup_data.ClipLike``) in which every copy sits at cosine 0.995 of its original. The pHash
+column is precomputed (as ``embed --phash`` would); the plan and semantic alone run on Dask's
+threaded scheduler (2 threads), alternately, ``--repeats`` times (the minimum counts).
+
+Usage::
+
+    python benchmarks/dedup_plan.py --rows 5000 --out benchmarks/results/dedup-plan.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def build(rows: int, seed: int = 0):
+    import pandas as pd
+    import pyarrow as pa
+    from dedup_data import ClipLike, turn
+    from dedup_phash import synthetic
+    from PIL import Image
+
+    from dask_clip.dedup.phash import phash_pixels
+
+    images, source, kind = synthetic(rows, seed)
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for px in images:
+        buf = io.BytesIO()
+        Image.fromarray(px).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    dup = rng.choice(len(blobs), int(0.02 * len(blobs)), replace=False)
+    src = rng.integers(0, len(blobs), len(dup))
+    for d, s in zip(dup, src):
+        blobs[d], source[d] = blobs[s], source[s]
+    dist = ClipLike.build(512, seed)
+    emb = dist.rows(rng, int(source.max()) + 1)[source]
+    copy = np.array([k != "original" for k in kind])
+    emb[copy] = turn(emb[copy], rng, 0.995, 0.996)
+    h = phash_pixels([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+    n, d = emb.shape
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "image": pd.arrays.ArrowExtensionArray(pa.array(blobs, pa.binary())),
+            "phash": pd.array(h, dtype="UInt64"),
+            "embedding": pd.arrays.ArrowExtensionArray(
+                pa.ListArray.from_arrays(
+                    pa.array(np.arange(0, n * d + 1, d, dtype=np.int32)), pa.array(emb.reshape(-1))
+                )
+            ),
+        }
+    )
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    import dask
+    import dask.dataframe as dd
+    import torch
+
+    from dask_clip.dedup.plan import dedup_steps
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=5000)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dedup-plan.json")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    df = build(a.rows)
+    ddf = dd.from_pandas(df, npartitions=4, sort=False)
+    kw = dict(id_column="id", k=6, eps=0.01, n_clusters=max(2, int(np.sqrt(len(df) / 2))), seed=0)
+    times: dict[str, list[float]] = {"plan": [], "semantic": []}
+    summaries = {}
+    with dask.config.set({"scheduler": "threads", "num_workers": 2, "dataframe.shuffle.method": "tasks"}):
+        for _ in range(a.repeats):
+            for name, steps in (("plan", ("exact", "phash", "semantic")), ("semantic", ("semantic",))):
+                t0 = time.perf_counter()
+                _, summary = dedup_steps(ddf, steps, **kw)
+                times[name].append(time.perf_counter() - t0)
+                summaries[name] = summary.to_dict(orient="records")
+    rec = {
+        "rows": len(df),
+        "plan_seconds": round(min(times["plan"]), 2),
+        "semantic_seconds": round(min(times["semantic"]), 2),
+        "plan_over_semantic": round(min(times["plan"]) / min(times["semantic"]), 3),
+        "all_seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
+        "steps": summaries,
+    }
+    print(json.dumps(rec, indent=1))
+    out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "records": [rec]}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
