@@ -337,7 +337,8 @@ class ImageEmbedder:
             (``list<float32>``, null where the image failed), the error column and one column
             per head, of the same library as ``df``.
         """
-        from .models import apply_torch_threads, get_head, get_model, gpu_share
+        from .heads.cache import get_head
+        from .models import apply_torch_threads, get_model, gpu_share
         from .pipeline import embed_rows
         from .text import embed_text_rows
 

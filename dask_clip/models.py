@@ -16,17 +16,16 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .errors import ModelLoadError
 from .model_dirs import OPEN_CLIP, TRANSFORMERS, check_no_remote_code, detect_model_dir, find_weights
 from .preprocess import PreprocessConfig
+from .runtime import caches
+from .runtime.node_lock import node_lock
 from .spec import ModelSpec
-
-if TYPE_CHECKING:
-    from .heads import Head, HeadFunction
 
 __all__ = [
     "LoadedModel",
@@ -44,7 +43,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CACHE: dict[ModelSpec, LoadedModel] = {}
-_HEADS: dict[tuple[ModelSpec, Head], HeadFunction] = {}
 _LOCK = threading.Lock()
 _LOAD_COUNTS: collections.Counter[ModelSpec] = collections.Counter()
 # Per GPU: how many tasks may run on it at once in this process, and the semaphore enforcing it.
@@ -387,10 +385,16 @@ def _create(spec: ModelSpec) -> tuple[torch.nn.Module, str]:
             return _create_with_weights(spec.model, checkpoint), OPEN_CLIP
         except Exception as err:
             raise _unreadable(f"checkpoint {spec.pretrained!r} for {spec.model!r}", err) from err
+    from open_clip.pretrained import download_pretrained
+
     tag_cfg = open_clip.get_pretrained_cfg(spec.model, spec.pretrained)
     if tag_cfg.get("hf_hub"):
         _check_hub_reachable(tag_cfg["hf_hub"].strip("/"), f"pretrained={spec.pretrained!r} for {spec.model!r}")
     try:
+        # One process per node downloads, the others wait and find the file in the cache:
+        # open_clip writes URL downloads straight to their final path (runtime/node_lock.py).
+        with node_lock(f"{spec.model}/{spec.pretrained}", _cache_dir()):
+            download_pretrained(tag_cfg, cache_dir=_cache_dir())
         # OpenAI's weights were trained with QuickGELU; open_clip only warns on a mismatch.
         model = open_clip.create_model(
             spec.model,
@@ -467,30 +471,12 @@ def get_model(spec: ModelSpec) -> LoadedModel:
     return loaded
 
 
-def get_head(spec: ModelSpec, head: Head) -> HeadFunction:
-    """The process's loaded ``head`` for the model of ``spec`` (loaded once, thread-safe).
+def get_head(spec: ModelSpec, head: Any) -> Any:
+    """The process's loaded ``head`` for ``spec``: :func:`dask_clip.heads.cache.get_head` (kept here
+    for code that imports it from this module; the head cache lives with the heads)."""
+    from .heads.cache import get_head as cached_head
 
-    Returns
-    -------
-    HeadFunction
-        ``HeadInputs -> values``, on the model's device.
-    """
-    key = (spec, head)
-    loaded = _HEADS.get(key)
-    if loaded is None:
-        model = get_model(spec)
-        with _LOCK:
-            loaded = _HEADS.get(key)
-            if loaded is None:
-                dim = head.input_dim()
-                if dim is not None and dim != model.embed_dim:  # hf-hub models are only known here
-                    raise ValueError(
-                        f"head {head.column!r} was made for {dim}-d embeddings, but {spec.describe()} gives "
-                        f"{model.embed_dim}-d ones; use the model the head was trained on"
-                    )
-                loaded = head.load(model)
-                _HEADS[key] = loaded
-    return loaded
+    return cached_head(spec, head)
 
 
 @contextlib.contextmanager
@@ -535,10 +521,17 @@ def load_counts() -> dict[ModelSpec, int]:
     return dict(_LOAD_COUNTS)
 
 
-def clear_cache() -> None:
-    """Drop this process's models (they are loaded again on next use)."""
+def _clear_models() -> None:
     with _LOCK:
         _CACHE.clear()
-        _HEADS.clear()
+
+
+caches.register("models", _clear_models)
+
+
+def clear_cache() -> None:
+    """Drop this process's models and everything cached with them — heads, zero-shot classes,
+    decode threads (:func:`dask_clip.runtime.caches.clear_all`); they are loaded again on next use."""
+    caches.clear_all()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
