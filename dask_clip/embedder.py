@@ -338,7 +338,7 @@ class ImageEmbedder:
             per head, of the same library as ``df``.
         """
         from .heads.cache import get_head
-        from .models import apply_torch_threads, get_model, gpu_share
+        from .models.cache import apply_torch_threads, get_model, gpu_share
         from .pipeline import embed_rows
         from .text import embed_text_rows
 

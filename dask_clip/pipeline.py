@@ -40,7 +40,7 @@ from .decode import Decoder
 from .errors import ImageDecodeError
 from .heads import HeadFunction, HeadInputs
 from .infer import encode_inputs
-from .models import LoadedModel
+from .models.loaded import LoadedModel
 from .prepare import PreparedChunk, decode_stream, prepare_chunk
 from .runtime import caches
 from .sources import ImageSource

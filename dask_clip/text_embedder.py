@@ -132,7 +132,7 @@ class TextEmbedder:
         DataFrame
             ``df``'s rows in order, plus the two columns, of the same library as ``df``.
         """
-        from .models import apply_torch_threads, get_model, gpu_share
+        from .models.cache import apply_torch_threads, get_model, gpu_share
         from .text import embed_text_rows
 
         started = time.perf_counter()
@@ -194,7 +194,7 @@ def embed_texts(spec: ModelSpec, texts: Sequence[str], *, batch_size: int = 256,
     """
     import torch
 
-    from .models import apply_torch_threads, get_model
+    from .models.cache import apply_torch_threads, get_model
     from .text import caption_errors, encode_texts
 
     problems = [(i, e) for i, e in enumerate(caption_errors(list(texts))) if e is not None]

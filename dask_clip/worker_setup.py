@@ -104,7 +104,7 @@ def configure_worker(worker: object | None, torch_threads: int | None = None, *,
         "Compute Failed" lines); the CLI turns them off on its own local cluster unless ``-v``.
     """
     # here, not at import: `dask worker` imports this module in its own process
-    from .models import set_torch_threads
+    from .models.cache import set_torch_threads
 
     if torch_threads is None:
         state = getattr(worker, "state", None)
@@ -235,7 +235,7 @@ def preload_model(spec: object) -> None:
     """
 
     def load() -> None:
-        from .models import get_model
+        from .models.cache import get_model
 
         try:
             get_model(spec)  # type: ignore[arg-type]

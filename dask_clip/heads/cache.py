@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from ..models import get_model
+from ..models.cache import get_model
 from ..runtime import caches
 from ..spec import ModelSpec
 from .base import Head, HeadFunction

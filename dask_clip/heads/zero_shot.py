@@ -26,7 +26,7 @@ from .base import Head
 if TYPE_CHECKING:
     import torch
 
-    from ..models import LoadedModel
+    from ..models.loaded import LoadedModel
     from .base import HeadFunction, HeadInputs
 
 __all__ = [
