@@ -18,6 +18,7 @@ files) the lowest priority wins, as open_clip's own ``local-dir:`` loader prefer
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 import threading
@@ -91,7 +92,7 @@ def detect_model_dir(path: str | Path) -> ModelDir:
     for family in known:
         found = family.detect(folder)
         if found is not None:
-            return found
+            return dataclasses.replace(found, family=family)
     hints = [family.layout_hint for family in known]
     expected = hints[0] if len(hints) == 1 else ", ".join(hints[:-1]) + ", " + hints[-1]
     raise FileNotFoundError(f"model_dir {str(folder)!r} holds no model dask_clip knows: expected {expected}")

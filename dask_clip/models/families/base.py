@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,23 +67,22 @@ class ModelDir:
     layout : str
         How it was found: ``"open_clip local-dir"``, ``"transformers"`` or
         ``"NeMo Curator model_dir"``.
+    family : ModelFamily or None
+        The family that detected it (set by :func:`~dask_clip.models.families.detect_model_dir`).
     """
 
     kind: str
     folder: Path
     weights: tuple[Path, ...]
     layout: str
+    family: ModelFamily | None = field(default=None, compare=False, repr=False)
 
     def embed_dim(self) -> int | None:
         """The width D of the image and text embeddings, from the config (None if unknown)."""
-        from . import get_family
-
-        return get_family(self.kind).dir_embed_dim(self)
+        return self._family().dir_embed_dim(self)
 
     def describe(self) -> dict[str, Any]:
         """What ``dask-clip info --model-dir`` reports (JSON-able)."""
-        from . import get_family
-
         out: dict[str, Any] = {
             "kind": self.kind,
             "layout": self.layout,
@@ -91,8 +90,13 @@ class ModelDir:
             "weights": [p.name for p in self.weights],
             "embed_dim": self.embed_dim(),
         }
-        described = get_family(self.kind).describe(self)
+        described = self._family().describe(self)
         return {**out, "preprocess": described["preprocess"], "loads_with": described["loads_with"]}
+
+    def _family(self) -> ModelFamily:
+        if self.family is None:
+            raise ValueError(f"{self.folder} was not detected by the registry (detect_model_dir)")
+        return self.family
 
 
 @dataclass(frozen=True)

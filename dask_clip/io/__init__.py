@@ -1,0 +1,1 @@
+"""Inputs and outputs: one module per format, each in a registry (``readers/``, ``writers/``)."""
