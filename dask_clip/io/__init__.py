@@ -1,1 +1,1 @@
-"""Inputs and outputs: one module per format, each in a registry (``readers/``, ``writers/``)."""
+"""Input and output formats (the reader and writer registries grow here)."""
