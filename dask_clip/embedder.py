@@ -288,6 +288,13 @@ class ImageEmbedder:
         resolved = replace(self, image_kind=self._resolve_kind(ddf))
         return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta), token=TASK_NAME)
 
+    def as_step(self) -> Any:
+        """This embedder as a :class:`~dask_clip.steps.Step`, to chain with others in one pass
+        (:func:`dask_clip.steps.apply`)."""
+        from .steps import ImageEmbedding
+
+        return ImageEmbedding(self)
+
     def _resolve_kind(self, ddf: dd.DataFrame) -> str:
         if self.image_kind != "auto":
             return self.image_kind

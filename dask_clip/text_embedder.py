@@ -117,6 +117,12 @@ class TextEmbedder:
         self.validate(ddf.columns)
         return ddf.map_partitions(self.embed_partition, meta=self.output_meta(ddf._meta), token=TASK_NAME)
 
+    def as_step(self) -> Any:
+        """This embedder as a :class:`~dask_clip.steps.Step` (:func:`dask_clip.steps.apply`)."""
+        from .steps import TextEmbedding
+
+        return TextEmbedding(self)
+
     def output_meta(self, meta: Any) -> Any:
         """The empty output frame for an input ``meta``."""
         out = meta.copy()
