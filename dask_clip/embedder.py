@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -284,9 +284,9 @@ class ImageEmbedder:
         dtype: ``dd.read_parquet(..., dtype_backend="pyarrow")`` gives Arrow ``binary``
         (bytes) or ``string`` (paths) columns, which are recognised from the dtype alone.
         """
-        self.validate(ddf.columns)
-        resolved = replace(self, image_kind=self._resolve_kind(ddf))
-        return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta), token=TASK_NAME)
+        from .steps import apply
+
+        return apply(ddf, [self.as_step()], token=TASK_NAME)  # validates, resolves image_kind, builds meta
 
     def as_step(self) -> Any:
         """This embedder as a :class:`~dask_clip.steps.Step`, to chain with others in one pass

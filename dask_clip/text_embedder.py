@@ -114,8 +114,9 @@ class TextEmbedder:
             The same rows, index and columns, plus ``output_column`` (``list<float32>``) and
             ``error_column`` (string). Nothing is computed.
         """
-        self.validate(ddf.columns)
-        return ddf.map_partitions(self.embed_partition, meta=self.output_meta(ddf._meta), token=TASK_NAME)
+        from .steps import apply
+
+        return apply(ddf, [self.as_step()], token=TASK_NAME)
 
     def as_step(self) -> Any:
         """This embedder as a :class:`~dask_clip.steps.Step` (:func:`dask_clip.steps.apply`)."""

@@ -3,6 +3,8 @@ what the presets give alone, and times each step."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import dask.dataframe as dd
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from dask_clip import ImageEmbedder, TextEmbedder
 from dask_clip.columns import embeddings_to_numpy
 from dask_clip.heads import zero_shot_heads
-from dask_clip.steps import IMAGE, ImageEmbedding, Step, TextEmbedding, apply, run_steps
+from dask_clip.steps import IMAGE, Step, TextEmbedding, apply, run_steps
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +59,56 @@ def test_apply_equals_the_presets_run_one_after_the_other(embedders, captioned_f
     assert len({k for k in chained.dask if "dask_clip_steps" in str(k)}) >= 3  # one task per partition
 
 
+@dataclass(frozen=True)
+class CaptionLength:
+    """A step of a few lines: the caption's length in characters (null for a null caption)."""
+
+    column: str = "caption_length"
+    name: str = "caption_length"
+
+    def inputs(self):
+        return [("caption", "string")]
+
+    def outputs(self):
+        return [(self.column, "float32")]
+
+    def validate(self, meta):
+        pass
+
+    def fingerprint(self):
+        return {"column": self.column}
+
+    def __call__(self, partition):
+        out = partition.copy()
+        out[self.column] = partition["caption"].str.len().astype("float32[pyarrow]")
+        return out
+
+
 def test_apply_refuses_clashes_and_missing_inputs_on_the_client(embedders, captioned_frame):
     image, text = embedders
     ddf = dd.from_pandas(captioned_frame, npartitions=2)
+    with pytest.raises(ValueError, match=r"step 'caption_length' writes \['key'\], which already exist"):
+        apply(ddf, [CaptionLength(column="key")])
+    with pytest.raises(ValueError, match=r"step 'caption_length' writes \['caption_length'\], which already exist"):
+        apply(ddf, [CaptionLength(), CaptionLength()])
+    with pytest.raises(ValueError, match=r"step 'caption_length' reads \['caption'\], which the frame does not have"):
+        apply(ddf.drop(columns=["caption"]), [CaptionLength()])
+    # the presets' own checks come first, with their own messages
     same_output = TextEmbedding(TextEmbedder(model_dir=text.model_dir, output_column="embedding"))
-    with pytest.raises(ValueError, match=r"step 'text_embedding' writes \['embedding'\], which already exist"):
+    with pytest.raises(ValueError, match=r"output column 'embedding' already exists; pass another name"):
         apply(ddf, [image.as_step(), same_output])
-    with pytest.raises(ValueError, match=r"step 'image_embedding' writes \['key'\], which already exist"):
-        apply(ddf, [ImageEmbedding(ImageEmbedder(model_dir=image.model_dir, output_column="key"))])
-    no_captions = ddf.drop(columns=["caption"])
-    with pytest.raises(ValueError, match=r"step 'text_embedding' reads \['caption'\], which the frame does not have"):
-        apply(no_captions, [text.as_step()])
+    with pytest.raises(ValueError, match=r"text_column='caption' not in the columns"):
+        apply(ddf.drop(columns=["caption"]), [text.as_step()])
     with pytest.raises(ValueError, match="at least one step"):
         apply(ddf, [])
+
+
+def test_a_plain_step_runs_beside_the_embedders(embedders, captioned_frame):
+    image, _ = embedders
+    ddf = dd.from_pandas(captioned_frame, npartitions=2)
+    out = apply(ddf, [CaptionLength(), image.as_step()]).compute(scheduler="sync")
+    assert out["caption_length"].tolist()[:4] == [float(len(c)) for c in captioned_frame["caption"][:4]]
+    assert out["embedding_error"].notna().tolist() == [False] * 5 + [True, True]
 
 
 def test_each_step_is_timed(embedders, captioned_frame):

@@ -116,10 +116,34 @@ def test_a_restarted_worker_is_preloaded_before_its_first_task(model_dir):
 
         register_preload(client, spec)
         assert loaded_on_workers(client) == {worker: 1}
-        # another model's job: the old plugin is removed (its teardown frees the model), the new one replayed
+        # another model's job: the old plugin is removed (new workers load only this one), the new one replayed;
+        # the running worker keeps the old model (another job's tasks may still use it)
         other = ModelSpec(model_dir=model_dir, precision="bf16")
         register_preload(client, other)
         plugins = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.worker_plugins))
         assert [p for p in plugins if p.startswith(PRELOAD_PREFIX)] == [ModelPreload(other).name]
         wait_for(lambda: client.run(lambda: load_counts().get(other, 0)) == {worker: 1}, "other never preloaded")
-        assert client.run(lambda: (get_model(spec), load_counts()[spec])[1]) == {worker: 2}  # cleared, reloaded
+        assert client.run(lambda: (get_model(spec), load_counts()[spec])[1]) == {worker: 1}
+
+
+@pytest.mark.slow  # a cluster of its own
+def test_a_closing_worker_clears_its_caches(model_dir):
+    """In-process workers share this process's caches, so a worker's close is seen here."""
+    from distributed import Client, LocalCluster
+
+    from dask_clip.runtime.worker import register_preload
+
+    spec = ModelSpec(model_dir=model_dir, precision="fp32", device="cpu")
+    clear_cache()
+    before = load_counts().get(spec, 0)
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        register_preload(client, spec)
+        deadline = time.monotonic() + 60
+        while load_counts().get(spec, 0) == before:
+            assert time.monotonic() < deadline, "the in-process worker never preloaded"
+            time.sleep(0.05)
+        loaded = get_model(spec)
+        client.unregister_worker_plugin(ModelPreload(spec).name)  # removed, worker running: kept
+        assert get_model(spec) is loaded
+        register_preload(client, spec)
+    assert get_model(spec) is not loaded  # the worker's close cleared the cache; loaded anew

@@ -39,8 +39,7 @@ class ModelPreload(WorkerPlugin):
     -----
     The plugin's name holds a digest of the spec and it is idempotent: registering the same
     spec again (the next job of the same model) changes nothing, and a worker keeps its
-    model. ``teardown`` — the worker closing, or the plugin removed because the next job uses
-    another model (:func:`register_preload`) — empties every cache of the process
+    model. ``teardown`` on a closing worker empties every cache of the process
     (:func:`dask_clip.runtime.caches.clear_all`): models, heads, zero-shot classes, decode threads.
     """
 
@@ -56,6 +55,13 @@ class ModelPreload(WorkerPlugin):
         preload_model(self.spec)
 
     def teardown(self, worker: object) -> None:
+        """The worker is closing: empty its caches (models, heads, zero-shot classes, decode
+        threads). The plugin merely removed — the next job preloads another model — leaves them:
+        tasks of a job still running on the worker may use them, as before the plugin existed."""
+        from distributed.core import Status
+
+        if worker is not None and getattr(worker, "status", None) not in (Status.closing, Status.closed):
+            return
         cleared = clear_all()
         logger.debug("dask_clip: cleared the worker caches %s", cleared)
 
@@ -68,9 +74,9 @@ def _preload_names(dask_scheduler: Any) -> list[str]:
 def register_preload(client: Any, spec: Any) -> ModelPreload:
     """Preload ``spec``'s model on every worker of ``client``'s cluster, now and at each (re)start.
 
-    Another model's preload plugin, left by an earlier job, is removed first (its teardown frees
-    that model on the workers), so that a long-lived cluster's new workers load only the
-    current job's model.
+    Another model's preload plugin, left by an earlier job, is removed first, so that a
+    long-lived cluster's new workers load only the current job's model (the running workers keep
+    what they loaded, as tasks of another job may still use it).
 
     Parameters
     ----------

@@ -92,8 +92,9 @@ def apply(ddf: dd.DataFrame, steps: Sequence[Any], *, token: str = TASK_NAME) ->
     Raises
     ------
     ValueError
-        A step reads a column that is not there, writes one that already is (an input column
-        or an earlier step's output), or its own ``validate`` refuses the configuration.
+        A step's own ``validate`` refuses the configuration or the columns, or the step reads a
+        column that is not there or writes one that already is (an input column or an earlier
+        step's output).
     """
     if not steps:
         raise ValueError("apply needs at least one step")
@@ -102,6 +103,7 @@ def apply(ddf: dd.DataFrame, steps: Sequence[Any], *, token: str = TASK_NAME) ->
     for given in steps:
         bind = getattr(given, "bind", None)
         step = bind(ddf) if bind is not None else given
+        step.validate(meta)  # first: a step's own messages are the most specific
         name, columns = step_name(step), list(meta.columns)
         missing = [column for column, _ in step.inputs() if column not in columns]
         if missing:
@@ -113,7 +115,6 @@ def apply(ddf: dd.DataFrame, steps: Sequence[Any], *, token: str = TASK_NAME) ->
                 f"step {name!r} writes {clashes}, which already exist (an input column or an earlier step's "
                 "output); give its outputs other names"
             )
-        step.validate(meta)
         meta = _output_meta(step, meta)
         bound.append(step)
     return ddf.map_partitions(run_steps, tuple(bound), meta=meta, token=token)

@@ -73,5 +73,8 @@ class TextEmbedding:
     def fingerprint(self) -> dict[str, Any]:
         return self.embedder.fingerprint()
 
+    def output_meta(self, meta: Any) -> Any:
+        return self.embedder.output_meta(meta)
+
     def __call__(self, partition: Any) -> Any:
         return self.embedder.embed_partition(partition)
