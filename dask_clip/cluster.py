@@ -505,9 +505,10 @@ def _open_client(
     # fails when the client was opened in connect_early's thread and is closed in the caller's
     stack.callback(client.close)
     if preload is not None:
-        from .worker_setup import preload_model
+        from .runtime.worker import register_preload
 
-        client.run(preload_model, preload)  # returns at once: the load runs in a thread of each worker
+        # a plugin, not client.run: workers that start or restart later get the preload too
+        register_preload(client, preload)  # returns at once: the load runs in a thread of each worker
     return client
 
 
@@ -538,7 +539,8 @@ def connect(
         (:func:`~dask_clip.watchdog.watch_workers`); None: wait for workers forever.
     preload
         A :class:`~dask_clip.spec.ModelSpec` whose model every worker starts loading as soon
-        as the client is connected (:func:`~dask_clip.worker_setup.preload_model`).
+        as the client is connected, and every worker that starts or restarts later
+        (:func:`~dask_clip.runtime.worker.register_preload`).
     **cluster_options
         For :func:`local_cluster` when neither is given.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -284,9 +284,16 @@ class ImageEmbedder:
         dtype: ``dd.read_parquet(..., dtype_backend="pyarrow")`` gives Arrow ``binary``
         (bytes) or ``string`` (paths) columns, which are recognised from the dtype alone.
         """
-        self.validate(ddf.columns)
-        resolved = replace(self, image_kind=self._resolve_kind(ddf))
-        return ddf.map_partitions(resolved.embed_partition, meta=resolved.output_meta(ddf._meta), token=TASK_NAME)
+        from .steps import apply
+
+        return apply(ddf, [self.as_step()], token=TASK_NAME)  # validates, resolves image_kind, builds meta
+
+    def as_step(self) -> Any:
+        """This embedder as a :class:`~dask_clip.steps.Step`, to chain with others in one pass
+        (:func:`dask_clip.steps.apply`)."""
+        from .steps import ImageEmbedding
+
+        return ImageEmbedding(self)
 
     def _resolve_kind(self, ddf: dd.DataFrame) -> str:
         if self.image_kind != "auto":
@@ -337,7 +344,8 @@ class ImageEmbedder:
             (``list<float32>``, null where the image failed), the error column and one column
             per head, of the same library as ``df``.
         """
-        from .models import apply_torch_threads, get_head, get_model, gpu_share
+        from .heads.cache import get_head
+        from .models.cache import apply_torch_threads, get_model, gpu_share
         from .pipeline import embed_rows
         from .text import embed_text_rows
 

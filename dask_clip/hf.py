@@ -4,7 +4,7 @@ NeMo Curator's ``ImageEmbeddingStage`` keeps ``openai/clip-vit-large-patch14`` a
 folder (``CLIPModel.from_pretrained``). :class:`TransformersCLIP` wraps such a model with
 open_clip's two methods, ``encode_image`` and ``encode_text``, so that batching, autocast,
 out-of-memory halving and the heads run on it unchanged; its preprocessing is read from the
-folder's own image processor config (:func:`dask_clip.model_dirs.transformers_image_config`).
+folder's own image processor config (:func:`dask_clip.models.families._transformers_files.transformers_image_config`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import ModelLoadError
-from .model_dirs import transformers_image_config
+from .models.families._transformers_files import transformers_image_config
 from .preprocess import PreprocessConfig
 
 __all__ = ["TransformersCLIP", "load_transformers_clip", "preprocess_config"]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .models import LoadedModel
+from .models.loaded import LoadedModel
 from .preprocess import normalize, preprocess_batch
 
 __all__ = ["CAP_PROBE_BATCHES", "encode_images", "encode_inputs", "is_out_of_memory"]

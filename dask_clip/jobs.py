@@ -9,15 +9,13 @@ model, input, column names or partitioning) into the same folder is refused inst
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .embedder import ImageEmbedder
-from .readers import PATH_COLUMN, read_images
-from .webdataset import is_webdataset_input, webdataset_partitions
+from .io.readers import fingerprint as input_fingerprint
+from .readers import PATH_COLUMN, input_request, read_images
 from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
 from .weights_id import weights_fingerprint
 from .writer import WriteSummary, check_output, location, write_parquet
@@ -104,14 +102,9 @@ def prepare_embed(
         "split_row_groups": split_row_groups,
         "input_format": input_format,
     }
-    if input_format == "webdataset" or (input_format == "auto" and is_webdataset_input(input_path, storage_options)):
-        # The partitions are the shards (or byte ranges of them): a changed shard list would
-        # otherwise be mixed into the output under the same partition count.
-        plan = [
-            (p.shard, p.size, p.start, p.end)
-            for p in webdataset_partitions(input_path, split_shards=split_shards, storage_options=storage_options)
-        ]
-        fingerprint["shards"] = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
+    # what the input format adds (WebDataset: its shard list, which the partitions follow)
+    request = input_request(input_path, split_shards=split_shards, storage_options=storage_options)
+    fingerprint.update(input_fingerprint(request, input_format))
     if embedder.model_dir is not None:  # the folder decides the architecture
         fingerprint["model"] = {"model_dir": location(embedder.model_dir), "precision": embedder.precision}
         # What the folder holds: weights replaced in place make a resumed run another job.

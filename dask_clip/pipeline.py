@@ -40,8 +40,9 @@ from .decode import Decoder
 from .errors import ImageDecodeError
 from .heads import HeadFunction, HeadInputs
 from .infer import encode_inputs
-from .models import LoadedModel
+from .models.loaded import LoadedModel
 from .prepare import PreparedChunk, decode_stream, prepare_chunk
+from .runtime import caches
 from .sources import ImageSource
 from .validation import SCHEDULES
 
@@ -94,6 +95,8 @@ def _chunks(n: int, chunk: int) -> list[int]:
 
 
 _PREPARE_THREADS = threading.local()
+_PREPARE_POOLS: list[ThreadPoolExecutor] = []  # every task thread's, so that teardown can stop them
+_POOLS_LOCK = threading.Lock()
 
 
 def _prepare_pool() -> ThreadPoolExecutor:
@@ -101,9 +104,23 @@ def _prepare_pool() -> ThreadPoolExecutor:
     partition would create a new decode stream each time, rotating through torch's small pool
     of streams (and sharing them with other task threads)."""
     pool = getattr(_PREPARE_THREADS, "pool", None)
-    if pool is None:
+    if pool is None or pool not in _PREPARE_POOLS:  # none yet, or stopped by _stop_prepare_pools
         pool = _PREPARE_THREADS.pool = ThreadPoolExecutor(1, thread_name_prefix="dask-clip-prepare")
+        with _POOLS_LOCK:
+            _PREPARE_POOLS.append(pool)
     return pool
+
+
+def _stop_prepare_pools() -> None:
+    """Stop the decode threads of every task thread (each starts a new one on its next partition)."""
+    with _POOLS_LOCK:
+        pools = list(_PREPARE_POOLS)
+        _PREPARE_POOLS.clear()
+    for pool in pools:
+        pool.shutdown(wait=False)
+
+
+caches.register("decode threads", _stop_prepare_pools)
 
 
 def embed_rows(

@@ -1,4 +1,5 @@
-"""Reading image inputs as Dask DataFrames: Parquet tables of images, or folders of image files."""
+"""Reading image inputs as Dask DataFrames: Parquet tables of images, WebDataset shards, or
+folders of image files — each an input format of :mod:`dask_clip.io.readers`."""
 
 from __future__ import annotations
 
@@ -9,39 +10,24 @@ import pandas as pd
 import pyarrow as pa
 
 from .fetch import DEFAULT_MAX_IMAGE_BYTES
+from .io.readers.base import IMAGE_EXTENSIONS, PATH_COLUMN, ReadRequest
 from .validation import check_choice
-from .webdataset import is_webdataset_input, read_webdataset
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["IMAGE_COLUMN_CANDIDATES", "IMAGE_EXTENSIONS", "INPUT_FORMATS", "guess_image_column", "read_images"]
+__all__ = [
+    "IMAGE_COLUMN_CANDIDATES",
+    "IMAGE_EXTENSIONS",
+    "PATH_COLUMN",
+    "guess_image_column",
+    "input_format_names",
+    "input_request",
+    "read_images",
+]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # img2dataset writes the encoded image to a column named after its format.
 IMAGE_COLUMN_CANDIDATES = ("jpg", "image", "png", "webp", "jpeg", "img")
-PATH_COLUMN = "path"
-INPUT_FORMATS = ("auto", "parquet", "webdataset", "images")
-
-
-def _is_parquet(path: str) -> bool:
-    return path.endswith((".parquet", ".parq", ".pq"))
-
-
-def _is_image(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _hidden(path: str, root: str) -> bool:
-    """Files under a ``.``/``_``-prefixed folder or name (pyarrow's and Spark's convention)."""
-    rel = os.path.relpath(path, root) if root else path
-    return any(part.startswith((".", "_")) for part in rel.replace("\\", "/").split("/"))
-
-
-def _url(fs: Any, path: str) -> str:
-    """A path as the user would write it: plain for local files, ``proto://...`` otherwise."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
 
 
 def guess_image_column(columns: list[str], dtypes: dict[str, Any]) -> str:
@@ -66,22 +52,6 @@ def guess_image_column(columns: list[str], dtypes: dict[str, Any]) -> str:
     if PATH_COLUMN in columns:
         return PATH_COLUMN
     raise ValueError(f"cannot tell which column holds the images among {columns}; pass image_column= (--image-column)")
-
-
-def _list_files(path: str, storage_options: dict | None) -> tuple[Any, list[str]]:
-    """The filesystem and the sorted files that ``path`` (file, folder or glob) names."""
-    import fsspec
-
-    fs, _, paths = fsspec.get_fs_token_paths(path, storage_options=storage_options or {})
-    if not paths:
-        raise FileNotFoundError(f"{path!r} matches no file")
-    files: list[str] = []
-    for p in paths:
-        if fs.isdir(p):
-            files.extend(f for f in fs.find(p) if not _hidden(f, p))
-        else:
-            files.append(p)
-    return fs, sorted(files)
 
 
 def read_images(
@@ -130,44 +100,49 @@ def read_images(
     image_column : str
         The column holding the images.
     """
-    import dask.dataframe as dd
+    from .io import readers
 
     if not isinstance(partition_size, int) or partition_size < 1:
         raise ValueError(f"partition_size must be a positive int, got {partition_size!r}")
-    check_choice("input_format", input_format, INPUT_FORMATS)
-    if input_format == "webdataset" or (input_format == "auto" and is_webdataset_input(path, storage_options)):
-        column = image_column or "image"
-        shards = read_webdataset(
-            path,
-            image_column=column,
-            split_shards=split_shards,
-            storage_options=storage_options,
-            max_member_bytes=max_member_bytes,
-        )
-        return shards, column
-    fs, files = _list_files(os.fspath(path), storage_options)
-    if input_format == "images":
-        files = [f for f in files if not _is_parquet(f)]
-    elif input_format == "parquet" and not any(_is_parquet(f) for f in files):
-        raise FileNotFoundError(f"{os.fspath(path)!r} holds no Parquet files")
-    parquet = [f for f in files if _is_parquet(f)]
-    images = [f for f in files if _is_image(f)]
-    if parquet:
-        # An explicit, sorted file list: folders and globs give the same partitions.
-        ddf = dd.read_parquet(
-            [_url(fs, f) for f in parquet],
-            dtype_backend="pyarrow",
-            split_row_groups=split_row_groups,
-            storage_options=storage_options,
-        )
-        column = image_column or guess_image_column(list(ddf.columns), dict(ddf.dtypes))
-        return ddf, column
-    if not images:
-        raise FileNotFoundError(
-            f"{os.fspath(path)!r} holds neither Parquet files nor images ({', '.join(IMAGE_EXTENSIONS)})"
-        )
-    if image_column not in (None, PATH_COLUMN):
-        raise ValueError(f"a folder of images gives a {PATH_COLUMN!r} column, not {image_column!r}")
-    urls = [_url(fs, f) for f in images]
-    frame = pd.DataFrame({PATH_COLUMN: pd.array(urls, dtype=pd.ArrowDtype(pa.string()))})
-    return dd.from_pandas(frame, chunksize=partition_size, sort=False), PATH_COLUMN
+    check_choice("input_format", input_format, input_format_names())
+    return readers.read(
+        input_request(
+            path, image_column, partition_size, split_row_groups, storage_options, split_shards, max_member_bytes
+        ),
+        input_format,
+    )
+
+
+def input_request(
+    path: str | os.PathLike,
+    image_column: str | None = None,
+    partition_size: int = 256,
+    split_row_groups: bool | str = "infer",
+    storage_options: dict | None = None,
+    split_shards: int | str | None = None,
+    max_member_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+) -> ReadRequest:
+    """:func:`read_images`'s arguments as one :class:`~dask_clip.io.readers.base.ReadRequest`."""
+    return ReadRequest(
+        os.fspath(path),
+        image_column=image_column,
+        partition_size=partition_size,
+        split_row_groups=split_row_groups,
+        storage_options=storage_options,
+        split_shards=split_shards,
+        max_member_bytes=max_member_bytes,
+    )
+
+
+def input_format_names() -> tuple[str, ...]:
+    """``"auto"`` and the registered input formats, in the order ``"auto"`` tries them
+    (:mod:`dask_clip.io.readers`): the ``input_format`` choices and the CLI's ``--input-format``."""
+    from .io.readers import input_formats
+
+    return ("auto", *(fmt.name for fmt in input_formats()))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "INPUT_FORMATS":  # the former constant, from the registry on first use (no scan at import)
+        return input_format_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

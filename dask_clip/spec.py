@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model_dirs import OPEN_CLIP, WEIGHT_FILE_PATTERNS, ModelDir, detect_model_dir, find_weights
+from .models.families import detect_model_dir, get_family
+from .models.families.base import WEIGHT_FILE_PATTERNS, ModelDir, find_weights
 from .validation import PRECISIONS, check_choice, check_device
 
 __all__ = ["HF_HUB_PREFIX", "WEIGHT_FILE_PATTERNS", "ModelSpec", "find_weights"]
@@ -72,8 +73,9 @@ class ModelSpec:
         check_device(self.device)
         if self.model_dir is not None:
             found = self.resolve_model_dir()
-            if found.kind != OPEN_CLIP:
-                require_transformers()
+            needs = get_family(found.kind).needs
+            if needs is not None:
+                require_package(*needs, what=f"{found.kind} CLIP")
             return
         if self.hub_id is not None:
             if not _HUB_ID.match(self.hub_id):
@@ -164,12 +166,28 @@ def _cached_hub_config(hub_id: str) -> dict | None:
         return None
 
 
-def require_transformers() -> None:
-    """ImportError, saying how to install it, when transformers is missing."""
+def require_package(module: str, install: str, *, what: str) -> None:
+    """ImportError, saying how to install it, when a model family's package is missing.
+
+    Parameters
+    ----------
+    module
+        The module to import (``"transformers"``).
+    install
+        What to pip install (``"dask-clip[hf]"``).
+    what
+        The model, for the message (``"transformers CLIP"``).
+    """
+    import importlib
+
     try:
-        import transformers  # noqa: F401
+        importlib.import_module(module)
     except ImportError as err:
         raise ImportError(
-            f"this model_dir holds a transformers CLIP model, which needs transformers ({err}): "
-            "pip install 'dask-clip[hf]'"
+            f"this model_dir holds a {what} model, which needs {module} ({err}): pip install '{install}'"
         ) from err
+
+
+def require_transformers() -> None:
+    """ImportError, saying how to install it, when transformers is missing."""
+    require_package("transformers", "dask-clip[hf]", what="transformers CLIP")

@@ -17,7 +17,7 @@ import torch
 from .heads import Head, HeadFunction, HeadInputs
 
 if TYPE_CHECKING:
-    from .models import LoadedModel
+    from .models.loaded import LoadedModel
 
 __all__ = [
     "CAPTIONS",

@@ -10,22 +10,20 @@ reason, like an image that cannot be decoded; every other row keeps its place.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .model_dirs import TRANSFORMERS
+from .models.families import get_family
+from .models.families.base import TRANSFORMERS
 
 if TYPE_CHECKING:
-    from .models import LoadedModel
-    from .spec import ModelSpec
+    from .models.loaded import LoadedModel
 
 __all__ = [
     "EMPTY_CAPTION",
@@ -77,80 +75,6 @@ class Tokenizer:
         return f"Tokenizer({self.name})"
 
 
-def _text_cfg(spec: ModelSpec, folder: Path | None) -> dict[str, Any] | None:
-    """The ``text_cfg`` open_clip's ``get_tokenizer`` will read; None when it has no config (an
-    ``hf-hub:`` repository without one, where open_clip falls back to the repository's tokenizer)."""
-    import open_clip
-
-    if folder is not None:
-        config = json.loads((folder / "open_clip_config.json").read_text())
-    elif spec.hub_id is not None:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            config = json.loads(Path(hf_hub_download(spec.hub_id, "open_clip_config.json")).read_text())
-        except Exception:
-            return None
-    else:
-        config = {"model_cfg": open_clip.get_model_config(spec.model) or {}}
-    model_cfg = config.get("model_cfg") if isinstance(config, dict) else None
-    return (model_cfg.get("text_cfg") or {}) if isinstance(model_cfg, dict) else None
-
-
-def _open_clip_tokenizer(model: LoadedModel) -> Tokenizer:
-    import open_clip
-
-    from .models import check_hub_config, refuse_remote_code
-
-    spec = model.spec
-    assert spec is not None
-    refuse_remote_code()
-    folder = None
-    if spec.model_dir is not None:
-        # Detected again: the config is checked (no remote code, regular files) as open_clip reads it now.
-        folder = spec.resolve_model_dir().folder.resolve()
-        name = f"local-dir:{folder}"
-    else:
-        name = spec.model  # an architecture, or hf-hub:ORG/NAME (its config is in the hub cache by now)
-        if spec.hub_id is not None:
-            check_hub_config(spec.hub_id)
-    text_cfg = _text_cfg(spec, folder)
-    # open_clip makes an HFTokenizer (transformers' AutoTokenizer) when the config names one, or
-    # for a hub repository without a config. A caller's keyword wins over the config's
-    # tokenizer_kwargs (open_clip merges them so): whatever a config says, no code runs.
-    hf = text_cfg is None or bool(text_cfg.get("hf_tokenizer_name"))
-    tokenizer = open_clip.get_tokenizer(name, **({"trust_remote_code": False} if hf else {}))
-    vocab = getattr(model.model, "vocab_size", None)
-    return Tokenizer(lambda texts: {"text": tokenizer(texts)}, f"open_clip {name}", vocab)
-
-
-def _transformers_tokenizer(model: LoadedModel) -> Tokenizer:
-    from transformers import AutoTokenizer
-
-    spec = model.spec
-    assert spec is not None
-    folder = spec.resolve_model_dir().folder
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except ValueError as err:
-        if "trust_remote_code" not in str(err):
-            raise
-        raise ValueError(
-            f"the tokenizer of {str(folder)!r} needs Python code shipped with the model (auto_map), which "
-            "dask_clip never runs; use a folder with a standard CLIP tokenizer (vocab.json + merges.txt)"
-        ) from None
-    # The position table's length bounds a caption; a folder's tokenizer config may not say it.
-    context = int(model.model.clip.config.text_config.max_position_embeddings)
-    max_length = min(int(tokenizer.model_max_length or context), context)
-
-    def tokenize(texts: list[str]) -> dict[str, torch.Tensor]:
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-    vocab = int(model.model.clip.config.text_config.vocab_size)
-    return Tokenizer(tokenize, f"transformers {type(tokenizer).__name__} of {folder}", vocab)
-
-
 def get_tokenizer(model: LoadedModel) -> Tokenizer:
     """The tokenizer of a loaded model, loaded once per process and kept beside the model."""
     if model.tokenizer is None:
@@ -158,8 +82,7 @@ def get_tokenizer(model: LoadedModel) -> Tokenizer:
             if model.tokenizer is None:
                 if model.spec is None:
                     raise ValueError("this LoadedModel has no spec; load it with dask_clip.models.get_model")
-                make = _transformers_tokenizer if model.kind == TRANSFORMERS else _open_clip_tokenizer
-                model.tokenizer = make(model)
+                model.tokenizer = get_family(model.kind).tokenizer(model)
     return model.tokenizer
 
 

@@ -114,8 +114,15 @@ class TextEmbedder:
             The same rows, index and columns, plus ``output_column`` (``list<float32>``) and
             ``error_column`` (string). Nothing is computed.
         """
-        self.validate(ddf.columns)
-        return ddf.map_partitions(self.embed_partition, meta=self.output_meta(ddf._meta), token=TASK_NAME)
+        from .steps import apply
+
+        return apply(ddf, [self.as_step()], token=TASK_NAME)
+
+    def as_step(self) -> Any:
+        """This embedder as a :class:`~dask_clip.steps.Step` (:func:`dask_clip.steps.apply`)."""
+        from .steps import TextEmbedding
+
+        return TextEmbedding(self)
 
     def output_meta(self, meta: Any) -> Any:
         """The empty output frame for an input ``meta``."""
@@ -132,7 +139,7 @@ class TextEmbedder:
         DataFrame
             ``df``'s rows in order, plus the two columns, of the same library as ``df``.
         """
-        from .models import apply_torch_threads, get_model, gpu_share
+        from .models.cache import apply_torch_threads, get_model, gpu_share
         from .text import embed_text_rows
 
         started = time.perf_counter()
@@ -194,7 +201,7 @@ def embed_texts(spec: ModelSpec, texts: Sequence[str], *, batch_size: int = 256,
     """
     import torch
 
-    from .models import apply_torch_threads, get_model
+    from .models.cache import apply_torch_threads, get_model
     from .text import caption_errors, encode_texts
 
     problems = [(i, e) for i, e in enumerate(caption_errors(list(texts))) if e is not None]

@@ -23,14 +23,13 @@ import logging
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from .fetch import DEFAULT_MAX_IMAGE_BYTES
 from .tar_stream import StreamDamage, iter_entries
-from .webdataset_partition import CAPTION, KEY, READ_ERROR, SHARD, URL, PartitionReader, Schema
+from .webdataset_partition import CAPTION, KEY, READ_ERROR, SHARD, URL, PartitionReader, Schema, ShardPartition
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -225,48 +224,6 @@ def is_webdataset_input(
 
 
 # -- the partition plan ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ShardPartition:
-    """One partition of :func:`read_webdataset`: a shard, or one byte range of it.
-
-    Attributes
-    ----------
-    partition : int
-        Its partition number in the Dask DataFrame (output file ``part-<partition>``).
-    shard_index : int
-        The shard's position in the sorted shard list.
-    shard : str
-        The shard's URL (local path, or ``proto://...``).
-    split, splits : int
-        This range's number within the shard, and the shard's number of ranges (1: whole).
-    start, end : int
-        The byte range; ``end`` is None for "to the end of the archive".
-    size : int
-        The shard's size in bytes.
-    sidecar : str or None
-        img2dataset's Parquet next to the shard, joined by key.
-    compressed : bool
-        A ``.tar.gz``/``.tgz``/... shard: read whole, never split.
-    """
-
-    partition: int
-    shard_index: int
-    shard: str
-    split: int
-    splits: int
-    start: int
-    end: int | None
-    size: int
-    sidecar: str | None
-    compressed: bool
-
-    @property
-    def label(self) -> str:
-        """``00042.tar`` or ``00042.tar[3/8]``: the shard's file name, and the range when split."""
-        name = posixpath.basename(self.shard)
-        return name if self.splits == 1 else f"{name}[{self.split}/{self.splits}]"
 
 
 def _split_bytes(split_shards: int | str | None) -> int | None:

@@ -13,22 +13,74 @@ import logging
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from .tar_stream import StreamDamage, TarEntry, iter_entries
 
-if TYPE_CHECKING:
-    from .webdataset import ShardPartition
-
-__all__ = ["CAPTION", "KEY", "READ_ERROR", "SHARD", "URL", "PartitionReader", "Schema", "read_partition"]
+__all__ = [
+    "CAPTION",
+    "KEY",
+    "READ_ERROR",
+    "SHARD",
+    "URL",
+    "PartitionReader",
+    "Schema",
+    "ShardPartition",
+    "read_partition",
+]
 
 logger = logging.getLogger(__name__)
 
 KEY, CAPTION, URL, SHARD, READ_ERROR = "key", "caption", "url", "shard", "read_error"
 _STRING = pa.string()
+
+
+# -- the partition plan (planned by dask_clip.webdataset, read here) ---------------------------
+
+
+@dataclass(frozen=True)
+class ShardPartition:
+    """One partition of :func:`read_webdataset`: a shard, or one byte range of it.
+
+    Attributes
+    ----------
+    partition : int
+        Its partition number in the Dask DataFrame (output file ``part-<partition>``).
+    shard_index : int
+        The shard's position in the sorted shard list.
+    shard : str
+        The shard's URL (local path, or ``proto://...``).
+    split, splits : int
+        This range's number within the shard, and the shard's number of ranges (1: whole).
+    start, end : int
+        The byte range; ``end`` is None for "to the end of the archive".
+    size : int
+        The shard's size in bytes.
+    sidecar : str or None
+        img2dataset's Parquet next to the shard, joined by key.
+    compressed : bool
+        A ``.tar.gz``/``.tgz``/... shard: read whole, never split.
+    """
+
+    partition: int
+    shard_index: int
+    shard: str
+    split: int
+    splits: int
+    start: int
+    end: int | None
+    size: int
+    sidecar: str | None
+    compressed: bool
+
+    @property
+    def label(self) -> str:
+        """``00042.tar`` or ``00042.tar[3/8]``: the shard's file name, and the range when split."""
+        name = posixpath.basename(self.shard)
+        return name if self.splits == 1 else f"{name}[{self.split}/{self.splits}]"
 
 
 # -- the columns ------------------------------------------------------------------------------

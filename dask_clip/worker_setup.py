@@ -104,7 +104,7 @@ def configure_worker(worker: object | None, torch_threads: int | None = None, *,
         "Compute Failed" lines); the CLI turns them off on its own local cluster unless ``-v``.
     """
     # here, not at import: `dask worker` imports this module in its own process
-    from .models import set_torch_threads
+    from .models.cache import set_torch_threads
 
     if torch_threads is None:
         state = getattr(worker, "state", None)
@@ -227,14 +227,15 @@ class WorkerSetup(WorkerPlugin):
 def preload_model(spec: object) -> None:
     """Start loading ``spec``'s model in a background thread of this process, and return.
 
-    Run on every worker (``client.run(preload_model, spec, wait=False)``) as soon as a job's
-    model is known, so that the load overlaps the client's planning instead of starting with
-    the first task; that task then waits for it (:func:`dask_clip.models.get_model` loads once).
+    Run on every worker by the :class:`~dask_clip.runtime.worker.ModelPreload` plugin (at each
+    worker's start, restarts included) as soon as a job's model is known, so that the load
+    overlaps the client's planning instead of starting with the first task; that task then
+    waits for it (:func:`dask_clip.models.get_model` loads once).
     A load that fails is left to the first task, which raises the error where it is reported.
     """
 
     def load() -> None:
-        from .models import get_model
+        from .models.cache import get_model
 
         try:
             get_model(spec)  # type: ignore[arg-type]

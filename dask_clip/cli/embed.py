@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from .. import config
-from ..readers import INPUT_FORMATS
+from ..readers import input_format_names
 from ..sources import image_kinds
 from . import options
 
@@ -132,7 +132,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     part.add_argument("--split-row-groups", action="store_true", help="one partition per Parquet row group")
     part.add_argument(
         "--input-format",
-        choices=INPUT_FORMATS,
+        choices=input_format_names(),
         default="auto",
         help="auto: tar shards for .tar inputs, else Parquet, else image files (default: auto)",
     )

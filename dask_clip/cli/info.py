@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(settings, indent=2) if args.json else format_config(settings))
         return 0
     if args.model_dir is not None:
-        from ..model_dirs import detect_model_dir
+        from ..models.families import detect_model_dir
 
         found = detect_model_dir(args.model_dir).describe()
         if args.json:

@@ -2,7 +2,7 @@
 
 A head is a frozen, picklable dataclass (its configuration travels in the task graph, like a
 :class:`~dask_clip.spec.ModelSpec`); each worker loads it once, on the model's device, next to
-the CLIP model it reads from (:func:`dask_clip.models.get_head`). See :class:`Head` for how to
+the CLIP model it reads from (:func:`dask_clip.heads.cache.get_head`). See :class:`Head` for how to
 write one.
 
 The heads shipped here (``docs/models.md``):

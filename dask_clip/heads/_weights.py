@@ -17,7 +17,7 @@ from .base import Head
 if TYPE_CHECKING:
     import torch
 
-    from ..models import LoadedModel
+    from ..models.loaded import LoadedModel
     from .base import HeadFunction
 
 __all__ = ["CheckpointHead", "read_shapes", "read_state_dict"]

@@ -30,7 +30,7 @@ _LAYERS = ((1024, 0.2), (128, 0.2), (64, 0.1), (16, None), (1, None))
 if TYPE_CHECKING:
     import torch
 
-    from ..models import LoadedModel
+    from ..models.loaded import LoadedModel
     from .base import HeadFunction, HeadInputs
 
 __all__ = ["AestheticHead"]

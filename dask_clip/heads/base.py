@@ -12,7 +12,7 @@ from ..columns import FLOAT32
 if TYPE_CHECKING:
     import torch
 
-    from ..models import LoadedModel
+    from ..models.loaded import LoadedModel
 
 __all__ = ["Head", "HeadFunction", "HeadInputs"]
 

@@ -21,7 +21,7 @@ from ._weights import CheckpointHead
 if TYPE_CHECKING:
     import torch
 
-    from ..models import LoadedModel
+    from ..models.loaded import LoadedModel
     from .base import HeadFunction, HeadInputs
 
 __all__ = ["NSFWHead"]

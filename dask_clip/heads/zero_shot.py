@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ..columns import FLOAT32, LIST_FLOAT32, STRING
+from ..runtime import caches
 from .base import Head
 
 if TYPE_CHECKING:
     import torch
 
-    from ..models import LoadedModel
+    from ..models.loaded import LoadedModel
     from .base import HeadFunction, HeadInputs
 
 __all__ = [
@@ -44,6 +45,14 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 _CACHE: dict[tuple[int, tuple[str, ...], tuple[str, ...]], tuple[object, torch.Tensor, torch.Tensor]] = {}
 _LOCK = threading.Lock()
+
+
+def _clear_classes() -> None:
+    with _LOCK:
+        _CACHE.clear()
+
+
+caches.register("zero-shot classes", _clear_classes)
 
 
 def class_embeddings(
