@@ -26,7 +26,6 @@ from cli_support import (
     BIN,
     assert_same_rows,
     reference,
-    run_cli,
     run_main,
     subprocess_env,
     write_image_files,
