@@ -1,0 +1,1 @@
+"""Input and output formats (the reader and writer registries grow here)."""
