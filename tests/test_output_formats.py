@@ -282,3 +282,47 @@ def test_write_format_runs_any_partition_format(tmp_path, client):
     df, ddf = _frame(20, 2)
     summary = write_format(ddf, tmp_path / "o", LaionFormat(text_column=None, dtype="float32"))
     assert summary.written == 2 and summary.counts["dropped"] == int(df["embedding"].isna().sum())
+
+
+# -- index, dedup and filter read every format ------------------------------------------------------
+
+
+def test_index_from_laion_and_lance_outputs_finds_what_the_parquet_one_finds(runs, tmp_path, client):
+    from dask_clip.index.search import load
+
+    ref = runs["reference"]
+    queries = embeddings_to_numpy(ref["embedding"])
+    queries = queries[~np.isnan(queries).any(axis=1)]
+    found = {}
+    for name in ("parquet", "laion", "lance"):
+        run_main("index", str(runs[name]), str(tmp_path / name), client=client)
+        hits = load(tmp_path / name).search(queries, k=3)
+        found[name] = hits[["query", "rank", "key", "similarity"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(found["lance"], found["parquet"])
+    # the LAION layout holds only rows with both embeddings: the parquet hits among those rows
+    laion_keys = set(read_laion(runs["laion"])["key"].compute())
+    assert set(found["laion"]["key"]) <= laion_keys
+    top = found["laion"][found["laion"]["rank"] == found["laion"]["rank"].min()]
+    assert np.allclose(top["similarity"], 1.0, atol=1e-5) or set(top["key"]) <= laion_keys
+
+
+def test_dedup_and_filter_of_a_lance_output_equal_those_of_the_parquet_output(runs, tmp_path, client):
+    out = {}
+    for name in ("parquet", "lance"):
+        run_main("dedup", str(runs[name]), str(tmp_path / f"dedup-{name}"), "--eps", "0.01", client=client)
+        out[name] = pd.read_parquet(tmp_path / f"dedup-{name}", dtype_backend="pyarrow")
+    keep = [c for c in out["parquet"].columns if c not in ("jpg", "embedding", "text_embedding")]
+    assert len(out["parquet"]) == len(runs["reference"])
+    pd.testing.assert_frame_equal(
+        out["lance"][keep].reset_index(drop=True), out["parquet"][keep].reset_index(drop=True), check_dtype=False
+    )
+
+
+def test_an_interrupted_laion_output_is_refused_with_what_to_do(runs, tmp_path, client):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["laion"], broken)
+    (broken / "img_emb" / "img_emb_1.npy").unlink()  # as a killed run leaves it
+    proc = run_main("index", str(broken), str(tmp_path / "idx"), client=client, check=False)
+    assert proc.returncode != 0 and "incomplete" in proc.stderr and "dask-clip embed" in proc.stderr

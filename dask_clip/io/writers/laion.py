@@ -66,7 +66,8 @@ def _matrix(column: pa.ChunkedArray | pa.Array, rows: np.ndarray, dtype: str, na
     """The selected rows of a list<float> column as a C-contiguous (len(rows), D) array; with no
     rows, (0, dim or 0)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    picked = arr.take(pa.array(rows, type=pa.int64()))
+    # every row kept (the common case): no gather, flatten() is then a view of the values
+    picked = arr if len(rows) == len(arr) else arr.take(pa.array(rows, type=pa.int64()))
     n = len(picked)
     if n == 0:
         return np.empty((0, dim or 0), dtype=dtype)
@@ -141,7 +142,9 @@ class LaionFormat:
         rows = np.flatnonzero(keep)
         names = file_names(index, npartitions)
         drop = {*vectors, *self.drop_columns}
-        metadata = table.select([c for c in table.column_names if c not in drop]).take(pa.array(rows, type=pa.int64()))
+        metadata = table.select([c for c in table.column_names if c not in drop])
+        if len(rows) < table.num_rows:
+            metadata = metadata.take(pa.array(rows, type=pa.int64()))
         image = _matrix(table.column(self.embedding_column), rows, self.dtype, self.embedding_column, self.dim)
         # Commit order: metadata, text, image; the image file is the marker (module docstring).
         _put(
@@ -235,7 +238,8 @@ def read_laion(path: str | os.PathLike, storage_options: dict | None = None) -> 
     expected = [os.path.basename(file_names(i, n)[IMAGE_FOLDER]) for i in range(n)]
     if names != expected:
         raise ValueError(
-            f"{os.fspath(path)!r}: {IMAGE_FOLDER}/ holds {names[:3]}..., not {expected[:3]}...: incomplete"
+            f"{os.fspath(path)!r} is an incomplete LAION-layout output ({IMAGE_FOLDER}/ holds {names[:3]}..., not "
+            f"{expected[:3]}...): run the same dask-clip embed command again to finish it"
         )
     text = bool(_listing(fs, f"{root}/{TEXT_FOLDER}"))
     return dd.from_map(_read_part, range(n), root=root, npartitions=n, text=text, storage_options=storage_options)

@@ -247,21 +247,32 @@ def _read_fragment(fragment_id: int, uri: str, version: int) -> Any:
     import pandas as pd
 
     table = _lance().dataset(uri, version=version).get_fragment(fragment_id).to_table()
-    return table.to_pandas(types_mapper=pd.ArrowDtype)
+    return _as_lists(table).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _as_lists(table: pa.Table) -> pa.Table:
+    """``fixed_size_list<float32>[D]`` columns as ``list<float32>``, the embedding type of every
+    other output (a cast that only adds offsets)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_fixed_size_list(f.type) and pa.types.is_float32(f.type.value_type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.list_(pa.float32())))
+    return table
 
 
 def read_lance(uri: str | os.PathLike) -> dd.DataFrame:
     """A Lance dataset as a Dask DataFrame, one partition per fragment, in the dataset's order.
 
-    Vector columns come back as ``fixed_size_list<float32>[D]`` Arrow columns, which every
-    dask_clip step that reads embeddings takes as it takes ``list<float32>``.
+    Vector columns (``fixed_size_list<float32>[D]``) come back as ``list<float32>``, as from
+    every other output.
     """
     import dask.dataframe as dd
+    import pandas as pd
 
     uri = os.fspath(uri)
     ds = _lance().dataset(uri)
     ids = [f.fragment_id for f in ds.get_fragments()]
-    return dd.from_map(_read_fragment, ids, uri=uri, version=ds.version)
+    meta = _as_lists(ds.schema.empty_table()).to_pandas(types_mapper=pd.ArrowDtype)
+    return dd.from_map(_read_fragment, ids, uri=uri, version=ds.version, meta=meta)
 
 
 def _embed_fragment(fragment_id: int, uri: str, version: int, embedder: ImageEmbedder, dim: int | None) -> str:
