@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .arrays import embeddings_array as embeddings_array
     from .cluster import local_cluster as local_cluster
     from .columns import embeddings_to_numpy as embeddings_to_numpy
     from .embedder import ImageEmbedder as ImageEmbedder
@@ -34,6 +35,7 @@ _EXPORTS = {
     "ModelSpec": "spec",
     "TextEmbedder": "text_embedder",
     "embed_parquet": "jobs",
+    "embeddings_array": "arrays",
     "embeddings_to_numpy": "columns",
     "filter_parquet": "filter",
     "local_cluster": "cluster",
@@ -49,6 +51,7 @@ __all__ = [
     "ModelSpec",
     "TextEmbedder",
     "embed_parquet",
+    "embeddings_array",
     "embeddings_to_numpy",
     "filter_parquet",
     "local_cluster",

@@ -56,7 +56,8 @@ def _decode(raw: bytes | None) -> dict[str, Any]:
 
 
 def read_file_metadata(path: Any, storage_options: dict | None = None) -> dict[str, Any]:
-    """The ``dask_clip`` entry of a Parquet file, or of the first ``*.parquet`` file of a folder.
+    """The ``dask_clip`` entry of a Parquet file, or of the first ``*.parquet`` file of a folder
+    (of ``metadata/`` in the LAION layout; a Lance dataset's schema metadata).
 
     Parameters
     ----------
@@ -78,6 +79,17 @@ def read_file_metadata(path: Any, storage_options: dict | None = None) -> dict[s
     import pyarrow.parquet as pq
     from fsspec.core import url_to_fs
 
+    from .io.layout import output_format
+
+    fmt = output_format(path, storage_options)
+    if fmt == "lance":  # the dataset's schema metadata (dask_clip.io.writers.lance)
+        try:
+            import lance
+        except ImportError:  # reading the dataset says how to install pylance
+            return {}
+        return _decode((lance.dataset(os.fspath(path)).schema.metadata or {}).get(KEY))
+    if fmt == "laion":  # the files of metadata/ (dask_clip.io.writers.laion)
+        path = f"{os.fspath(path).rstrip('/')}/metadata"
     try:
         fs, root = url_to_fs(os.fspath(path), **(storage_options or {}))
         if fs.isdir(root):

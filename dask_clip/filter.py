@@ -277,7 +277,6 @@ def filter_parquet(
         No threshold, a bad threshold, a missing column, or an output folder of another job.
     """
     import dask
-    import dask.dataframe as dd
     from fsspec.core import url_to_fs
 
     rules = filter_rules(
@@ -290,7 +289,9 @@ def filter_parquet(
         clip_score_column=clip_score_column,
         label_column=label_column,
     )
-    ddf = dd.read_parquet(input_path, dtype_backend="pyarrow", storage_options=storage_options)
+    from .io.outputs import read_output  # Parquet, the LAION layout or Lance
+
+    ddf = read_output(input_path, storage_options)
     kept = _filtered(ddf, rules)
     # exact thresholds (the names round them to 6 digits for the summary)
     job = {
@@ -316,12 +317,7 @@ def filter_parquet(
     if fs.exists(summary_file):  # a summary of an earlier run: stale until this one finishes
         fs.rm(summary_file)
     # The tallies read only the score columns, for every partition (also those already written).
-    scores = dd.read_parquet(
-        input_path,
-        columns=sorted({r.column for r in rules}),
-        dtype_backend="pyarrow",
-        storage_options=storage_options,
-    )
+    scores = read_output(input_path, storage_options)[sorted({r.column for r in rules})]
     counts = [dask.delayed(_counts)(part, rules) for part in scores.to_delayed()]
     _, counts = dask.compute(writes, counts)
     summary = FilterSummary(

@@ -45,6 +45,8 @@ class EmbedJob:
     file_metadata : dict
         Recorded in every output file (:mod:`dask_clip.file_metadata`): its image and key
         columns, for ``index``, ``serve`` and ``dedup`` to pick up.
+    output_format : PartitionFormat or None
+        The output format (:mod:`dask_clip.io.writers`); None: Parquet (:mod:`dask_clip.writer`).
     """
 
     frame: dd.DataFrame
@@ -53,6 +55,7 @@ class EmbedJob:
     fingerprint: dict[str, Any]
     todo: list[int]
     file_metadata: dict[str, Any] = field(default_factory=dict)
+    output_format: Any = None
 
 
 def prepare_embed(
@@ -67,6 +70,8 @@ def prepare_embed(
     storage_options: dict | None = None,
     input_format: str = "auto",
     split_shards: int | str | None = None,
+    output_format: str = "parquet",
+    embedding_dtype: str = "float16",
 ) -> EmbedJob:
     """Read the input lazily, validate everything on the client, and check the output folder.
 
@@ -110,9 +115,17 @@ def prepare_embed(
         # What the folder holds: weights replaced in place make a resumed run another job.
         fingerprint["weights"] = weights_fingerprint(embedder.spec)
     output = os.fspath(output_path)
-    todo = check_output(
-        output, frame.npartitions, job=fingerprint, overwrite=overwrite, storage_options=storage_options
-    )
+    fmt = make_output_format(output_format, embedder, embedding_dtype)
+    if fmt is None:
+        todo = check_output(
+            output, frame.npartitions, job=fingerprint, overwrite=overwrite, storage_options=storage_options
+        )
+    else:
+        from .io.writers.partitioned import check_format_output
+
+        todo = check_format_output(
+            output, frame.npartitions, fmt, job=fingerprint, overwrite=overwrite, storage_options=storage_options
+        )
     return EmbedJob(
         frame=frame,
         embedder=embedder,
@@ -120,7 +133,32 @@ def prepare_embed(
         fingerprint=fingerprint,
         todo=todo,
         file_metadata=recorded_columns(list(frame.columns), column),
+        output_format=fmt,
     )
+
+
+OUTPUT_FORMATS = ("parquet", "lance", "laion")
+
+
+def make_output_format(name: str, embedder: ImageEmbedder, embedding_dtype: str = "float16") -> Any:
+    """The writer format of ``--output-format`` for this embedder's columns (None: Parquet).
+
+    ``embedding_dtype`` applies to ``laion`` (its ``.npy`` files); Lance and Parquet store float32.
+    """
+    if name == "parquet":
+        return None
+    dim = embedder.spec.embed_dim()
+    text = embedder.text_output_column if embedder.text_column is not None else None
+    if name == "laion":
+        from .io.writers.laion import LaionFormat
+
+        drop = () if embedder.remove_image_data else (embedder.image_column,)
+        return LaionFormat(embedder.output_column, text, embedding_dtype, drop, dim)
+    if name == "lance":
+        from .io.writers.lance import LanceFormat
+
+        return LanceFormat((embedder.output_column, *([text] if text else [])), dim)
+    raise ValueError(f"output_format={name!r}: use one of {', '.join(OUTPUT_FORMATS)}")
 
 
 def recorded_columns(columns: list[str], image_column: str) -> dict[str, Any]:
@@ -152,6 +190,8 @@ def embed_parquet(
     storage_options: dict | None = None,
     input_format: str = "auto",
     split_shards: int | str | None = None,
+    output_format: str = "parquet",
+    embedding_dtype: str = "float16",
 ) -> WriteSummary:
     """Embed an image input into a folder of Parquet files, resuming an interrupted run.
 
@@ -206,6 +246,8 @@ def embed_parquet(
         storage_options=storage_options,
         input_format=input_format,
         split_shards=split_shards,
+        output_format=output_format,
+        embedding_dtype=embedding_dtype,
     )
     return run_embed(job, overwrite=overwrite, client=client, progress=progress, retries=retries)
 
@@ -220,7 +262,13 @@ def run_embed(
     storage_options: dict | None = None,
 ) -> WriteSummary:
     """Compute and write a prepared :class:`EmbedJob` (the partitions still missing)."""
-    return write_parquet(
+    if job.output_format is not None:
+        from .io.writers.partitioned import write_format
+
+        write: Any = functools.partial(write_format, fmt=job.output_format)
+    else:
+        write = write_parquet
+    return write(
         job.frame,
         job.output,
         overwrite=overwrite,

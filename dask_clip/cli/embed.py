@@ -141,6 +141,19 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         metavar="BYTES",
         help="WebDataset: bytes of tar per partition, e.g. 256MB (default: one partition per shard)",
     )
+    part.add_argument(
+        "--output-format",
+        choices=("parquet", "lance", "laion"),  # jobs.OUTPUT_FORMATS, not imported here: startup
+        default="parquet",
+        help="parquet: part-NNNNN.parquet; lance: a Lance dataset; laion: img_emb/*.npy + metadata/*.parquet "
+        "(embedding-reader, autofaiss, clip-retrieval) (default: parquet; docs/formats.md)",
+    )
+    part.add_argument(
+        "--embedding-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="dtype of the laion format's .npy files (default: float16)",
+    )
     part.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     part.add_argument(
         "--retries", type=options.nonnegative_int, default=0, metavar="N", help="retries of a failed partition"
@@ -192,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             input_format=args.input_format,
             split_shards=args.split_shards,
+            output_format=args.output_format,
+            embedding_dtype=args.embedding_dtype,
         )
 
     def nothing_to_do(job: Any) -> bool:

@@ -155,14 +155,15 @@ def dedup_parquet(
         write.
     """
     import dask
-    import dask.dataframe as dd
 
     check_dedup_paths(input_path, output_path)
     eps = check_eps(eps)
     summary_eps = sorted({*(summary_eps or DEFAULT_SUMMARY_EPS), eps})
     for e in summary_eps:
         check_eps(e)
-    ddf = dd.read_parquet(input_path, dtype_backend="pyarrow", storage_options=storage_options)
+    from ..io.outputs import read_output  # Parquet, the LAION layout or Lance
+
+    ddf = read_output(input_path, storage_options)
     meta_index = ddf._meta.index
     if id_column is None and meta_index.name is None and isinstance(meta_index, pd.RangeIndex):
         ddf = with_row_numbers(ddf)

@@ -120,11 +120,12 @@ def _read_source(
         return embeddings, None, None
     if not isinstance(embeddings, (str, os.PathLike, list, tuple)):
         raise TypeError(f"embeddings must be a Parquet path (or list of paths) or a Dask DataFrame, not {embeddings!r}")
-    import dask.dataframe as dd
 
     paths = [os.fspath(p) for p in embeddings] if isinstance(embeddings, (list, tuple)) else os.fspath(embeddings)
     location = [_location(p) for p in paths] if isinstance(paths, list) else _location(paths)
-    ddf = dd.read_parquet(paths, dtype_backend="pyarrow", storage_options=storage_options)
+    from ..io.outputs import read_output  # Parquet, the LAION layout or Lance
+
+    ddf = read_output(paths, storage_options)
     job = None
     if isinstance(paths, str) and "://" not in paths and (Path(paths) / "_dask_clip.json").is_file():
         job = json.loads((Path(paths) / "_dask_clip.json").read_text()).get("job")
@@ -385,9 +386,12 @@ def build(
     steps = _Steps()
     build_dir.mkdir(parents=True, exist_ok=True)
     if state is None:
+        from ..io.layout import output_format
+
         with steps("count"):
             local = [source] if isinstance(source, str) else source
             footers = isinstance(local, list) and not any("://" in p for p in local)
+            footers = footers and all(output_format(p) == "parquet" for p in local or [])  # not LAION or Lance
             n_rows = count_rows(local if footers else ddf, embedding_column)
         with steps("sample"):
             sample = sample_embeddings(ddf, embedding_column, _sample_rows(index_key, n_rows), n_rows, seed)
