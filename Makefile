@@ -30,8 +30,14 @@ $(VENV)/.demo: $(VENV)/.base pyproject.toml
 	$(UV_INSTALL) $(TORCH_SPEC) -e ".[dedup]"
 	touch $@
 
+# embedding-reader and autofaiss read the LAION layout back in tests/test_output_formats.py. Their
+# releases pin pandas < 3 and numpy < 2, yet run on the current ones: installed without their
+# pins (their other dependencies are in the test extra).
+LAION_TOOLS := embedding-reader==1.8.1 autofaiss==2.18.0
+
 $(VENV)/.test: $(VENV)/.base pyproject.toml
 	$(UV_INSTALL) $(TORCH_SPEC) -e ".[test]"
+	$(UV_INSTALL) --no-deps $(LAION_TOOLS)
 	touch $@
 
 demo: $(VENV)/.demo
