@@ -442,10 +442,11 @@ def stop_workers_now(cluster: Any) -> None:
     For when the job's output is committed and nothing on the workers is needed any more. A
     graceful close waits for every worker process to exit, which with torch loaded takes
     seconds (the nanny waits 4 s, then kills it anyway; ViT-B-32 on 2 shared cores: 4.8-6.0 s
-    graceful, 0.7-1.3 s at once, ``benchmarks/bench_close.py``). Each nanny is told first that its worker is going away on
-    purpose, so it closes instead of starting a new worker. ``cluster.close()`` is still needed
-    afterwards (it then returns in milliseconds). Workers not started by a local nanny in this
-    process (``processes=False``, a remote cluster) are left alone.
+    graceful, 0.7-1.3 s at once, ``benchmarks/bench_close.py``). Each nanny is told first that
+    its worker is going away on purpose, so it closes instead of starting a new worker.
+    ``cluster.close()`` is still needed afterwards (it then returns in milliseconds). Workers
+    not started by a local nanny in this process (``processes=False``, a remote cluster) are
+    left alone.
 
     Parameters
     ----------
