@@ -15,7 +15,8 @@ from . import backends, config
 from .columns import FLOAT32, LIST_FLOAT32, STRING
 from .fetch import check_protocols
 from .heads import Head
-from .sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds
+from .parquet_schema import parquet_column_type
+from .sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds, source_for_type
 from .spec import ModelSpec
 from .validation import (
     DECODE_DEVICES,
@@ -278,11 +279,14 @@ class ImageEmbedder:
         Notes
         -----
         Nothing is computed, with one exception: an ``object``-dtype image column with
-        ``image_kind="auto"``. Its dtype does not say whether it holds encoded bytes, paths or
-        pixel arrays, so this call reads the first rows of up to 4 partitions (``head``) to
-        tell. To keep the call fully lazy, pass ``image_kind=`` or give the column a typed
-        dtype: ``dd.read_parquet(..., dtype_backend="pyarrow")`` gives Arrow ``binary``
-        (bytes) or ``string`` (paths) columns, which are recognised from the dtype alone.
+        ``image_kind="auto"`` that does not come straight from ``dd.read_parquet``. An object
+        dtype does not say whether the column holds encoded bytes, paths or pixel arrays. For
+        a column read from Parquet (also after a column selection, a row filter,
+        ``partitions[...]``, ``repartition``), the files' schema, which ``dd.read_parquet``
+        already holds, says it (``binary``: bytes; :mod:`dask_clip.parquet_schema`). Otherwise
+        (a ``from_pandas`` frame, an ``assign``-ed column) this call reads the first rows of
+        up to 4 partitions (``head``) to tell. To keep it lazy there, pass ``image_kind=`` or
+        give the column a typed dtype (Arrow ``binary``, ``string`` or ``list<uint8>``).
         """
         from .steps import apply
 
@@ -299,9 +303,11 @@ class ImageEmbedder:
         if self.image_kind != "auto":
             return self.image_kind
         source = detect_source(ddf._meta[self.image_column])
+        if source is None:  # an object column: the Parquet schema may still say (no data read)
+            source = source_for_type(parquet_column_type(ddf, self.image_column))
         if source is None:
-            # An object column: its dtype does not say. Look at a few values of the first
-            # non-empty partitions (pass image_kind= to skip this).
+            # Its dtype does not say. Look at a few values of the first non-empty partitions
+            # (pass image_kind= to skip this).
             sample = ddf[self.image_column].head(8, npartitions=min(ddf.npartitions, 4))
             source = detect_source(sample)
         return source.kind if source is not None else "bytes"

@@ -33,6 +33,7 @@ __all__ = [
     "get_source",
     "image_kinds",
     "register_source",
+    "source_for_type",
 ]
 
 
@@ -238,6 +239,14 @@ def get_source(kind: str) -> ImageSource:
         return SOURCES[kind]
     except KeyError:
         raise ValueError(f"image_kind={kind!r}; choose one of {image_kinds()}") from None
+
+
+def source_for_type(arrow_type: pa.DataType | None) -> ImageSource | None:
+    """The source whose column type is ``arrow_type`` (``binary``: bytes, ``string``: paths,
+    ``list<uint8>``: pixels), or None (None given, or a type that holds no images)."""
+    if arrow_type is None:
+        return None
+    return next((source for source in SOURCES.values() if source.matches_type(arrow_type)), None)
 
 
 def detect_source(series: Any) -> ImageSource | None:
