@@ -47,11 +47,11 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q
 
 # The full tier: the default tier first (fails fast), then the tests that need a process
-# boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser). Those
-# mostly wait on other processes, so two pytest workers share the 2 cores; a file's tests stay on
-# one worker (--dist loadfile), so its module fixtures (a killed run, a served index) run once.
+# boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser). One
+# pytest process: two xdist workers made it slower on 2 cores (870 s against about 600 s; the
+# tests' own processes compete for the cores).
 test-slow: $(VENV)/.test
-	$(BIN)/python -m pytest tests -q --runslow -m slow -n 2 --dist loadfile
+	$(BIN)/python -m pytest tests -q --runslow -m slow
 
 test-all: test test-slow
 

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .errors import ImageDecodeError as ImageDecodeError
     from .errors import ModelLoadError as ModelLoadError
     from .filter import filter_parquet as filter_parquet
+    from .io.writers.laion import write_laion as write_laion
+    from .io.writers.lance import write_lance as write_lance
     from .jobs import embed_parquet as embed_parquet
     from .readers import read_images as read_images
     from .spec import ModelSpec as ModelSpec
@@ -41,6 +43,8 @@ _EXPORTS = {
     "local_cluster": "cluster",
     "read_images": "readers",
     "read_webdataset": "webdataset",
+    "write_laion": "io.writers.laion",
+    "write_lance": "io.writers.lance",
     "write_parquet": "writer",
 }
 __all__ = [
@@ -57,6 +61,8 @@ __all__ = [
     "local_cluster",
     "read_images",
     "read_webdataset",
+    "write_laion",
+    "write_lance",
     "write_parquet",
 ]
 
