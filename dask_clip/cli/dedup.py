@@ -77,7 +77,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         "(perceptual hash within --phash-k bits), semantic (default: semantic only). With more than semantic, "
         "OUTPUT also gets _dedup/duplicates.parquet (id, duplicate_of, step, similarity)",
     )
-    parser.add_argument("--image-column", default="image", metavar="NAME", help="image bytes (exact, phash steps)")
+    parser.add_argument(
+        "--image-column",
+        metavar="NAME",
+        help="image bytes (exact, phash steps; default: the image column `dask-clip embed` recorded, else image)",
+    )
     parser.add_argument(
         "--hash-column",
         default="phash",
@@ -103,10 +107,14 @@ def run(args: argparse.Namespace) -> int:
     max_memory = check_memory("--max-memory", args.max_memory)  # before a cluster starts
     check_dedup_paths(args.input, args.output)  # OUTPUT = INPUT: refused now, not after the whole dedup
     id_column = args.id_column
-    if id_column is None:  # the key column the embeddings record (key, or a folder's file path)
+    if id_column is None or args.image_column is None:  # the columns the embeddings record
         from ..file_metadata import read_file_metadata
 
-        id_column = read_file_metadata(args.input).get("key_column")
+        recorded = read_file_metadata(args.input)
+        if id_column is None:  # key, or a folder's file path
+            id_column = recorded.get("key_column")
+        if args.image_column is None:
+            args.image_column = recorded.get("image_column") or "image"
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     if steps != ["semantic"]:
         from ..dedup.plan import STEPS

@@ -11,6 +11,7 @@ from cli_support import run_main
 from PIL import Image
 
 from dask_clip.dedup.plan import dedup_steps, drop_duplicates
+from dask_clip.file_metadata import with_file_metadata
 from dask_clip.testing import encode_image
 
 
@@ -29,16 +30,21 @@ def test_three_steps_through_the_cli_and_drop(photos, tmp_path, client):
     table = pa.table(
         {
             "key": pa.array([f"k{i:02d}" for i in range(n)]),
-            "image": pa.array(blobs, pa.binary()),
+            "jpg": pa.array(blobs, pa.binary()),
             "embedding": pa.array(list(emb), pa.list_(pa.float32())),
         }
+    )
+    # as `dask-clip embed` writes them: the files name their image and key columns, so the
+    # command below needs neither --image-column nor --id-column
+    table = table.replace_schema_metadata(
+        with_file_metadata(table.schema.metadata, {"image_column": "jpg", "key_column": "key"})
     )
     src = tmp_path / "in"
     src.mkdir()
     pq.write_table(table.slice(0, 6), src / "part-0.parquet")
     pq.write_table(table.slice(6), src / "part-1.parquet")
     out = tmp_path / "out"
-    args = ("dedup", str(src), str(out), "--steps", "exact,phash,semantic", "--id-column", "key")
+    args = ("dedup", str(src), str(out), "--steps", "exact,phash,semantic")
     args += ("--n-clusters", "2", "--eps", "0.01", "--phash-k", "8")
     run_main(*args, client=client)
     removal = pd.read_parquet(out / "_dedup" / "duplicates.parquet")
@@ -54,7 +60,9 @@ def test_three_steps_through_the_cli_and_drop(photos, tmp_path, client):
     # the library gives the same removal list
     import dask.dataframe as dd
 
-    lib, _ = dedup_steps(dd.read_parquet(src, dtype_backend="pyarrow"), id_column="key", k=8, eps=0.01, n_clusters=2)
+    lib, _ = dedup_steps(
+        dd.read_parquet(src, dtype_backend="pyarrow"), id_column="key", image_column="jpg", k=8, eps=0.01, n_clusters=2
+    )
     assert set(lib["id"]) == set(removal["id"])
     # --drop-duplicates writes the kept rows only
     run_main(*args[:2], str(tmp_path / "kept"), *args[3:], "--drop-duplicates", client=client)
