@@ -51,8 +51,9 @@ test: $(VENV)/.test
 
 # The full tier: the default tier first (fails fast), then the tests that need a process
 # boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser). One
-# pytest process: two xdist workers made it slower on 2 cores (870 s against about 600 s; the
-# tests' own processes compete for the cores).
+# pytest process: on two xdist workers the full tier took 870 s and each test about twice its
+# one-process time (the tests' own processes compete for the 2 cores; that run also lacked
+# .pyc files, see above).
 test-slow: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q --runslow -m slow
 
