@@ -589,25 +589,8 @@ def write_parquet(
     )
     n = ddf.npartitions
     root = _open(path, storage_options)[1]
-    if client is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):  # no distributed client: Dask's local scheduler
-            client = None
-    totals: dict[str, int] = {}
     started = time.perf_counter()
-    bar = Progress(len(tasks), desc=os.path.basename(root) or root) if progress and tasks else None
-    try:
-        for stats in _run(tasks, client, retries):
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0) + value
-            if bar is not None:
-                bar.update(stats["rows"])
-    finally:
-        if bar is not None:
-            bar.close()
+    totals = _run_all(tasks, client, retries, progress, root)
     rows = totals.pop("rows", 0)
     return WriteSummary(
         path=os.fspath(path),
@@ -618,6 +601,30 @@ def write_parquet(
         counts=totals,
         seconds=time.perf_counter() - started,
     )
+
+
+def _run_all(tasks: list[Any], client: Any, retries: int, progress: bool, root: str) -> dict[str, int]:
+    """Run the write tasks (on ``client``, else the default client, else Dask's local scheduler)
+    and sum their per-partition counts, with a progress bar in rows when asked."""
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):  # no distributed client: Dask's local scheduler
+            client = None
+    totals: dict[str, int] = {}
+    bar = Progress(len(tasks), desc=os.path.basename(root) or root) if progress and tasks else None
+    try:
+        for stats in _run(tasks, client, retries):
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0) + value
+            if bar is not None:
+                bar.update(stats["rows"])
+    finally:
+        if bar is not None:
+            bar.close()
+    return totals
 
 
 def _run(tasks: list[Any], client: Any, retries: int):

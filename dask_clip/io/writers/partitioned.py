@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pandas as pd
 import pyarrow as pa
 
-from ...progress import Progress
 from ...writer import (
     MANIFEST,
     WriteSummary,
@@ -36,7 +35,7 @@ from ...writer import (
     _open,
     _put,
     _read_manifest,
-    _run,
+    _run_all,
     _with_embedding,
     arrow_types,
     check_not_input,
@@ -249,25 +248,8 @@ def write_format(
     )
     n = ddf.npartitions
     fs, root = _open(path, storage_options)
-    if client is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):  # no distributed client: Dask's local scheduler
-            client = None
-    totals: dict[str, int] = {}
     started = time.perf_counter()
-    bar = Progress(len(tasks), desc=os.path.basename(root) or root) if progress and tasks else None
-    try:
-        for stats in _run(tasks, client, retries):
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0) + value
-            if bar is not None:
-                bar.update(stats["rows"])
-    finally:
-        if bar is not None:
-            bar.close()
+    totals = _run_all(tasks, client, retries, progress, root)
     fmt.finish(fs, root, n)
     rows = totals.pop("rows", 0)
     return WriteSummary(
