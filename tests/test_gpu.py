@@ -175,7 +175,7 @@ def test_real_cuda_out_of_memory_backs_off(tiny_model, gpu_photos):
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_writes_measured_json(tmp_path, monkeypatch):
-    """The GPU check's plumbing on CPU: tiny model, few images, LocalCluster (< 30 s)."""
+    """The GPU check's plumbing on CPU: tiny model, few images, LocalCluster."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     module = _gpu_check()
     assert module.main(["--dry-run", "--skip-pytest", "--out", str(tmp_path), "--budget", "110"]) == 0
@@ -191,6 +191,6 @@ def test_gpu_check_dry_run_writes_measured_json(tmp_path, monkeypatch):
         assert run["model_only_img_s"] > 0 and run["end_to_end_img_s"] > 0 and run["failed"] == 0
     checks = data["checks"]
     assert checks["decode: PNG/WebP/CMYK fall back to Pillow exactly"]["pass"] is True
-    assert checks["preprocess: a 9000 x 12000 image resizes on the device like on the CPU"]["pass"] is True
+    assert checks["preprocess: a 2250 x 3000 image resizes on the device like on the CPU"]["pass"] is True
     assert checks["determinism: the same partition twice gives the same embeddings"]["pass"] is True
     assert checks["cuDF: hand-offs"]["pass"] is None  # "not available", never a made-up figure

@@ -14,7 +14,7 @@ from pathlib import Path
 import lance
 import numpy as np
 import pytest
-from cli_support import reference, run_cli, subprocess_env, write_image_parquet
+from cli_support import reference, run_main, subprocess_env, write_image_parquet
 
 from dask_clip.columns import embeddings_to_numpy
 from dask_clip.io.writers.laion import read_laion
@@ -29,14 +29,15 @@ def _markers(out: Path, name: str) -> list[Path]:
 
 
 @pytest.mark.parametrize("name", ["laion", "lance"])
-def test_a_killed_run_resumes_and_keeps_the_committed_partitions(name, tmp_path, model_dir):
+def test_a_killed_run_resumes_and_keeps_the_committed_partitions(name, tmp_path, model_dir, client):
     shards = write_image_parquet(tmp_path / "in", 12, 3, bad_every=5)
     out = tmp_path / "out"
     args = ["embed", str(shards), str(out), "--model-dir", model_dir, "--output-format", name]
-    args += ["--embedding-dtype", "float32", "--batch-size", "1", "--n-workers", "1", "--dashboard-address", "none"]
+    args += ["--embedding-dtype", "float32", "--batch-size", "1"]
+    own_cluster = ["--n-workers", "1", "--dashboard-address", "none"]
     with open(tmp_path / "cli.log", "w") as log:
         cli = subprocess.Popen(
-            [sys.executable, "-m", "dask_clip.cli", *args],
+            [sys.executable, "-m", "dask_clip.cli", *args, *own_cluster],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=subprocess_env(),
@@ -57,7 +58,7 @@ def test_a_killed_run_resumes_and_keeps_the_committed_partitions(name, tmp_path,
     if name == "lance":
         with pytest.raises(ValueError):
             lance.dataset(str(out))  # killed before the commit: no version to read a part of
-    again = run_cli(*args)
+    again = run_main(*args, client=client)  # only the kill needs a process: resume on the session cluster
     assert "(resuming)" in again.stderr and f"wrote {12 - len(committed)} partitions" in again.stdout
     assert all(p.stat().st_mtime_ns == t for p, t in committed.items())  # not written again
     expected = reference(shards, model_dir)
