@@ -49,7 +49,7 @@ demo: $(VENV)/.demo
 test: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q
 
-# The full tier: the default tier first (fails fast), then the tests that need a process
+# The full tier alone: the tests that need a process
 # boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser). One
 # pytest process: on two xdist workers the full tier took 870 s and each test about twice its
 # one-process time (the tests' own processes compete for the 2 cores; that run also lacked
@@ -57,7 +57,10 @@ test: $(VENV)/.test
 test-slow: $(VENV)/.test
 	$(BIN)/python -m pytest tests -q --runslow -m slow
 
-test-all: test test-slow
+# Both tiers in one session: the default tier first, then the full tier (skipped if the default
+# tier failed); one collection and one session cluster instead of two.
+test-all: $(VENV)/.test
+	$(BIN)/python -m pytest tests -q --runslow
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .

@@ -21,8 +21,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `slow` tests unless --runslow (the default tier stays fast, as dask's suite does),
-    `gpu` tests cleanly where CUDA is absent, `cudf` tests where cuDF is."""
+    `gpu` tests cleanly where CUDA is absent, `cudf` tests where cuDF is.
+
+    With --runslow, the default tier runs first and the full tier after it, in one session
+    (`make test-all`: one collection, one session cluster); the full tier is skipped when the
+    default tier failed (fail fast: its minutes would only repeat the news)."""
     run_slow = config.getoption("--runslow")
+    if run_slow:
+        items.sort(key=lambda item: "slow" in item.keywords)  # stable: file order within each tier
     has_cuda = torch.cuda.is_available()
     try:
         import cudf  # noqa: F401
@@ -37,6 +43,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "cudf" in item.keywords and not has_cudf:
             item.add_marker(pytest.mark.skip(reason="needs cuDF"))
+
+
+_default_tier_failed: list[str] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    if report.failed and "slow" not in item.keywords:
+        _default_tier_failed.append(item.nodeid)
+    return report
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "slow" in item.keywords and _default_tier_failed:
+        more = f" and {len(_default_tier_failed) - 1} more" if len(_default_tier_failed) > 1 else ""
+        pytest.skip(f"the default tier failed ({_default_tier_failed[0]}{more}): fix it first")
 
 
 @pytest.fixture(scope="session")
