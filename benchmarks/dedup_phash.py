@@ -185,7 +185,9 @@ def score(h: np.ndarray, source: np.ndarray, kind: list[str]) -> list[dict]:
     return out
 
 
-def run(name: str, rows: int, sides: tuple[int, int], processes: int, score_dhash: bool = True) -> dict:
+def run(
+    name: str, rows: int, sides: tuple[int, int], processes: int, score_dhash: bool = True, time_ks=(6, 10)
+) -> dict:
     import dask
     import dask.dataframe as dd
     import pandas as pd
@@ -219,7 +221,7 @@ def run(name: str, rows: int, sides: tuple[int, int], processes: int, score_dhas
     rec["score_seconds"] = round(time.perf_counter() - t0, 1)
     df = pd.DataFrame({"phash": pd.array(ph, dtype="UInt64")})
     with dask.config.set(scheduler="threads", num_workers=2):
-        for k in (6, 10):
+        for k in time_ks:
             t0 = time.perf_counter()
             out = phash_duplicates(dd.from_pandas(df, npartitions=4, sort=False), k=k).compute()
             rec[f"phash_duplicates_k{k}_seconds"] = round(time.perf_counter() - t0, 2)
@@ -235,12 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sets", nargs="+", default=["demo", "synthetic"])
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--sides", type=int, nargs=2, default=[64, 128], help="synthetic images' side range, px")
+    p.add_argument("--time-k", type=int, nargs="+", default=[6, 10], help="k values phash_duplicates is timed at")
     p.add_argument("--no-dhash-score", action="store_true", help="score pHash only (brute force is n^2)")
     p.add_argument("--processes", type=int, default=2, help="processes building the synthetic set")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dedup-phash.json")
     a = p.parse_args(argv)
     load = os.getloadavg()
-    records = [run(s, a.rows, tuple(a.sides), a.processes, not a.no_dhash_score) for s in a.sets]
+    records = [run(s, a.rows, tuple(a.sides), a.processes, not a.no_dhash_score, a.time_k) for s in a.sets]
     out = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "load_average_1_5_15_at_start": [round(v, 2) for v in load],
