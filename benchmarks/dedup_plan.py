@@ -1,20 +1,19 @@
 """Time of the three-step plan (exact -> phash -> semantic) against semantic dedup alone.
 
-A synthetic set (``dedup_phash.synthetic``: procedural JPEGs, 5 % with a re-encoded, a
-resized and two cropped copies) plus 2 % byte-identical copies, with CLIP-like embeddings
+A synthetic set (``dedup_phash.synthetic``: procedural JPEGs of ``--sides`` px, 5 % with a
+re-encoded, a resized and two cropped copies) plus 2 % byte-identical copies, with CLIP-like embeddings
 (``dedup_data.ClipLike``) in which every copy sits at cosine 0.995 of its original. The pHash
 column is precomputed (as ``embed --phash`` would); the plan and semantic alone run on Dask's
 threaded scheduler (2 threads), alternately, ``--repeats`` times (the minimum counts).
 
 Usage::
 
-    python benchmarks/dedup_plan.py --rows 5000 --out benchmarks/results/dedup-plan.json
+    python benchmarks/dedup_plan.py --rows 100000 --repeats 1 --out benchmarks/results/dedup-plan-100k.json
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -27,31 +26,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-def build(rows: int, seed: int = 0):
+def build(rows: int, seed: int = 0, sides: tuple[int, int] = (64, 128), processes: int = 2):
     import pandas as pd
     import pyarrow as pa
     from dedup_data import ClipLike, turn
     from dedup_phash import synthetic
-    from PIL import Image
 
-    from dask_clip.dedup.phash import phash_pixels
-
-    images, source, kind = synthetic(rows, seed)
+    built = synthetic(rows, seed, sides=sides, processes=processes, keep=True)
+    blobs, source, kind, h = built["blobs"], built["source"], built["kind"], built["phash"]
     rng = np.random.default_rng(seed)
-    blobs = []
-    for px in images:
-        buf = io.BytesIO()
-        Image.fromarray(px).save(buf, format="JPEG", quality=90)
-        blobs.append(buf.getvalue())
     dup = rng.choice(len(blobs), int(0.02 * len(blobs)), replace=False)
     src = rng.integers(0, len(blobs), len(dup))
     for d, s in zip(dup, src):
-        blobs[d], source[d] = blobs[s], source[s]
+        blobs[d], source[d], h[d] = blobs[s], source[s], h[s]
     dist = ClipLike.build(512, seed)
     emb = dist.rows(rng, int(source.max()) + 1)[source]
     copy = np.array([k != "original" for k in kind])
     emb[copy] = turn(emb[copy], rng, 0.995, 0.996)
-    h = phash_pixels([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
     n, d = emb.shape
     df = pd.DataFrame(
         {
@@ -77,11 +68,16 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=5000)
+    p.add_argument("--sides", type=int, nargs=2, default=[64, 128], help="synthetic images' side range, px")
+    p.add_argument("--processes", type=int, default=2, help="processes building the synthetic set")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dedup-plan.json")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    df = build(a.rows)
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    df = build(a.rows, sides=tuple(a.sides), processes=a.processes)
+    build_s = time.perf_counter() - t0
     ddf = dd.from_pandas(df, npartitions=4, sort=False)
     kw = dict(id_column="id", k=6, eps=0.01, n_clusters=max(2, int(np.sqrt(len(df) / 2))), seed=0)
     times: dict[str, list[float]] = {"plan": [], "semantic": []}
@@ -95,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                 summaries[name] = summary.to_dict(orient="records")
     rec = {
         "rows": len(df),
+        "sides": list(a.sides),
+        "build_seconds": round(build_s, 1),
         "plan_seconds": round(min(times["plan"]), 2),
         "semantic_seconds": round(min(times["semantic"]), 2),
         "plan_over_semantic": round(min(times["plan"]) / min(times["semantic"]), 3),
@@ -102,7 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         "steps": summaries,
     }
     print(json.dumps(rec, indent=1))
-    out = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "records": [rec]}
+    out = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "load_average_1_5_15_at_start": [round(v, 2) for v in load],
+        "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()],
+        "records": [rec],
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {a.out}")

@@ -9,6 +9,7 @@ kind                    pandas                                          cuDF
 ``"list<float32>"``     ``pd.ArrowDtype(pa.list_(pa.float32()))``       ``cudf.ListDtype("float32")``
 ``"float32"``           ``pd.ArrowDtype(pa.float32())``                 ``float32``
 ``"string"``            ``pd.ArrowDtype(pa.string())``                  ``str``
+``"uint64"``            ``pd.ArrowDtype(pa.uint64())``                  ``uint64``
 ======================  ==============================================  ==========================
 """
 
@@ -29,6 +30,7 @@ from .backends.kinds import (
     PANDAS_DTYPES,
     SCORE_DTYPE,
     STRING,
+    UINT64,
 )
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "PANDAS_DTYPES",
     "SCORE_DTYPE",
     "STRING",
+    "UINT64",
     "embeddings_to_numpy",
 ]
 

@@ -170,7 +170,9 @@ def run_demo(
     -------
     dict
         ``rows``, ``errors``, ``images_per_second``, ``seconds``, ``embeddings`` (path),
-        ``dedup`` (:func:`score_planted` without the pairs, or None without the dedup extra).
+        ``dedup`` (:func:`score_planted` without the pairs, or None without the dedup extra),
+        ``steps`` (the exact -> phash -> semantic plan: per step ``rows_in``, ``duplicates``,
+        ``seconds`` and ``planted_caught``; None without the dedup extra).
 
     Raises
     ------
@@ -199,6 +201,7 @@ def run_demo(
             device=device,
             precision=precision,
             image_column="jpg",
+            phash_column="phash",  # from the same decode: the plan's phash step reads it
         )
         embedder.validate()
         ddf, _ = read_images(sample_path(), image_column="jpg", split_row_groups=True)
@@ -227,6 +230,7 @@ def run_demo(
             if eps is None:
                 eps = RANDOM_WEIGHTS_EPS if random_weights else DEFAULT_EPS
             scored = _dedup(embedded, output, eps, n_clusters, echo)
+            steps = _dedup_steps(embedded, output, eps, n_clusters, echo) if scored is not None else None
     seconds = time.perf_counter() - started
     echo(f"dask-clip demo: done in {seconds:.1f}s")
     return {
@@ -236,6 +240,7 @@ def run_demo(
         "seconds": seconds,
         "embeddings": str(output / "embeddings"),
         "dedup": scored,
+        "steps": steps,
     }
 
 
@@ -276,13 +281,72 @@ def _dedup(
     return {k: v for k, v in scored.items() if k != "pairs"}
 
 
+def score_steps(removal: pd.DataFrame, groups: dict[str, set[str]]) -> dict[str, int]:
+    """Planted copies each step of a dedup plan caught (flagged as a duplicate of its own group).
+
+    Parameters
+    ----------
+    removal
+        The plan's removal list (``id``, ``duplicate_of``, ``step``, ``similarity``).
+    groups
+        :func:`planted_groups` of the sample.
+    """
+    member = {m: original for original, members in groups.items() for m in members}
+    caught: dict[str, int] = {}
+    for key, partner, step in zip(removal["id"], removal["duplicate_of"], removal["step"], strict=True):
+        group = member.get(key)
+        if group is not None and partner in groups[group]:
+            caught[step] = caught.get(step, 0) + 1
+    return caught
+
+
+def _dedup_steps(
+    embedded: Any, output: Path, eps: float, n_clusters: int, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """The three-step plan on the embeddings: per-step summary, planted copies per step, a picture."""
+    from .dedup.plan import dedup_steps
+
+    removal, summary = dedup_steps(
+        embedded.persist(),
+        ("exact", "phash", "semantic"),
+        id_column=SAMPLE_ID_COLUMN,
+        image_column="jpg",
+        eps=eps,
+        n_clusters=n_clusters,
+    )
+    frame = pd.read_parquet(sample_path(), columns=[SAMPLE_ID_COLUMN, "jpg", "planted_duplicate_of"])
+    caught = score_steps(removal, planted_groups(frame))
+    planted = sum(len(m) - 1 for m in planted_groups(frame).values())
+    echo("dask-clip demo: dedup plan exact -> phash -> semantic (each step on the rows the earlier kept):")
+    steps: dict[str, Any] = {}
+    for row in summary.itertuples(index=False):
+        steps[row.step] = {
+            "rows_in": int(row.rows_in),
+            "duplicates": int(row.duplicates),
+            "seconds": float(row.seconds),
+            "planted_caught": caught.get(row.step, 0),
+        }
+        echo(
+            f"    {row.step:8s} {row.rows_in} rows in, {row.duplicates} flagged in {row.seconds:.1f}s; "
+            f"planted copies caught: {caught.get(row.step, 0)}"
+        )
+    echo(f"    planted copies caught by the plan: {sum(caught.values())} of {planted}")
+    pairs = removal.groupby("step", sort=False).head(3)[["id", "duplicate_of", "similarity", "step"]]
+    if len(pairs):
+        images = dict(zip(frame[SAMPLE_ID_COLUMN], frame["jpg"], strict=True))
+        duplicate_sheet(pairs, images, rows=9).save(output / "duplicates-steps.png")
+        echo(f"    pairs of each step side by side: {output / 'duplicates-steps.png'}")
+    return steps
+
+
 def duplicate_sheet(pairs: pd.DataFrame, images: dict[str, bytes], *, rows: int = 8, tile: int = 160) -> Any:
     """A picture of duplicate pairs: each line shows a flagged image and the one it duplicates.
 
     Parameters
     ----------
     pairs
-        ``id``, ``duplicate_of``, ``max_similarity`` (as :func:`score_planted` returns).
+        ``id``, ``duplicate_of``, ``max_similarity`` (as :func:`score_planted` returns), and
+        optionally a fourth column, the step that flagged the pair (shown in its label).
     images
         Encoded image bytes by id.
     rows, tile
@@ -301,9 +365,11 @@ def duplicate_sheet(pairs: pd.DataFrame, images: dict[str, bytes], *, rows: int 
     label = 16
     sheet = Image.new("RGB", (2 * tile + 30, len(shown) * (tile + label + 10) + 10), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (key, partner, similarity) in enumerate(shown.itertuples(index=False)):
+    for i, row in enumerate(shown.itertuples(index=False)):
+        key, partner, similarity = row[:3]
         top = 10 + i * (tile + label + 10)
-        draw.text((10, top), f"{key} ~ {partner}  cos {similarity:.4f}", fill="black")
+        step = f"{row[3]}: " if len(row) > 3 else ""
+        draw.text((10, top), f"{step}{key} ~ {partner}  similarity {similarity:.4f}", fill="black")
         for j, name in enumerate((key, partner)):
             picture = Image.open(io.BytesIO(images[name])).convert("RGB")
             picture.thumbnail((tile, tile))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import backends, config
-from .columns import FLOAT32, LIST_FLOAT32, STRING
+from .columns import FLOAT32, LIST_FLOAT32, STRING, UINT64
 from .fetch import check_protocols
 from .heads import Head
 from .parquet_schema import parquet_column_type
@@ -125,6 +125,12 @@ class ImageEmbedder:
         With ``text_column``: the cosine between a row's image and caption embeddings (the
         CLIP score of LAION and DataComp), float32, null where either is missing; None: not
         added.
+    phash_column
+        Adds each image's perceptual hash (pHash, ``imagehash``'s bits,
+        :mod:`dask_clip.dedup.phash`) as a nullable ``uint64`` column of this name, computed
+        from the pixels decoded for the embedding (no second decode); null where the image
+        failed (the error column says why). ``dask-clip dedup --steps phash`` then reads it
+        instead of decoding again. None (default): not computed. CLI: ``--phash``.
 
     Examples
     --------
@@ -162,6 +168,7 @@ class ImageEmbedder:
     text_output_column: str = "text_embedding"
     text_error_column: str = "text_embedding_error"
     clip_score_column: str | None = "clip_score"
+    phash_column: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.heads, tuple):  # hashable and immutable, like the rest
@@ -187,6 +194,7 @@ class ImageEmbedder:
             (self.error_column, STRING),
             *text,
             *((head.column, head.kind) for head in self.heads),
+            *([(self.phash_column, UINT64)] if self.phash_column is not None else []),
         ]
 
     def fingerprint(self) -> dict[str, Any]:
@@ -223,6 +231,8 @@ class ImageEmbedder:
         check_gpu_share(self.num_gpus_per_worker)
         check_int("max_image_pixels", self.max_image_pixels, 1, allow_none=True)
         check_int("max_decode_bytes", self.max_decode_bytes, 1, allow_none=True)
+        if self.phash_column is not None and not isinstance(self.phash_column, str):
+            raise TypeError(f"phash_column must be a column name or None, not {self.phash_column!r}")
         if self.text_column is not None and self.text_column == self.image_column:
             raise ValueError(f"text_column and image_column are both {self.image_column!r}; captions need their own")
         check_int("max_image_bytes", self.max_image_bytes, 1, allow_none=True)
@@ -379,6 +389,7 @@ class ImageEmbedder:
                     max_bytes=self.max_decode_bytes,
                     to_host=not backends.on_device(df),
                     schedule=self.schedule,
+                    phash=self.phash_column is not None,
                 )
                 if self.text_column is not None:  # the same model's text tower, in the same task
                     text = embed_text_rows(
@@ -416,6 +427,10 @@ class ImageEmbedder:
             df, LIST_FLOAT32, np.zeros((0, 0), np.float32) if result is None else result.embeddings, valid
         )
         out[self.error_column] = backends.output_column(df, STRING, [None] * n if result is None else result.errors)
+        if self.phash_column is not None:
+            hashed = np.zeros(n, dtype=bool) if result is None or result.hashed is None else result.hashed
+            hashes = np.zeros(0, np.uint64) if result is None or result.hashes is None else result.hashes[hashed]
+            out[self.phash_column] = backends.output_column(df, UINT64, hashes, hashed)
         if self.text_column is not None:
             self._assemble_text(df, out, result, text)
         for head in self.heads:

@@ -74,6 +74,10 @@ class RowsResult:
         Time per stage (fetch, decode+resize, model, heads, wait), for ``verbose`` logs and
         benchmarks; stages of the two schedules' threads overlap, so they do not add up to the
         wall time.
+    hashes : numpy.ndarray or None
+        ``phash=True`` only: uint64 (N,), each row's pHash (0 where ``hashed`` is False).
+    hashed : numpy.ndarray or None
+        ``phash=True`` only: bool (N,), True where the row's image was decoded and hashed.
     """
 
     embeddings: torch.Tensor
@@ -81,6 +85,8 @@ class RowsResult:
     errors: list[str | None]
     heads: dict[str, list[Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    hashes: np.ndarray | None = None
+    hashed: np.ndarray | None = None
 
     def head_values(self, column: str) -> Any:
         """One head's values for the M valid rows: a tensor (M, ...) or a list of M strings."""
@@ -140,6 +146,7 @@ def embed_rows(
     schedule: str = "auto",
     decode_threads: int | None = None,
     to_host: bool = True,
+    phash: bool = False,
 ) -> RowsResult:
     """Decode and embed one partition's rows; run the heads on the same batches.
 
@@ -173,6 +180,9 @@ def embed_rows(
         Decode threads of the serial schedule; default: torch's thread count.
     to_host
         Return the embeddings on the host (copied asynchronously, one synchronisation at the end).
+    phash
+        Also hash every decoded image (pHash, from the pixels decoded for the embedding; no
+        second decode): ``RowsResult.hashes``.
 
     Returns
     -------
@@ -187,6 +197,8 @@ def embed_rows(
         errors=[None] * n,
         heads={column: [] for column in heads},
     )
+    if phash:
+        result.hashes, result.hashed = np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=bool)
     if n == 0:
         return result
     chunk = chunk_rows or batch_size * max(1, MIN_ROWS_PER_CHUNK // batch_size)
@@ -204,6 +216,7 @@ def embed_rows(
         max_bytes=max_bytes,
         threads=threads,
         normalize_inputs=on_gpu,
+        phash=phash,
     )
 
     def prepare(start: int) -> PreparedChunk:
@@ -258,6 +271,10 @@ def _embed_chunks(
             if on_error == "raise":
                 raise ImageDecodeError(index[row] if index is not None else row, reason)
             result.errors[row] = reason
+        if result.hashes is not None and result.hashed is not None and prepared.hashes:
+            where = np.array([row for row, _ in prepared.hashes], dtype=np.int64)
+            result.hashes[where] = np.array([h for _, h in prepared.hashes], dtype=np.uint64)
+            result.hashed[where] = True
         if prepared.inputs is None:
             continue
         if prepared.event is not None:  # the decode stream's work, before the model reads it
@@ -332,7 +349,7 @@ def _rerun_overflow(
         "(precision='pure_bf16' or 'bf16' avoids fp16)",
         len(positions),
     )
-    redo = prepare_chunk([rows[p] for p in positions], 0, **prepare_kwargs)
+    redo = prepare_chunk([rows[p] for p in positions], 0, **{**prepare_kwargs, "phash": False})
     if redo.inputs is None or len(redo.positions) != len(positions):
         return  # the rows decoded before: they decode again (kept as they are otherwise)
     if redo.event is not None:

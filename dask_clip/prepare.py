@@ -67,6 +67,9 @@ class PreparedChunk:
         The rows without a crop and why, ascending.
     event : torch.cuda.Event or None
         Recorded on the decode stream after ``inputs`` was written (CUDA only).
+    hashes : list of (int, int)
+        ``phash=True`` only: (partition position, pHash as an unsigned 64-bit int) of each row
+        that has a crop, from the same decoded pixels (:func:`dask_clip.dedup.phash.phash_pixels`).
     seconds : dict of str to float
         Wall seconds per step (fetch, decode + resize) and the decode threads' CPU seconds.
     """
@@ -78,6 +81,7 @@ class PreparedChunk:
     errors: list[tuple[int, str]]
     event: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
+    hashes: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _as_tensor(pixels: object) -> torch.Tensor:
@@ -145,11 +149,14 @@ def _crop_share(
     device: torch.device,
     max_pixels: int | None,
     max_bytes: int | None,
-) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]], float]:
-    """Decode, resize and crop the ``indices`` of ``payloads`` (one thread's share)."""
+    phash: bool = False,
+) -> tuple[list[tuple[int, torch.Tensor]], list[tuple[int, str]], float, list[tuple[int, int]]]:
+    """Decode, resize and crop the ``indices`` of ``payloads`` (one thread's share); with
+    ``phash``, also hash each decoded image while its full-size pixels are in memory."""
     started = time.thread_time()
     crops: list[tuple[int, torch.Tensor]] = []
     errors: list[tuple[int, str]] = []
+    hashes: list[tuple[int, int]] = []
     if encoded:
         groups = decoder.decode_groups([payloads[i] for i in indices], max_pixels=max_pixels, max_bytes=max_bytes)
     else:  # pixels: already checked by the source's fetch
@@ -161,11 +168,23 @@ def _crop_share(
                 continue
             large = pixels.shape[0] * pixels.shape[1] * 3 > RELEASE_AFTER_BYTES
             crops.append((indices[k], _crop(pixels, device, cfg)))
+            if phash:
+                hashes.append((indices[k], _phash(pixels)))
             del pixels
             if large and device.type == "cpu":
                 release_freed_memory()
         del group  # the group's full-size pixels go before the next group is decoded
-    return crops, errors, time.thread_time() - started
+    return crops, errors, time.thread_time() - started, hashes
+
+
+def _phash(pixels: object) -> int:
+    """pHash of one decoded uint8 (H, W, 3) image (GPU-decoded pixels are copied to the host:
+    the hash's resize is Pillow's, for bits identical to ``imagehash``)."""
+    from .dedup.phash import phash_pixels
+
+    if isinstance(pixels, torch.Tensor):
+        pixels = pixels.cpu().numpy()
+    return int(phash_pixels([pixels])[0])
 
 
 def prepare_chunk(
@@ -180,6 +199,7 @@ def prepare_chunk(
     max_bytes: int | None,
     threads: int = 1,
     normalize_inputs: bool = False,
+    phash: bool = False,
 ) -> PreparedChunk:
     """Fetch, decode, resize and crop one chunk of rows.
 
@@ -201,6 +221,8 @@ def prepare_chunk(
         Decode threads (each holds at most one full-size image); 1 on GPUs.
     normalize_inputs
         Normalise the crops here (on a GPU: on the decode stream) instead of in the model stage.
+    phash
+        Also compute each image's pHash from the same decoded pixels (``PreparedChunk.hashes``).
 
     Returns
     -------
@@ -221,15 +243,17 @@ def prepare_chunk(
         device=device,
         max_pixels=max_pixels,
         max_bytes=max_bytes,
+        phash=phash,
     )
     if len(shares) == 1:
         results = [_crop_share(payloads, shares[0], **kwargs)]  # type: ignore[arg-type]
     else:
         with ThreadPoolExecutor(len(shares), thread_name_prefix="dask-clip-decode") as pool:
             results = list(pool.map(lambda share: _crop_share(payloads, share, **kwargs), shares))  # type: ignore[arg-type]
-    crops = sorted((c for share_crops, _, _ in results for c in share_crops), key=lambda c: c[0])
-    errors += [(start + i, reason) for _, share_errors, _ in results for i, reason in share_errors]
-    seconds["decode+resize cpu"] = sum(s for _, _, s in results)  # CPU time of the decode threads
+    crops = sorted((c for share_crops, _, _, _ in results for c in share_crops), key=lambda c: c[0])
+    errors += [(start + i, reason) for _, share_errors, _, _ in results for i, reason in share_errors]
+    hashes = sorted((start + i, h) for _, _, _, share_hashes in results for i, h in share_hashes)
+    seconds["decode+resize cpu"] = sum(s for _, _, s, _ in results)  # CPU time of the decode threads
     seconds["decode+resize"] = time.perf_counter() - started - seconds["fetch"]
     inputs = torch.stack([crop for _, crop in crops]) if crops else None
     if inputs is not None and normalize_inputs:
@@ -246,4 +270,5 @@ def prepare_chunk(
         errors=sorted(errors),
         event=event,
         seconds=seconds,
+        hashes=hashes,
     )

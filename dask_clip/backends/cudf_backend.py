@@ -30,7 +30,7 @@ import torch
 
 from . import arrow
 from . import dispatch as be
-from .kinds import FLOAT32, LIST_FLOAT32, STRING
+from .kinds import FLOAT32, LIST_FLOAT32, STRING, UINT64
 
 _INSTALL_HINT = 'cuDF partitions need cuDF >= 25.06: pip install "dask-clip[cudf-cu12]" (or cudf-cu13)'
 _FRAME = (cudf.DataFrame,)
@@ -184,12 +184,18 @@ def output_column(like: Any, kind: str, values: Any, valid: np.ndarray | None = 
         full = full.astype("float32").where(cudf.Series(valid))
         full.index = like.index
         return full
+    if kind == UINT64:  # host values (hashes are computed on the host), nulls where not valid
+        host = np.zeros(n, dtype=np.uint64)
+        host[valid] = np.asarray(values, dtype=np.uint64).reshape(-1)
+        hashes = cudf.Series(host, dtype="uint64").where(cudf.Series(valid))
+        hashes.index = like.index
+        return hashes
     raise ValueError(f"unknown column kind {kind!r}")
 
 
 @be.empty_column.register(_FRAME)
 def empty_column(meta: Any, kind: str) -> Any:
-    dtype = {LIST_FLOAT32: cudf.ListDtype("float32"), FLOAT32: "float32", STRING: "str"}[kind]
+    dtype = {LIST_FLOAT32: cudf.ListDtype("float32"), FLOAT32: "float32", STRING: "str", UINT64: "uint64"}[kind]
     return cudf.Series([], dtype=dtype, index=meta.index[:0])
 
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from . import arrow
 from . import dispatch as be
-from .kinds import FLOAT32, LIST_FLOAT32, PANDAS_DTYPES, STRING
+from .kinds import FLOAT32, LIST_FLOAT32, PANDAS_DTYPES, STRING, UINT64
 
 if TYPE_CHECKING:
     import torch
@@ -151,6 +151,10 @@ def output_column(like: pd.DataFrame, kind: str, values: Any, valid: np.ndarray 
         full = np.zeros(n, dtype=np.float32)
         full[valid] = _host(values).astype(np.float32, copy=False).reshape(-1)
         return pd.arrays.ArrowExtensionArray(pa.array(full, type=pa.float32(), mask=~valid))
+    if kind == UINT64:
+        full64 = np.zeros(n, dtype=np.uint64)
+        full64[valid] = np.asarray(values, dtype=np.uint64).reshape(-1)
+        return pd.arrays.ArrowExtensionArray(pa.array(full64, type=pa.uint64(), mask=~valid))
     raise ValueError(f"unknown column kind {kind!r}")
 
 

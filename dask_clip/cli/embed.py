@@ -57,6 +57,12 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="caption column (img2dataset: caption): adds text_embedding, text_embedding_error and clip_score",
     )
     scores.add_argument(
+        "--phash",
+        action="store_true",
+        help="add phash (uint64 perceptual hash, imagehash's bits) from the same decode; "
+        "dask-clip dedup --steps phash reads it instead of decoding again",
+    )
+    scores.add_argument(
         "--aesthetic-model",
         metavar="PATH",
         help="LAION aesthetic predictor weights (sac+logos+ava1-l14-linearMSE.pth, NeMo's model.safetensors, or "
@@ -181,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         error_column=args.error_column,
         on_error=args.on_error,
         text_column=args.text_column,
+        phash_column="phash" if args.phash else None,
         heads=score_heads(args),
         max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels,

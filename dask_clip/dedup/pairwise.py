@@ -196,7 +196,10 @@ def _border_partition(
     rank = backends.numeric_tensor(df["_rank"], dev).to(torch.float64)
     home = backends.numeric_tensor(df["_home"], dev).to(torch.int64)
     if n:
-        x = torch.nn.functional.normalize(x, dim=1)
+        # Rows come unit length from the assign step. The own rows are normalised again, per
+        # cluster, as the plain step normalises them (the same per-row operation: the same
+        # bits); border rows only where a pair needs their full vector (cluster_cross_candidates).
+        # Normalising or gathering every border row would copy several times the block.
         host = backends.numeric_tensor(df["cluster"], dev).to(torch.int64)
         own = home == host
         by_rank = torch.argsort(row, stable=True)
@@ -224,7 +227,7 @@ def _border_partition(
             o, g = seg[:n_own], seg[n_own:]
             if n_own == 0:
                 continue  # border rows only: nothing of this partition's clusters to compare with
-            xo = x[o]
+            xo = torch.nn.functional.normalize(x[o], dim=1)
             sims, arg = max_similarity_to_earlier(xo, block_size=block_size)
             has = arg >= 0
             best[o[has]] = sims[has]
@@ -233,7 +236,8 @@ def _border_partition(
                 continue
             (oi, ov, op), (gi, gv, gp) = border.cluster_cross_candidates(
                 xo,
-                x[g],
+                x,
+                guest_rows=g,
                 own_pos=gpos[o],
                 guest_pos=gpos[g],
                 own_sketch=sk[o],

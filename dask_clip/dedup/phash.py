@@ -93,25 +93,32 @@ def hamming(a: Any, b: Any) -> np.ndarray:
 
 
 def _hash_partition(df: Any, *, image_column: str, kinds: tuple[str, ...], max_pixels: int | None) -> Any:
-    """Hashes of one pandas partition of encoded image bytes; null where the image fails."""
-    import pandas as pd
+    """Hashes of one partition (pandas or cuDF) of encoded image bytes; null where the image fails.
 
+    Decoding and hashing run on the host (Pillow's resize gives ``imagehash``'s bits); only the
+    reading of the bytes and the building of the columns go through :mod:`dask_clip.backends`.
+    """
+    from .. import backends
+    from ..columns import UINT64
     from ..decode import decode_bytes
 
     pixels, ok = [], []
-    for data in df[image_column].tolist():
-        px, _ = decode_bytes(data, max_pixels=max_pixels)
+    for data in backends.byte_rows(df[image_column]):
+        px, _ = (None, None) if data is None else decode_bytes(data, max_pixels=max_pixels)
         ok.append(px is not None)
         if px is not None:
             pixels.append(px)
     valid = np.array(ok, bool)
-    out = pd.DataFrame(index=df.index)
-    for kind in kinds:
-        values = np.zeros(len(df), np.uint64)
-        values[valid] = hash_pixels(pixels, kind)
-        out[kind] = pd.array(values, dtype="UInt64")
-        out.loc[~valid, kind] = pd.NA
-    return out
+    columns = {kind: backends.output_column(df, UINT64, hash_pixels(pixels, kind), valid) for kind in kinds}
+    return backends.new_frame(df, columns, index=df.index)
+
+
+def host_hashes(series: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A nullable ``uint64`` hash column on the host: (uint64 ``(n,)`` values, 0 where null; bool
+    ``(n,)`` valid). Only API that pandas and cuDF Series share (``notna``, ``to_numpy``)."""
+    valid = np.asarray(series.notna().to_numpy(dtype=bool), dtype=bool)
+    values = np.asarray(series.to_numpy(dtype=np.uint64, na_value=0), dtype=np.uint64)
+    return values, valid
 
 
 def image_hashes(
@@ -129,16 +136,21 @@ def image_hashes(
         Dask DataFrame (pandas partitions) with ``image_column`` of encoded image bytes.
     kinds
         Hashes to compute, each a column of that name: ``"phash"``, ``"dhash"``.
+    image_column
+        Encoded image bytes (pandas ``binary``/object bytes, or cuDF's strings: cuDF has no
+        binary dtype).
     max_pixels
         Images with more pixels are refused before decoding (a null hash), as the embedder does.
 
     Returns
     -------
     dask.dataframe.DataFrame
-        ``ddf`` with one nullable ``UInt64`` column per kind appended (null where the image
-        could not be decoded).
+        ``ddf`` with one nullable ``uint64`` column per kind appended (null where the image
+        could not be decoded), of the partitions' library (pandas ``uint64[pyarrow]``, cuDF
+        ``uint64``).
     """
-    import pandas as pd
+    from .. import backends
+    from ..columns import UINT64
 
     kinds = tuple(kinds)
     for kind in kinds:
@@ -146,7 +158,8 @@ def image_hashes(
             raise ValueError(f"kinds must be among {HASH_KINDS}, not {kind!r}")
     if image_column not in ddf.columns:
         raise ValueError(f"no column {image_column!r}; columns: {list(ddf.columns)}")
-    meta = pd.DataFrame({k: pd.array([], dtype="UInt64") for k in kinds}, index=ddf._meta.index[:0])
+    empty = ddf._meta.iloc[:0]
+    meta = backends.new_frame(empty, {k: backends.empty_column(empty, UINT64) for k in kinds}, index=empty.index)
     hashes = ddf.map_partitions(
         _hash_partition, image_column=image_column, kinds=kinds, max_pixels=max_pixels, meta=meta, token="image_hashes"
     )
@@ -174,37 +187,35 @@ def _keyed_rows(
     df: Any, *, hash_column: str, id_column: str | None, which_to_keep: str, seed: int, partition_info: Any = None
 ) -> Any:
     """One partition's rows with a hash: ``_row``, ``_h`` (int64 bits), ``_rank``, ``_id``."""
-    import pandas as pd
-
     from .. import backends
     from . import _frame
 
     number = partition_info["number"] if partition_info is not None else 0
-    h = df[hash_column]
-    ok = h.notna().to_numpy(dtype=bool)
+    values, ok = host_hashes(df[hash_column])
     rows = _frame.row_ids(len(df), number)[ok]
-    bits = h[ok].to_numpy(dtype=np.uint64)
+    bits = values[ok]
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
     if which_to_keep == "first":
         rank = rows.astype(np.float64) * 0.0
     else:  # seeded pseudo-random order from the hash's bits and the row id, not partitioning
         mixed = (bits ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)) * np.uint64(0xBF58476D1CE4E5B9)
         rank = (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return pd.DataFrame(
+    return backends.new_frame(
+        df,
         {
             "_row": rows,
             "_h": bits.view(np.int64),
             "_rank": rank,
-            "_id": backends.nullable(ids)[ok].reset_index(drop=True),
-        }
+            "_id": backends.take(backends.nullable(ids), np.flatnonzero(ok)),
+        },
     )
 
 
 def _band_keys(df: Any, masks: np.ndarray | None) -> Any:
     """One row per (row, band[, probe]): ``_key = band << 16 | value`` (int64), the row's columns."""
-    import pandas as pd
+    from .. import backends
 
-    bits = df["_h"].to_numpy().view(np.uint64)
+    bits = np.asarray(df["_h"].to_numpy(dtype=np.int64)).view(np.uint64)
     n = len(df)
     m = 1 if masks is None else len(masks)
     parts = []
@@ -214,48 +225,52 @@ def _band_keys(df: Any, masks: np.ndarray | None) -> Any:
             value = (value[:, None] ^ masks[None, :]).reshape(-1)
         parts.append((value | np.uint64(b << BAND_BITS)).astype(np.int64))
     take = np.tile(np.repeat(np.arange(n), m), BANDS)
-    out = df.iloc[take].reset_index(drop=True)
-    out.insert(0, "_key", np.concatenate(parts) if parts else np.empty(0, np.int64))
-    return pd.DataFrame(out)
+    keys = np.concatenate(parts) if parts else np.empty(0, np.int64)
+    return backends.new_frame(df, {"_key": keys, **{c: backends.take(df[c], take) for c in df.columns}})
 
 
 def _close_pairs(df: Any, k: int) -> Any:
     """Candidate pairs of one merged partition -> the ones within ``k`` bits, partner ranked ahead."""
-    import pandas as pd
+    from .. import backends
 
-    d = hamming(df["_h_q"].to_numpy().view(np.uint64), df["_h_i"].to_numpy().view(np.uint64)).astype(np.int64)
-    rq, ri = df["_rank_q"].to_numpy(), df["_rank_i"].to_numpy()
-    ahead = (ri < rq) | ((ri == rq) & (df["_row_i"].to_numpy() < df["_row_q"].to_numpy()))
-    keep = ahead & (d <= k)
-    return pd.DataFrame(
+    def host(column: str, dtype: Any) -> np.ndarray:
+        return np.asarray(df[column].to_numpy(dtype=dtype))
+
+    hq, hi = host("_h_q", np.int64).view(np.uint64), host("_h_i", np.int64).view(np.uint64)
+    d = hamming(hq, hi).astype(np.int64)
+    rq, ri = host("_rank_q", np.float64), host("_rank_i", np.float64)
+    row_q, row_i = host("_row_q", np.int64), host("_row_i", np.int64)
+    ahead = (ri < rq) | ((ri == rq) & (row_i < row_q))
+    keep = np.flatnonzero(ahead & (d <= k))
+    return backends.new_frame(
+        df,
         {
-            "_row": df["_row_q"].to_numpy()[keep],
+            "_row": row_q[keep],
             "hamming": d[keep],
             "max_similarity": (1.0 - d[keep] / HASH_BITS).astype(np.float32),
-            "duplicate_of": df["_id_i"][keep].reset_index(drop=True),
+            "duplicate_of": backends.take(df["_id_i"], keep),
             "_pkey": ri[keep],
-            "_prow": df["_row_i"].to_numpy()[keep],
-        }
+            "_prow": row_i[keep],
+        },
     )
 
 
 def _attach(df: Any, res: Any) -> Any:
     """Input partition + its pair results -> the output columns, in input order."""
-    import pandas as pd
-
+    from .. import backends
     from . import _join
 
     best = _join.by_position(df, _join.best_per_row(res, "max_similarity", ("_pkey", "_prow")))
-    out = df.copy()
-    found = best["hamming"].notna().to_numpy()
-    out["hamming"] = pd.array(np.where(found, best["hamming"].fillna(0).to_numpy(), 0), dtype="Int64")
-    out.loc[~found, "hamming"] = pd.NA
-    out["max_similarity"] = best["max_similarity"].to_numpy(dtype=np.float32, na_value=np.nan)
-    out["duplicate"] = found
-    dup = best["duplicate_of"].reset_index(drop=True)
-    dup.index = out.index
-    out["duplicate_of"] = dup
-    return out
+    found = best["hamming"].notna()
+    return backends.with_columns(
+        df,
+        {
+            "hamming": backends.nullable(best["hamming"].fillna(0).astype("int64")).where(found),
+            "max_similarity": best["max_similarity"].astype("float32"),
+            "duplicate": found,
+            "duplicate_of": best["duplicate_of"],
+        },
+    )
 
 
 def phash_duplicates(
@@ -280,8 +295,10 @@ def phash_duplicates(
     Parameters
     ----------
     ddf
-        Dask DataFrame (pandas partitions) with a ``uint64`` hash column (nullable; a null
-        hash is never a duplicate), e.g. from :func:`image_hashes`.
+        Dask DataFrame (pandas or cuDF partitions) with a ``uint64`` hash column (nullable; a
+        null hash is never a duplicate), e.g. from :func:`image_hashes` or ``embed --phash``.
+        On cuDF the band keys are built on the host (8 bytes a row) and the merge runs on
+        the GPU; every dataframe operation goes through :mod:`dask_clip.backends`.
     k
         Largest Hamming distance counted as a duplicate, 0 to 15 (probes grow as
         ``C(16, k // 4)``).
