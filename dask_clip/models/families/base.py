@@ -90,8 +90,8 @@ class ModelDir:
             "weights": [p.name for p in self.weights],
             "embed_dim": self.embed_dim(),
         }
-        described = self._family().describe(self)
-        return {**out, "preprocess": described["preprocess"], "loads_with": described["loads_with"]}
+        # the family's own keys too (a tokenizer, how it scores zero-shot labels ...)
+        return {**out, **self._family().describe(self)}
 
     def _family(self) -> ModelFamily:
         if self.family is None:
@@ -122,7 +122,8 @@ class ModelFamily:
     dir_embed_dim : (ModelDir) -> int or None
         The declared width D, from the folder's config.
     describe : (ModelDir) -> dict
-        ``{"preprocess": ..., "loads_with": ...}`` for ``dask-clip info``.
+        ``{"preprocess": ..., "loads_with": ...}`` for ``dask-clip info``, and any other key the
+        family reports (``"tokenizer"``, ``"zero_shot"``, ``"needs"``...).
     create : (ModelSpec, ModelDir or None) -> torch.nn.Module
         The model on the CPU in float32, with ``encode_image`` (float (N, 3, H, W) -> (N, D))
         and ``encode_text`` (the tokenizer's output -> (N, D)); raises ``ModelLoadError``.
