@@ -10,6 +10,7 @@ no open_clip import); loading builds the model on ``meta`` and assigns the weigh
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +67,15 @@ def dir_embed_dim(found: ModelDir) -> int | None:
     return int(cfg["embed_dim"]) if "embed_dim" in cfg else None
 
 
-# The families open_clip loads, told apart by their image tower's timm name (first match wins).
-_TIMM_FAMILIES = (("siglip", "SigLIP"), ("eva02", "EVA-02"), ("fastvit_mci", "MobileCLIP"), ("", "timm image tower"))
+# The families open_clip loads, told apart by their config (the first that matches names it):
+# SigLIP by its sigmoid loss's learnt bias, the others by their timm image tower.
+_FAMILY_RULES: tuple[tuple[str, Callable[[dict[str, Any], str], bool]], ...] = (
+    ("SigLIP", lambda cfg, timm: cfg.get("init_logit_bias") is not None),
+    ("EVA-02", lambda cfg, timm: "eva02" in timm),
+    ("MobileCLIP", lambda cfg, timm: "fastvit_mci" in timm or "mobileclip" in timm),
+    ("CLIP, timm image tower", lambda cfg, timm: bool(timm)),
+    ("CLIP", lambda cfg, timm: True),
+)
 
 
 def _tokenizer_files(folder: Path) -> tuple[str, set[str]]:
@@ -90,7 +98,7 @@ def describe(found: ModelDir) -> dict[str, Any]:
     model_cfg = cfg.get("model_cfg") or {}
     vision, text = model_cfg.get("vision_cfg") or {}, model_cfg.get("text_cfg") or {}
     timm_name = str(vision.get("timm_model_name") or "")
-    family = next(label for key, label in _TIMM_FAMILIES if key in timm_name) if timm_name else "CLIP"
+    family = next(label for label, rule in _FAMILY_RULES if rule(model_cfg, timm_name))
     needs = folder_needs(found.folder)
     if text.get("hf_tokenizer_name"):
         tokenizer, more = _tokenizer_files(found.folder)
