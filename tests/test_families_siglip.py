@@ -273,6 +273,8 @@ def test_cli_embeds_with_a_siglip_folder_and_info_reports_it(client, open_clip_s
         "caption",
         "--labels",
         str(tmp_path / "labels.txt"),
+        "--device",
+        "cpu",  # the spec of test_siglip_families_on_a_real_cluster: the workers' model is reused
         client=client,
     )
     out = pd.read_parquet(tmp_path / "out", dtype_backend="pyarrow")
