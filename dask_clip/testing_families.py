@@ -193,11 +193,15 @@ def write_gemma_tokenizer(folder: Path) -> int:
     return len(fast)
 
 
-def write_open_clip_family_dir(folder: str | Path, family: str, *, seed: int = 0) -> Path:
+def write_open_clip_family_dir(
+    folder: str | Path, family: str, *, seed: int = 0, hf_tokenizer_name: str | None = None
+) -> Path:
     """Write a seeded random open_clip model of ``family`` (a key of :data:`OPEN_CLIP_FAMILY_CFGS`).
 
     ``open_clip_config.json`` + ``open_clip_model.safetensors``, and for SigLIP the Hugging Face
     tokenizer files open_clip's ``local-dir:`` loader reads from the folder. Needs timm.
+    ``hf_tokenizer_name`` replaces the SigLIP config's (an ``hf-hub:`` repository names itself there,
+    as ``timm/ViT-B-16-SigLIP`` does).
 
     Returns
     -------
@@ -213,6 +217,8 @@ def write_open_clip_family_dir(folder: str | Path, family: str, *, seed: int = 0
     model_cfg = spec["model_cfg"]
     if family == "siglip":
         model_cfg["text_cfg"]["vocab_size"] = write_t5_tokenizer(folder)
+        if hf_tokenizer_name is not None:
+            model_cfg["text_cfg"]["hf_tokenizer_name"] = hf_tokenizer_name
     preprocess = {"size": model_cfg["vision_cfg"]["image_size"], **spec["preprocess_cfg"]}
     (folder / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2)

@@ -284,3 +284,26 @@ def test_cli_embeds_with_a_siglip_folder_and_info_reports_it(client, open_clip_s
     )
     assert parity(embeddings_to_numpy(out["embedding"]), ref_image).max() <= 0.005
     np.testing.assert_allclose(out["zero_shot_probability"].to_numpy(dtype=float), probabilities.max(axis=1), atol=1e-5)
+
+
+def test_an_hf_hub_siglip_in_the_cache_loads_as_its_local_folder(tmp_path, monkeypatch, frame):
+    """``hf-hub:ORG/NAME`` of a SigLIP repository (its config names the repository as its tokenizer,
+    as timm/ViT-B-16-SigLIP does), read offline from the hub cache as huggingface_hub lays it out."""
+    import huggingface_hub.constants
+
+    repo = "example/tiny-siglip"
+    snapshot = tmp_path / "hub" / "models--example--tiny-siglip" / "snapshots" / ("0" * 40)
+    write_open_clip_family_dir(snapshot, "siglip", seed=5, hf_tokenizer_name=repo)
+    # timm's config.json, which timm/ViT-B-16-SigLIP holds too: AutoTokenizer reads it from the hub
+    (snapshot / "config.json").write_text(json.dumps({"architecture": "test_vit", "num_classes": 0}))
+    refs = tmp_path / "hub" / "models--example--tiny-siglip" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    heads = zero_shot_heads(LABELS, (TEMPLATE,), probabilities_column="zero_shot_probabilities")
+    kwargs = {"text_column": "caption", "heads": heads, "device": "cpu"}
+    hub = ImageEmbedder(model=f"hf-hub:{repo}", **kwargs).embed_partition(frame)
+    local = ImageEmbedder(model_dir=str(snapshot), **kwargs).embed_partition(frame)
+    for column in ("embedding", "text_embedding", "zero_shot_probabilities"):
+        np.testing.assert_allclose(np.stack(hub[column].to_list()), np.stack(local[column].to_list()), atol=1e-6)
