@@ -202,7 +202,7 @@ def test_transformers_siglip_folder_is_detected_and_reported(hf_siglip):
     }
     spiece = (detect_model_dir(hf_siglip).folder / "spiece.model").is_file()
     assert found["tokenizer"] == (
-        "spiece.model (sentencepiece), needs sentencepiece" if spiece else "tokenizer.json (tokenizers)"
+        "spiece.model (sentencepiece), needs protobuf and sentencepiece" if spiece else "tokenizer.json (tokenizers)"
     )
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "OPEN_CLIP",
+    "SENTENCEPIECE_PACKAGES",
     "TRANSFORMERS",
     "WEIGHT_FILE_PATTERNS",
     "ModelDir",
@@ -26,6 +27,7 @@ __all__ = [
     "check_no_remote_code",
     "check_regular_files",
     "find_weights",
+    "missing_packages",
     "read_json",
 ]
 
@@ -150,6 +152,28 @@ class ModelFamily:
     preprocess: Callable[[Any], Any]
     tokenizer: Callable[[Any], Any]
     needs: tuple[str, str] | None = None
+
+
+#: What transformers' sentencepiece tokenizers (``SiglipTokenizer``, a ``T5Tokenizer`` converted
+#: from ``spiece.model``) import: the ``siglip`` extra.
+SENTENCEPIECE_PACKAGES = ("protobuf", "sentencepiece")
+# pip name -> module, where they differ
+_MODULES = {"protobuf": "google.protobuf"}
+
+
+def missing_packages(packages: Collection[str]) -> list[str]:
+    """The packages (pip names) of ``packages`` that cannot be imported here, sorted."""
+    import importlib.util
+
+    missing = []
+    for package in sorted(packages):
+        try:
+            found = importlib.util.find_spec(_MODULES.get(package, package)) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
 
 
 def check_no_remote_code(config: object, where: str) -> None:

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ModelLoadError
-from .base import OPEN_CLIP, WEIGHT_FILE_PATTERNS, ModelDir, ModelFamily, check_no_remote_code, find_weights, read_json
+from .base import (
+    OPEN_CLIP,
+    SENTENCEPIECE_PACKAGES,
+    WEIGHT_FILE_PATTERNS,
+    ModelDir,
+    ModelFamily,
+    check_no_remote_code,
+    find_weights,
+    missing_packages,
+    read_json,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +93,7 @@ def _tokenizer_files(folder: Path) -> tuple[str, set[str]]:
     if (folder / "tokenizer.json").is_file():
         return "Hugging Face tokenizer.json in the folder", {"transformers"}
     if (folder / "spiece.model").is_file():
-        return "sentencepiece spiece.model in the folder", {"transformers", "sentencepiece"}
+        return "sentencepiece spiece.model in the folder", {"transformers", *SENTENCEPIECE_PACKAGES}
     return "missing: the config names a Hugging Face tokenizer, the folder has no tokenizer.json or spiece.model", {
         "transformers"
     }
@@ -124,19 +134,15 @@ def describe(found: ModelDir) -> dict[str, Any]:
 def _check_packages(folder: Path, needs: set[str]) -> None:
     """One line naming the package a folder's model needs and lacks (open_clip itself fails later,
     with an assertion deep in its tower builders)."""
-    import importlib.util
-
     cfg = read_json(folder / "open_clip_config.json").get("model_cfg") or {}
     why = {
         "timm": f"its image tower is timm's {(cfg.get('vision_cfg') or {}).get('timm_model_name')!r}",
         "transformers": f"its text tower is Hugging Face's {(cfg.get('text_cfg') or {}).get('hf_model_name')!r}",
     }
-    for package in sorted(needs):
-        if importlib.util.find_spec(package) is None:
-            raise ModelLoadError(
-                f"model_dir {str(folder)!r} needs {package}: {why.get(package, 'its model uses it')}; "
-                f"pip install {package}"
-            )
+    for package in missing_packages(needs):
+        raise ModelLoadError(
+            f"model_dir {str(folder)!r} needs {package}: {why.get(package, 'its model uses it')}; pip install {package}"
+        )
 
 
 def _local_dir_checkpoint(folder: Path) -> Path:
@@ -313,18 +319,18 @@ def tokenizer(model: LoadedModel) -> Tokenizer:
 def _check_tokenizer_files(folder: Path) -> None:
     """A one-line error when a folder's Hugging Face tokenizer (SigLIP's) is missing or needs a
     package that is not installed, instead of transformers' long one (or a download attempt)."""
-    import importlib.util
-
     files, needs = _tokenizer_files(folder)
     if files.startswith("missing"):
         raise FileNotFoundError(
             f"model_dir {str(folder)!r}: its config names a Hugging Face tokenizer, but the folder has no "
             "tokenizer.json or spiece.model (copy the tokenizer files with the weights)"
         )
-    for package in sorted(needs):
-        if importlib.util.find_spec(package) is None:
-            extra = "dask-clip[siglip]" if package == "sentencepiece" else "dask-clip[hf]"
-            raise ImportError(f"the tokenizer of {str(folder)!r} ({files}) needs {package}: pip install '{extra}'")
+    missing = missing_packages(needs)
+    if missing:
+        extra = "dask-clip[siglip]" if set(missing) & set(SENTENCEPIECE_PACKAGES) else "dask-clip[hf]"
+        raise ImportError(
+            f"the tokenizer of {str(folder)!r} ({files}) needs {' and '.join(missing)}: pip install '{extra}'"
+        )
 
 
 FAMILY = ModelFamily(

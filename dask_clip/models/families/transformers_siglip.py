@@ -4,7 +4,8 @@ SigLIP 2's fixed-resolution ``google/siglip2-*-patch16-224`` ... which are ``Sig
 The folder: ``config.json`` with ``"model_type": "siglip"`` + ``model.safetensors`` (or shards,
 or ``pytorch_model.bin``) + ``preprocessor_config.json`` (``SiglipImageProcessor``: a square
 resize without a centre crop, bicubic, mean and std 0.5) + the tokenizer (SigLIP's
-sentencepiece ``spiece.model``, which needs the ``sentencepiece`` package, or SigLIP 2's Gemma
+sentencepiece ``spiece.model``, which needs the ``sentencepiece`` and ``protobuf`` packages: the
+``siglip`` extra, or SigLIP 2's Gemma
 ``tokenizer.json``). Captions are padded to the fixed length the model was trained with
 (``padding="max_length"``, 64 tokens), as ``SiglipProcessor`` is told to; zero-shot labels are
 scored with the model's sigmoid (``logit_scale``, ``logit_bias``: :mod:`dask_clip.heads.zero_shot`).
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._transformers_files import SIGLIP_DEFAULTS, transformers_image_config
-from .base import ModelDir, ModelFamily, check_no_remote_code, read_json
+from .base import SENTENCEPIECE_PACKAGES, ModelDir, ModelFamily, check_no_remote_code, missing_packages, read_json
 
 if TYPE_CHECKING:
     import torch
@@ -82,13 +83,13 @@ def dir_embed_dim(found: ModelDir) -> int:
     return int(vision.get("hidden_size", 768))
 
 
-def _tokenizer_files(folder: Path) -> tuple[str, str | None]:
-    """The folder's tokenizer in words, and the package it needs beyond transformers (or None)."""
+def _tokenizer_files(folder: Path) -> tuple[str, tuple[str, ...]]:
+    """The folder's tokenizer in words, and the packages it needs beyond transformers."""
     if (folder / "tokenizer.json").is_file():
-        return "tokenizer.json (tokenizers)", None
+        return "tokenizer.json (tokenizers)", ()
     if (folder / "spiece.model").is_file():
-        return "spiece.model (sentencepiece)", "sentencepiece"
-    return "none (no tokenizer.json or spiece.model: images only)", None
+        return "spiece.model (sentencepiece)", SENTENCEPIECE_PACKAGES
+    return "none (no tokenizer.json or spiece.model: images only)", ()
 
 
 def describe(found: ModelDir) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def describe(found: ModelDir) -> dict[str, Any]:
             "mean": list(image.mean),
             "std": list(image.std),
         },
-        "tokenizer": tokenizer + (f", needs {needs}" if needs else ""),
+        "tokenizer": tokenizer + (f", needs {' and '.join(needs)}" if needs else ""),
         "text_length": int(text.get("max_position_embeddings", _DEFAULT_CONTEXT)),
         "zero_shot": "sigmoid (logit_scale, logit_bias), each label on its own",
         "loads_with": "transformers SiglipModel.from_pretrained (pip install 'dask-clip[hf]')",
@@ -149,12 +150,11 @@ def tokenizer(model: LoadedModel) -> Tokenizer:
     Raises
     ------
     ImportError
-        A sentencepiece tokenizer (``spiece.model``) without the ``sentencepiece`` package.
+        A sentencepiece tokenizer (``spiece.model``) without the ``sentencepiece`` or ``protobuf``
+        package.
     FileNotFoundError
         The folder holds no tokenizer.
     """
-    import importlib.util
-
     from transformers import AutoTokenizer
 
     from ...text import Tokenizer
@@ -168,9 +168,11 @@ def tokenizer(model: LoadedModel) -> Tokenizer:
             f"model_dir {str(folder)!r} has no tokenizer (tokenizer.json or spiece.model): copy it with the "
             "weights to embed captions"
         )
-    if needs is not None and importlib.util.find_spec(needs) is None:
+    missing = missing_packages(needs)
+    if missing:
         raise ImportError(
-            f"the tokenizer of {str(folder)!r} is {files}, which needs {needs}: pip install 'dask-clip[siglip]'"
+            f"the tokenizer of {str(folder)!r} is {files}, which needs {' and '.join(missing)}: "
+            "pip install 'dask-clip[siglip]'"
         )
     loaded = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     context = int(model.model.clip.config.text_config.max_position_embeddings)
