@@ -18,9 +18,11 @@ from typing import Any
 import torch
 
 __all__ = [
+    "FULL_SIZE",
     "OPEN_CLIP_FAMILY_CFGS",
     "TOKENIZER_SENTENCES",
     "TRANSFORMERS_SIGLIP_CONFIGS",
+    "write_open_clip_architecture_dir",
     "write_open_clip_family_dir",
     "write_transformers_siglip_dir",
 ]
@@ -304,4 +306,53 @@ def write_transformers_siglip_dir(
         "size": {"height": size, "width": size},
     }
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    return folder
+
+
+#: Full-size open_clip architectures of each family and the pretrained tag whose preprocessing
+#: their published folders carry (``open_clip.get_pretrained_cfg``).
+FULL_SIZE: dict[str, tuple[str, str]] = {
+    "siglip": ("ViT-B-16-SigLIP", "webli"),
+    "siglip2": ("ViT-B-16-SigLIP2", "webli"),
+    "eva02": ("EVA02-B-16", "merged2b_s8b_b131k"),
+    "mobileclip": ("MobileCLIP-S2", "datacompdr"),
+    "clip": ("ViT-B-32", "laion2b_s34b_b79k"),
+}
+
+
+def write_open_clip_architecture_dir(folder: str | Path, architecture: str, tag: str, *, seed: int = 0) -> Path:
+    """A full-size open_clip architecture with seeded random weights, as its published folder.
+
+    ``open_clip_config.json`` holds the architecture's ``model_cfg`` and the tag's preprocessing
+    (mean, std, interpolation, resize mode); an architecture whose text tower reads a Hugging Face
+    tokenizer (SigLIP's) gets the tiny one of :func:`write_t5_tokenizer` in the folder (its ids are
+    within any vocabulary), since the real one cannot be downloaded here.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cfg = open_clip.get_model_config(architecture)
+    if model_cfg is None:
+        raise ValueError(f"unknown open_clip architecture {architecture!r}")
+    if (model_cfg.get("text_cfg") or {}).get("hf_tokenizer_name"):
+        write_t5_tokenizer(folder)
+    pretrained = open_clip.get_pretrained_cfg(architecture, tag)
+    preprocess = {"size": model_cfg["vision_cfg"]["image_size"]}
+    for key in ("mean", "std", "interpolation", "resize_mode"):
+        if pretrained.get(key) is not None:
+            preprocess[key] = list(pretrained[key]) if isinstance(pretrained[key], tuple) else pretrained[key]
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2)
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(architecture, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder

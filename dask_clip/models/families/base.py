@@ -61,7 +61,8 @@ class ModelDir:
     Attributes
     ----------
     kind : str
-        :data:`OPEN_CLIP` or :data:`TRANSFORMERS`: which library loads it.
+        The name of the family that loads it (:data:`OPEN_CLIP`, :data:`TRANSFORMERS`,
+        ``"transformers_siglip"`` ...).
     folder : Path
         The folder holding the model's files (NeMo's root resolved to its CLIP subfolder).
     weights : tuple of Path
