@@ -115,6 +115,8 @@ def check_against(reference, out: pd.DataFrame, images: list[bytes]) -> None:
     assert parity(got_image, ref_image).max() <= 0.005
     assert parity(got_text, ref_text).max() <= 0.005
     np.testing.assert_allclose(got_text, ref_text, atol=1e-5)
+    # the CLIP score stays the cosine of the unit embeddings, whatever the family's logits
+    np.testing.assert_allclose(out["clip_score"].to_numpy(dtype=float), (got_image * got_text).sum(axis=1), atol=1e-5)
     _, _, probabilities = reference(images, [TEMPLATE.format(label) for label in LABELS])
     got = np.stack(out["zero_shot_probabilities"].to_list())
     np.testing.assert_allclose(got, probabilities, atol=1e-5)  # sigmoid of the family's own logits
@@ -220,6 +222,20 @@ def test_sentencepiece_missing_is_named_in_one_line(tmp_path, frame, monkeypatch
     monkeypatch.setitem(sys.modules, "sentencepiece", None)
     with pytest.raises(ImportError, match=r"spiece.model \(sentencepiece\), which needs sentencepiece: pip install"):
         ImageEmbedder(model_dir=str(folder), text_column="caption", device="cpu").embed_partition(frame)
+
+
+def test_a_transformers_siglip_folder_missing_a_file_names_it(hf_siglip, tmp_path):
+    no_weights, no_processor = tmp_path / "no-weights", tmp_path / "no-processor"
+    shutil.copytree(hf_siglip, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"holds no PyTorch weights \(model.safetensors.*refusing to use random"
+    ):
+        ModelSpec(model_dir=str(no_weights)).validate()
+    shutil.copytree(hf_siglip, no_processor)
+    (no_processor / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no preprocessor_config.json or processor_config.json"):
+        ModelSpec(model_dir=str(no_processor)).validate()
 
 
 def test_siglip2_naflex_folders_are_refused_with_the_fixed_resolution_alternative(hf_siglip, tmp_path):
