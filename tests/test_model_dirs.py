@@ -93,12 +93,12 @@ def test_what_is_not_a_clip_folder_is_refused_with_the_layouts_named(tmp_path, h
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="open_clip_config.json.*config.json.*openai/clip-vit-large-patch14"):
         ModelSpec(model_dir=str(tmp_path / "empty")).validate()
-    siglip = tmp_path / "siglip"
-    shutil.copytree(hf_model_dir, siglip)
-    config = json.loads((siglip / "config.json").read_text())
-    (siglip / "config.json").write_text(json.dumps({**config, "model_type": "siglip"}))
-    with pytest.raises(ValueError, match="model_type 'siglip'"):
-        ModelSpec(model_dir=str(siglip)).validate()
+    blip = tmp_path / "blip"  # SigLIP is a family of its own (tests/test_families_siglip.py)
+    shutil.copytree(hf_model_dir, blip)
+    config = json.loads((blip / "config.json").read_text())
+    (blip / "config.json").write_text(json.dumps({**config, "model_type": "blip"}))
+    with pytest.raises(ValueError, match="model_type 'blip'.*CLIP.*SigLIP"):
+        ModelSpec(model_dir=str(blip)).validate()
     bare = tmp_path / "no-weights"
     shutil.copytree(hf_model_dir, bare)
     (bare / "model.safetensors").unlink()

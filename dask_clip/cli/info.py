@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser.add_argument(
         "--model-dir",
         metavar="DIR",
-        help="report what DIR holds instead: open_clip local-dir, transformers CLIP folder or NeMo Curator model_dir",
+        help="report what DIR holds instead: open_clip local-dir (CLIP, SigLIP, EVA-02, MobileCLIP ...), "
+        "transformers CLIP or SigLIP folder, or NeMo Curator model_dir",
     )
     parser.set_defaults(func=run)
 

@@ -4,8 +4,12 @@ open_clip's zero-shot recipe (``open_clip.zero_shot_classifier.build_zero_shot_c
 each label is written into every prompt template, the texts are embedded and L2-normalised,
 averaged per label and normalised again; an image's probabilities are
 ``softmax(logit_scale.exp() * image @ classes.T)`` over the labels, with the model's own learnt
-``logit_scale`` (100 for OpenAI's CLIP). The class embeddings are computed once per worker
-process with the same model's text tower, and shared by the heads of one label set.
+``logit_scale`` (100 for OpenAI's CLIP). A model trained with SigLIP's sigmoid loss (one with a
+learnt ``logit_bias``: open_clip's SigLIP towers, transformers' ``SiglipModel``) scores each label
+on its own, as its own ``logits_per_image`` do: ``sigmoid(logit_scale.exp() * image @ classes.T +
+logit_bias)``; those probabilities do not sum to 1 and several labels (or none) may be likely.
+The class embeddings are computed once per worker process with the same model's text tower, and
+shared by the heads of one label set.
 
 A head adds one column, so one label set gives up to three heads (:func:`zero_shot_heads`): the
 top label (string), its probability (float32), and all probabilities (``list<float32>``, in the
@@ -35,6 +39,7 @@ __all__ = [
     "ZeroShotProbabilities",
     "ZeroShotProbability",
     "class_embeddings",
+    "logit_bias",
     "read_labels",
     "zero_shot_heads",
 ]
@@ -43,7 +48,9 @@ __all__ = [
 #: open_clip's 80 ImageNet ones: ``[t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]``.
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
-_CACHE: dict[tuple[int, tuple[str, ...], tuple[str, ...]], tuple[object, torch.Tensor, torch.Tensor]] = {}
+_CACHE: dict[
+    tuple[int, tuple[str, ...], tuple[str, ...]], tuple[object, torch.Tensor, torch.Tensor, torch.Tensor | None]
+] = {}
 _LOCK = threading.Lock()
 
 
@@ -53,6 +60,22 @@ def _clear_classes() -> None:
 
 
 caches.register("zero-shot classes", _clear_classes)
+
+
+def logit_bias(model: LoadedModel) -> torch.Tensor | None:
+    """The model's learnt ``logit_bias`` (a scalar on its device) when it was trained with SigLIP's
+    sigmoid loss, None for a softmax (CLIP) model.
+
+    open_clip's ``CLIP``/``CustomTextCLIP`` hold ``logit_bias`` (None unless ``init_logit_bias`` was
+    set: the SigLIP configs); the transformers wrappers expose the same attribute.
+    """
+    import torch
+
+    bias = getattr(model.model, "logit_bias", None)
+    if bias is None:
+        return None
+    with torch.inference_mode():
+        return bias.detach().float().reshape(()).to(model.device)
 
 
 def class_embeddings(
@@ -75,6 +98,14 @@ def class_embeddings(
         float32 (K, D) unit class embeddings and the scalar ``logit_scale.exp()``, on the
         model's device.
     """
+    classes, scale, _ = _classifier(model, labels, templates)
+    return classes, scale
+
+
+def _classifier(
+    model: LoadedModel, labels: Sequence[str], templates: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`class_embeddings` and the model's :func:`logit_bias`, cached together."""
     import torch
 
     from ..text import encode_texts
@@ -82,19 +113,20 @@ def class_embeddings(
     key = (id(model), tuple(labels), tuple(templates))
     cached = _CACHE.get(key)
     if cached is not None and cached[0] is model:
-        return cached[1], cached[2]
+        return cached[1], cached[2], cached[3]
     with _LOCK:
         cached = _CACHE.get(key)
         if cached is not None and cached[0] is model:
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
         texts = [template.format(label) for label in labels for template in templates]
         features = encode_texts(model, texts, batch_size=256)
         per_label = torch.nn.functional.normalize(features, dim=-1).view(len(labels), len(templates), -1)
         classes = torch.nn.functional.normalize(per_label.mean(dim=1), dim=-1)
         with torch.inference_mode():
             scale = model.model.logit_scale.detach().float().exp().to(model.device)
-        _CACHE[key] = (model, classes, scale)
-        return classes, scale
+        bias = logit_bias(model)
+        _CACHE[key] = (model, classes, scale, bias)
+        return classes, scale, bias
 
 
 def read_labels(path: str) -> list[str]:
@@ -141,11 +173,13 @@ class _ZeroShot(Head):
     def load(self, model: LoadedModel) -> HeadFunction:
         import torch
 
-        classes, scale = class_embeddings(model, self.labels, self.templates)
+        classes, scale, bias = _classifier(model, self.labels, self.templates)
         labels, output = self.labels, self.output
 
         def classify(inputs: HeadInputs) -> torch.Tensor | list[str]:
-            probabilities = torch.softmax(scale * (inputs.image @ classes.T), dim=-1)
+            logits = scale * (inputs.image @ classes.T)
+            # SigLIP: each label on its own (sigmoid with the learnt bias); CLIP: softmax over labels
+            probabilities = torch.softmax(logits, dim=-1) if bias is None else torch.sigmoid(logits + bias)
             if output == "probabilities":
                 return probabilities
             best, where = probabilities.max(dim=-1)
@@ -186,8 +220,8 @@ class ZeroShotProbability(_ZeroShot):
 
 @dataclass(frozen=True)
 class ZeroShotProbabilities(_ZeroShot):
-    """Every label's probability, in the order of ``labels`` (``list<float32>`` column, rows sum
-    to 1); see :class:`ZeroShotLabel`."""
+    """Every label's probability, in the order of ``labels`` (``list<float32>`` column; rows sum
+    to 1 for a CLIP model, each label independent for a SigLIP one); see :class:`ZeroShotLabel`."""
 
     kind: ClassVar[str] = LIST_FLOAT32
     output: ClassVar[str] = "probabilities"

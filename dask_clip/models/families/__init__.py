@@ -5,7 +5,10 @@
 family                      what it loads
 ==========================  =====================================================================
 ``open_clip`` (priority 0)  open_clip architectures + pretrained tags, ``hf-hub:`` repositories,
-                            checkpoint files, folders in open_clip's ``local-dir:`` layout
+                            checkpoint files, folders in open_clip's ``local-dir:`` layout (CLIP,
+                            SigLIP / SigLIP 2, EVA-02, MobileCLIP ...)
+``transformers_siglip`` (9) Hugging Face transformers ``SiglipModel`` folders (SigLIP, SigLIP 2
+                            fixed-resolution); SigLIP 2 NaFlex (``Siglip2Model``) refused
 ``transformers`` (10)       Hugging Face transformers CLIP folders, and NeMo Curator's
                             ``model_dir`` root (``openai/clip-vit-large-patch14/`` in it)
 ==========================  =====================================================================

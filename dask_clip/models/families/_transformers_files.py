@@ -14,7 +14,7 @@ from typing import Any
 
 from .base import read_json
 
-__all__ = ["ImageConfig", "transformers_image_config"]
+__all__ = ["SIGLIP_DEFAULTS", "ImageConfig", "transformers_image_config"]
 
 _PREPROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
@@ -58,13 +58,24 @@ def _size(value: Any, what: str) -> dict[str, int]:
     raise ValueError(f"{what}={value!r} is not a size transformers' CLIPImageProcessor takes")
 
 
-def transformers_image_config(folder: str | Path) -> ImageConfig:
+#: The defaults of transformers' ``SiglipImageProcessor``: a square resize (no crop), bicubic,
+#: mean and std 0.5 (``IMAGENET_STANDARD_MEAN``/``_STD``).
+SIGLIP_DEFAULTS: dict[str, Any] = {
+    "size": {"height": 224, "width": 224},
+    "do_center_crop": False,
+    "resample": 3,
+    "image_mean": (0.5, 0.5, 0.5),
+    "image_std": (0.5, 0.5, 0.5),
+}
+
+
+def transformers_image_config(folder: str | Path, defaults: dict[str, Any] | None = None) -> ImageConfig:
     """Read a transformers CLIP folder's image processor config as dask_clip's preprocessing.
 
     Reads ``preprocessor_config.json`` (the published layout, e.g. ``"size": 224``) or the
     ``image_processor`` entry of transformers 5's ``processor_config.json``; keys it lacks take
     ``CLIPImageProcessor``'s defaults (shortest side 224, centre crop 224, bicubic, OpenAI's
-    mean and std).
+    mean and std), or those of ``defaults`` (e.g. :data:`SIGLIP_DEFAULTS`).
 
     Raises
     ------
@@ -85,6 +96,7 @@ def transformers_image_config(folder: str | Path) -> ImageConfig:
     cfg = read_json(found[0])
     if found[0].name == "processor_config.json":
         cfg = cfg.get("image_processor", cfg)
+    cfg = {**(defaults or {}), **cfg}
     where = str(found[0])
     if not cfg.get("do_resize", True):
         raise ValueError(f"{where}: do_resize=false; dask_clip resizes every image to the model's input")

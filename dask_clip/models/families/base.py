@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "OPEN_CLIP",
+    "SENTENCEPIECE_PACKAGES",
     "TRANSFORMERS",
     "WEIGHT_FILE_PATTERNS",
     "ModelDir",
@@ -26,6 +27,7 @@ __all__ = [
     "check_no_remote_code",
     "check_regular_files",
     "find_weights",
+    "missing_packages",
     "read_json",
 ]
 
@@ -59,7 +61,8 @@ class ModelDir:
     Attributes
     ----------
     kind : str
-        :data:`OPEN_CLIP` or :data:`TRANSFORMERS`: which library loads it.
+        The name of the family that loads it (:data:`OPEN_CLIP`, :data:`TRANSFORMERS`,
+        ``"transformers_siglip"`` ...).
     folder : Path
         The folder holding the model's files (NeMo's root resolved to its CLIP subfolder).
     weights : tuple of Path
@@ -90,8 +93,8 @@ class ModelDir:
             "weights": [p.name for p in self.weights],
             "embed_dim": self.embed_dim(),
         }
-        described = self._family().describe(self)
-        return {**out, "preprocess": described["preprocess"], "loads_with": described["loads_with"]}
+        # the family's own keys too (a tokenizer, how it scores zero-shot labels ...)
+        return {**out, **self._family().describe(self)}
 
     def _family(self) -> ModelFamily:
         if self.family is None:
@@ -122,7 +125,8 @@ class ModelFamily:
     dir_embed_dim : (ModelDir) -> int or None
         The declared width D, from the folder's config.
     describe : (ModelDir) -> dict
-        ``{"preprocess": ..., "loads_with": ...}`` for ``dask-clip info``.
+        ``{"preprocess": ..., "loads_with": ...}`` for ``dask-clip info``, and any other key the
+        family reports (``"tokenizer"``, ``"zero_shot"``, ``"needs"``...).
     create : (ModelSpec, ModelDir or None) -> torch.nn.Module
         The model on the CPU in float32, with ``encode_image`` (float (N, 3, H, W) -> (N, D))
         and ``encode_text`` (the tokenizer's output -> (N, D)); raises ``ModelLoadError``.
@@ -149,6 +153,28 @@ class ModelFamily:
     preprocess: Callable[[Any], Any]
     tokenizer: Callable[[Any], Any]
     needs: tuple[str, str] | None = None
+
+
+#: What transformers' sentencepiece tokenizers (``SiglipTokenizer``, a ``T5Tokenizer`` converted
+#: from ``spiece.model``) import: the ``siglip`` extra.
+SENTENCEPIECE_PACKAGES = ("protobuf", "sentencepiece")
+# pip name -> module, where they differ
+_MODULES = {"protobuf": "google.protobuf"}
+
+
+def missing_packages(packages: Collection[str]) -> list[str]:
+    """The packages (pip names) of ``packages`` that cannot be imported here, sorted."""
+    import importlib.util
+
+    missing = []
+    for package in sorted(packages):
+        try:
+            found = importlib.util.find_spec(_MODULES.get(package, package)) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
 
 
 def check_no_remote_code(config: object, where: str) -> None:

@@ -10,11 +10,22 @@ no open_clip import); loading builds the model on ``meta`` and assigns the weigh
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ModelLoadError
-from .base import OPEN_CLIP, WEIGHT_FILE_PATTERNS, ModelDir, ModelFamily, check_no_remote_code, find_weights, read_json
+from .base import (
+    OPEN_CLIP,
+    SENTENCEPIECE_PACKAGES,
+    WEIGHT_FILE_PATTERNS,
+    ModelDir,
+    ModelFamily,
+    check_no_remote_code,
+    find_weights,
+    missing_packages,
+    read_json,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +53,14 @@ def _open_clip_dir(folder: Path) -> ModelDir:
     if "model_cfg" not in parsed:
         raise ValueError(f"{config} has no 'model_cfg' entry; it is not an open_clip config")
     check_no_remote_code(parsed, str(config))
+    vision = parsed["model_cfg"].get("vision_cfg") if isinstance(parsed["model_cfg"], dict) else None
+    timm_name = str(vision.get("timm_model_name") or "") if isinstance(vision, dict) else ""
+    if timm_name.startswith("naflex"):
+        raise ValueError(
+            f"{config}: the image tower {timm_name!r} is a NaFlex ViT (each image's aspect ratio kept within a "
+            "patch budget), which dask_clip's fixed-size batches do not reproduce; use a fixed-resolution "
+            "checkpoint (e.g. ViT-B-16-SigLIP2)"
+        )
     weights = find_weights(folder)
     if not weights:
         # open_clip itself would log a warning and go on with random weights.
@@ -58,13 +77,72 @@ def dir_embed_dim(found: ModelDir) -> int | None:
     return int(cfg["embed_dim"]) if "embed_dim" in cfg else None
 
 
+# The families open_clip loads, told apart by their config (the first that matches names it):
+# SigLIP by its sigmoid loss's learnt bias, the others by their timm image tower.
+_FAMILY_RULES: tuple[tuple[str, Callable[[dict[str, Any], str], bool]], ...] = (
+    ("SigLIP", lambda cfg, timm: cfg.get("init_logit_bias") is not None),
+    ("EVA-02", lambda cfg, timm: "eva02" in timm),
+    ("MobileCLIP", lambda cfg, timm: "fastvit_mci" in timm or "mobileclip" in timm),
+    ("CLIP, timm image tower", lambda cfg, timm: bool(timm)),
+    ("CLIP", lambda cfg, timm: True),
+)
+
+
+def _tokenizer_files(folder: Path) -> tuple[str, set[str]]:
+    """An ``hf_tokenizer_name`` folder's tokenizer files in words, and the packages they need."""
+    if (folder / "tokenizer.json").is_file():
+        return "Hugging Face tokenizer.json in the folder", {"transformers"}
+    if (folder / "spiece.model").is_file():
+        return "sentencepiece spiece.model in the folder", {"transformers", *SENTENCEPIECE_PACKAGES}
+    return "missing: the config names a Hugging Face tokenizer, the folder has no tokenizer.json or spiece.model", {
+        "transformers"
+    }
+
+
 def describe(found: ModelDir) -> dict[str, Any]:
-    """The folder's preprocessing and loader, for ``dask-clip info --model-dir``."""
+    """The folder's preprocessing, towers, tokenizer, zero-shot scoring and loader, for
+    ``dask-clip info --model-dir``."""
+    from ...open_clip_import import folder_needs
+
     cfg = read_json(found.folder / "open_clip_config.json")
+    model_cfg = cfg.get("model_cfg") or {}
+    vision, text = model_cfg.get("vision_cfg") or {}, model_cfg.get("text_cfg") or {}
+    timm_name = str(vision.get("timm_model_name") or "")
+    family = next(label for label, rule in _FAMILY_RULES if rule(model_cfg, timm_name))
+    needs = folder_needs(found.folder)
+    if text.get("hf_tokenizer_name"):
+        tokenizer, more = _tokenizer_files(found.folder)
+        needs |= more
+    else:
+        tokenizer = "open_clip's CLIP BPE (SimpleTokenizer)"
     return {
+        "family": family,
+        "image_tower": f"timm {timm_name}" if timm_name else "open_clip",
         "preprocess": cfg.get("preprocess_cfg", {}),
+        "tokenizer": tokenizer,
+        "text_length": int(text.get("context_length", 77)),
+        "zero_shot": (
+            "sigmoid (logit_scale, logit_bias), each label on its own"
+            if model_cfg.get("init_logit_bias") is not None
+            else "softmax over the labels (logit_scale)"
+        ),
+        "needs": sorted(needs),
         "loads_with": f"open_clip.create_model('local-dir:{found.folder}')",
     }
+
+
+def _check_packages(folder: Path, needs: set[str]) -> None:
+    """One line naming the package a folder's model needs and lacks (open_clip itself fails later,
+    with an assertion deep in its tower builders)."""
+    cfg = read_json(folder / "open_clip_config.json").get("model_cfg") or {}
+    why = {
+        "timm": f"its image tower is timm's {(cfg.get('vision_cfg') or {}).get('timm_model_name')!r}",
+        "transformers": f"its text tower is Hugging Face's {(cfg.get('text_cfg') or {}).get('hf_model_name')!r}",
+    }
+    for package in missing_packages(needs):
+        raise ModelLoadError(
+            f"model_dir {str(folder)!r} needs {package}: {why.get(package, 'its model uses it')}; pip install {package}"
+        )
 
 
 def _local_dir_checkpoint(folder: Path) -> Path:
@@ -113,6 +191,7 @@ def create(spec: ModelSpec, found: ModelDir | None) -> torch.nn.Module:
         if not find_weights(folder):  # open_clip would silently go on with random weights
             raise ModelLoadError(f"model_dir {str(folder)!r} holds no weights")
         needs = folder_needs(folder)
+        _check_packages(folder, needs)
         import_open_clip(needs)  # transformers and timm only for towers made of them
         if "transformers" in needs:  # an hf_model_name text tower: open_clip calls transformers itself
             refuse_remote_code()
@@ -230,9 +309,28 @@ def tokenizer(model: LoadedModel) -> Tokenizer:
     # for a hub repository without a config. A caller's keyword wins over the config's
     # tokenizer_kwargs (open_clip merges them so): whatever a config says, no code runs.
     hf = text_cfg is None or bool(text_cfg.get("hf_tokenizer_name"))
+    if hf and folder is not None:  # a local-dir: folder's HFTokenizer reads the folder's own files
+        _check_tokenizer_files(folder)
     tokenizer = open_clip.get_tokenizer(name, **({"trust_remote_code": False} if hf else {}))
     vocab = getattr(model.model, "vocab_size", None)
     return Tokenizer(lambda texts: {"text": tokenizer(texts)}, f"open_clip {name}", vocab)
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    """A one-line error when a folder's Hugging Face tokenizer (SigLIP's) is missing or needs a
+    package that is not installed, instead of transformers' long one (or a download attempt)."""
+    files, needs = _tokenizer_files(folder)
+    if files.startswith("missing"):
+        raise FileNotFoundError(
+            f"model_dir {str(folder)!r}: its config names a Hugging Face tokenizer, but the folder has no "
+            "tokenizer.json or spiece.model (copy the tokenizer files with the weights)"
+        )
+    missing = missing_packages(needs)
+    if missing:
+        extra = "dask-clip[siglip]" if set(missing) & set(SENTENCEPIECE_PACKAGES) else "dask-clip[hf]"
+        raise ImportError(
+            f"the tokenizer of {str(folder)!r} ({files}) needs {' and '.join(missing)}: pip install '{extra}'"
+        )
 
 
 FAMILY = ModelFamily(

@@ -52,7 +52,8 @@ def _transformers_dir(folder: Path, layout: str) -> ModelDir:
     if model_type != "clip":
         raise ValueError(
             f"{folder / 'config.json'} says model_type {model_type!r}; dask_clip reads transformers CLIP "
-            "models (model_type 'clip', e.g. openai/clip-vit-large-patch14) or open_clip folders"
+            "models (model_type 'clip', e.g. openai/clip-vit-large-patch14), SigLIP ones (model_type 'siglip') "
+            "or open_clip folders"
         )
     weights = [folder / name for name in _TRANSFORMERS_WEIGHTS if (folder / name).is_file()]
     if not weights:
