@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from .filter import filter_parquet as filter_parquet
     from .io.writers.laion import write_laion as write_laion
     from .io.writers.lance import write_lance as write_lance
+    from .io.writers.parquet import write_parquet as write_parquet
     from .jobs import embed_parquet as embed_parquet
     from .readers import read_images as read_images
     from .spec import ModelSpec as ModelSpec
     from .text_embedder import TextEmbedder as TextEmbedder
     from .webdataset import read_webdataset as read_webdataset
-    from .writer import write_parquet as write_parquet
 
 __version__ = "0.2.0.dev0"
 

@@ -181,8 +181,9 @@ def run_demo(
 
     from .cluster import connect
     from .embedder import ImageEmbedder
+    from .io.writers.base import count_nonnull
+    from .io.writers.parquet import write_parquet
     from .readers import read_images
-    from .writer import count_nonnull, write_parquet
 
     started = time.perf_counter()
     output = Path(output)
@@ -244,7 +245,7 @@ def _dedup(
 ) -> dict[str, Any] | None:
     """Semantic dedup of the embeddings, written to ``output/dedup``; the planted-copy score."""
     from .dedup import semantic_dedup
-    from .writer import write_parquet
+    from .io.writers.parquet import write_parquet
 
     started = time.perf_counter()
     try:

@@ -3,7 +3,7 @@
 Each threshold is a rule on one column; a row is kept when it passes every rule. A row whose
 score is null (its image or caption failed, so the score was never computed) does not pass
 that rule. The output keeps the input's columns and partitioning, one file per input
-partition through :mod:`dask_clip.writer` (atomic, resumable, refused when a different job
+partition through :mod:`dask_clip.io.writers.parquet` (atomic, resumable, refused when a different job
 wrote the folder), and a summary says how many rows each rule removes.
 
 =================  ================================  ==========================================
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from .file_metadata import carried, read_file_metadata
-from .writer import location, write_tasks
+from .io.writers.base import location
+from .io.writers.parquet import write_tasks
 
 if TYPE_CHECKING:
     import dask.dataframe as dd

@@ -1,8 +1,8 @@
 """Whole jobs, input folder to output folder: what ``dask-clip embed`` runs, for Python users too.
 
 :func:`embed_parquet` reads an image input (:func:`~dask_clip.readers.read_images`), embeds it
-and writes one Parquet file per partition through :mod:`dask_clip.writer`, with the job's
-fingerprint in the output folder's manifest: a rerun resumes, and a different job (another
+and writes it through an output format of :mod:`dask_clip.io.writers` (Parquet by default), with
+the job's fingerprint in the output folder's manifest: a rerun resumes, and a different job (another
 model, input, column names or partitioning) into the same folder is refused instead of mixed in.
 """
 
@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from .embedder import ImageEmbedder
 from .io.readers import fingerprint as input_fingerprint
+from .io.writers.base import WriteSummary, location
+from .io.writers.partitioned import check_format_output, write_format
 from .readers import PATH_COLUMN, input_request, read_images
 from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
 from .weights_id import weights_fingerprint
-from .writer import WriteSummary, check_output, location, write_parquet
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -45,8 +46,8 @@ class EmbedJob:
     file_metadata : dict
         Recorded in every output file (:mod:`dask_clip.file_metadata`): its image and key
         columns, for ``index``, ``serve`` and ``dedup`` to pick up.
-    output_format : PartitionFormat or None
-        The output format (:mod:`dask_clip.io.writers`); None: Parquet (:mod:`dask_clip.writer`).
+    output_format : PartitionFormat
+        The output format (:mod:`dask_clip.io.writers`).
     """
 
     frame: dd.DataFrame
@@ -55,7 +56,7 @@ class EmbedJob:
     fingerprint: dict[str, Any]
     todo: list[int]
     file_metadata: dict[str, Any] = field(default_factory=dict)
-    output_format: Any = None
+    output_format: Any = None  # set by prepare_embed
 
 
 def prepare_embed(
@@ -116,16 +117,9 @@ def prepare_embed(
         fingerprint["weights"] = weights_fingerprint(embedder.spec)
     output = os.fspath(output_path)
     fmt = make_output_format(output_format, embedder, embedding_dtype)
-    if fmt is None:
-        todo = check_output(
-            output, frame.npartitions, job=fingerprint, overwrite=overwrite, storage_options=storage_options
-        )
-    else:
-        from .io.writers.partitioned import check_format_output
-
-        todo = check_format_output(
-            output, frame.npartitions, fmt, job=fingerprint, overwrite=overwrite, storage_options=storage_options
-        )
+    todo = check_format_output(
+        output, frame.npartitions, fmt, job=fingerprint, overwrite=overwrite, storage_options=storage_options
+    )
     return EmbedJob(
         frame=frame,
         embedder=embedder,
@@ -137,28 +131,23 @@ def prepare_embed(
     )
 
 
-OUTPUT_FORMATS = ("parquet", "lance", "laion")
-
-
 def make_output_format(name: str, embedder: ImageEmbedder, embedding_dtype: str = "float16") -> Any:
-    """The writer format of ``--output-format`` for this embedder's columns (None: Parquet).
+    """The writer format of ``--output-format`` for this embedder's columns (the registry of
+    :mod:`dask_clip.io.writers`).
 
     ``embedding_dtype`` applies to ``laion`` (its ``.npy`` files); Lance and Parquet store float32.
     """
-    if name == "parquet":
-        return None
-    dim = embedder.spec.embed_dim()
-    text = embedder.text_output_column if embedder.text_column is not None else None
-    if name == "laion":
-        from .io.writers.laion import LaionFormat
+    from .io.writers import build_output_format
 
-        drop = () if embedder.remove_image_data else (embedder.image_column,)
-        return LaionFormat(embedder.output_column, text, embedding_dtype, drop, dim)
-    if name == "lance":
-        from .io.writers.lance import LanceFormat
+    return build_output_format(name, embedder, {"embedding_dtype": embedding_dtype})
 
-        return LanceFormat((embedder.output_column, *([text] if text else [])), dim)
-    raise ValueError(f"output_format={name!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+
+def __getattr__(name: str) -> Any:
+    if name == "OUTPUT_FORMATS":  # the former constant, from the registry on first use
+        from .io.writers import output_format_names
+
+        return output_format_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def recorded_columns(columns: list[str], image_column: str) -> dict[str, Any]:
@@ -262,15 +251,10 @@ def run_embed(
     storage_options: dict | None = None,
 ) -> WriteSummary:
     """Compute and write a prepared :class:`EmbedJob` (the partitions still missing)."""
-    if job.output_format is not None:
-        from .io.writers.partitioned import write_format
-
-        write: Any = functools.partial(write_format, fmt=job.output_format)
-    else:
-        write = write_parquet
-    return write(
+    return write_format(
         job.frame,
         job.output,
+        job.output_format,
         overwrite=overwrite,
         job=job.fingerprint,
         client=client,

@@ -1,7 +1,7 @@
 """A driver-side progress bar over partitions and images: rate and ETA (tqdm).
 
 ``dask.diagnostics.ProgressBar`` only hooks the local schedulers; with a distributed client the
-driver sees progress as futures complete (:func:`dask_clip.writer.write_parquet` feeds this
+driver sees progress as futures complete (:func:`dask_clip.io.writers.parquet.write_parquet` feeds this
 bar from ``distributed.as_completed``).
 """
 

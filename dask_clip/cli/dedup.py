@@ -161,7 +161,7 @@ def _run_steps(args: argparse.Namespace, steps: list[str], id_column: str | None
 
     from ..dedup.parquet import with_row_numbers
     from ..dedup.plan import _write_atomic, dedup_steps
-    from ..writer import write_tasks
+    from ..io.writers.parquet import write_tasks
 
     # under a "_" folder, which Parquet readers skip: OUTPUT still reads as one dataset
     side = os.path.join(args.output, SIDE_FOLDER)

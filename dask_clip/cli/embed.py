@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .. import config
+from ..io.writers import output_format_names, output_formats
 from ..readers import input_format_names
 from ..sources import image_kinds
 from . import options
@@ -143,10 +144,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     part.add_argument(
         "--output-format",
-        choices=("parquet", "lance", "laion"),  # jobs.OUTPUT_FORMATS, not imported here: startup
+        choices=output_format_names(),
         default="parquet",
-        help="parquet: part-NNNNN.parquet; lance: a Lance dataset; laion: img_emb/*.npy + metadata/*.parquet "
-        "(embedding-reader, autofaiss, clip-retrieval) (default: parquet; docs/formats.md)",
+        help="; ".join(f"{fmt.name}: {fmt.help}" for fmt in output_formats()) + " (default: parquet; docs/formats.md)",
     )
     part.add_argument(
         "--embedding-dtype",
@@ -166,8 +166,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def run(args: argparse.Namespace) -> int:
     from ..cluster import connect_early
     from ..embedder import ImageEmbedder
+    from ..io.writers.parquet import looks_complete, remove_temporaries
     from ..jobs import prepare_embed, run_embed
-    from ..writer import looks_complete, remove_temporaries
 
     embedder = ImageEmbedder(
         **options.weights(args),
