@@ -3,7 +3,8 @@ formats, model families, heads).
 
 A registry looks through its package on first use (never at import: importing the package
 scans nothing), keeps every module-level record of the expected type under the expected name,
-and orders them by ``(priority, name)``. Modules named ``base`` or starting with ``_`` are skipped.
+and orders them by ``(priority, name)``. Modules named ``base`` or starting with ``_`` are skipped,
+and those named in ``skip`` (e.g. one that imports torch at module level).
 """
 
 from __future__ import annotations
@@ -36,10 +37,20 @@ class ModuleRegistry(Generic[T]):
         The record's type; a module whose ``attr`` is something else is not part of the registry.
     order
         Sort key of the records (default: ``(priority, name)``).
+    skip
+        Modules not to import.
     """
 
-    def __init__(self, package: str, attr: str, kind: type[T], order: Callable[[T], Any] = _priority) -> None:
+    def __init__(
+        self,
+        package: str,
+        attr: str,
+        kind: type[T],
+        order: Callable[[T], Any] = _priority,
+        skip: tuple[str, ...] = (),
+    ) -> None:
         self.package, self.attr, self.kind, self.order = package, attr, kind, order
+        self.skip = ("base", *skip)
         self._records: dict[str, T] = {}
         self._lock = threading.Lock()
 
@@ -51,7 +62,7 @@ class ModuleRegistry(Generic[T]):
                     path = importlib.import_module(self.package).__path__
                     found = []
                     for info in pkgutil.iter_modules(path):
-                        if info.name == "base" or info.name.startswith("_"):
+                        if info.name in self.skip or info.name.startswith("_"):
                             continue
                         record = getattr(importlib.import_module(f"{self.package}.{info.name}"), self.attr, None)
                         if isinstance(record, self.kind):

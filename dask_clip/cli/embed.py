@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .. import config
+from ..heads.options import head_options
 from ..io.writers import output_format_names, output_formats
 from ..readers import input_format_names
 from ..sources import image_kinds
@@ -57,32 +58,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         metavar="NAME",
         help="caption column (img2dataset: caption): adds text_embedding, text_embedding_error and clip_score",
     )
-    scores.add_argument(
-        "--aesthetic-model",
-        metavar="PATH",
-        help="LAION aesthetic predictor weights (sac+logos+ava1-l14-linearMSE.pth, NeMo's model.safetensors, or "
-        "NeMo's model_dir): adds aesthetic_score (~1-10)",
-    )
-    scores.add_argument(
-        "--nsfw-model",
-        metavar="PATH",
-        help="LAION NSFW detector weights (clip_autokeras_binary_nsfw.pth, or NeMo's model_dir): adds nsfw_score (0-1)",
-    )
-    scores.add_argument(
-        "--labels",
-        metavar="FILE",
-        help="zero-shot label names, one per line: adds zero_shot_label and zero_shot_probability",
-    )
-    scores.add_argument(
-        "--label-templates",
-        metavar="FILE",
-        help="prompt templates for --labels, one per line with {} for the label (default: 'a photo of a {}.')",
-    )
-    scores.add_argument(
-        "--label-probabilities",
-        action="store_true",
-        help="also add zero_shot_probabilities, every label's probability (list<float32>)",
-    )
+    for head in head_options():  # each head's options (dask_clip.heads.options)
+        if head.add_arguments is not None:
+            head.add_arguments(scores)
     reads = parser.add_argument_group("reading images", "Bounds on what one row may cost (docs/robustness.md)")
     reads.add_argument(
         "--max-image-bytes",
@@ -254,24 +232,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def score_heads(args: argparse.Namespace) -> list:
-    """The heads that ``--aesthetic-model``, ``--nsfw-model`` and ``--labels`` ask for."""
-    from ..heads import AestheticHead, NSFWHead, read_labels, zero_shot_heads
-    from ..heads.zero_shot import DEFAULT_TEMPLATES
-
-    heads: list = []
-    if args.aesthetic_model:
-        heads.append(AestheticHead(args.aesthetic_model))
-    if args.nsfw_model:
-        heads.append(NSFWHead(args.nsfw_model))
-    if args.label_templates and not args.labels:
-        raise ValueError("--label-templates needs --labels FILE")
-    if args.label_probabilities and not args.labels:
-        raise ValueError("--label-probabilities needs --labels FILE")
-    if args.labels:
-        templates = read_labels(args.label_templates) if args.label_templates else DEFAULT_TEMPLATES
-        heads += zero_shot_heads(
-            read_labels(args.labels),
-            templates,
-            probabilities_column="zero_shot_probabilities" if args.label_probabilities else None,
-        )
-    return heads
+    """The heads that the heads' options ask for (``--aesthetic-model``, ``--nsfw-model``,
+    ``--labels``, ...), in the heads' order."""
+    return [h for head in head_options() if head.heads is not None for h in head.heads(args)]
