@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import dask
@@ -31,6 +31,7 @@ from .worker_setup import WorkerSetup, cpu_count
 
 __all__ = [
     "CLUSTER_KINDS",
+    "ClusterOptions",
     "ClusterPlan",
     "connect",
     "connect_early",
@@ -136,29 +137,62 @@ class ClusterPlan:
     torch_threads: int = 1
 
 
+@dataclass(frozen=True)
+class ClusterOptions:
+    """The settings of a local cluster (:func:`local_cluster`, :func:`plan_local_cluster`,
+    ``connect(**cluster_options)``), as one object; the attributes are those functions'
+    arguments of the same names, with the same defaults.
+
+    Attributes
+    ----------
+    overrides : dict
+        Keyword arguments passed on to the cluster class, overriding the computed options.
+    """
+
+    kind: str = "auto"
+    n_workers: int | None = None
+    threads_per_worker: int | None = None
+    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER
+    torch_threads: int | None = None
+    dashboard_address: str | None = DEFAULT_DASHBOARD
+    security: Any = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, options: ClusterOptions | None = None, **settings: Any) -> ClusterOptions:
+        """``options`` (default: the defaults) with ``settings`` on top; a setting that is not an
+        attribute goes to ``overrides`` (the cluster class's own keyword arguments)."""
+        if options is not None and not isinstance(options, ClusterOptions):
+            raise TypeError(f"options must be a ClusterOptions, not {type(options).__name__}")
+        base = options or cls()
+        names = {f.name for f in fields(cls)} - {"overrides"}
+        known = {k: v for k, v in settings.items() if k in names}
+        extra = {k: v for k, v in settings.items() if k not in names}
+        if not extra:
+            return replace(base, **known)
+        return replace(base, **known, overrides={**base.overrides, **extra})
+
+
 def plan_local_cluster(
-    kind: str = "auto",
+    kind: str | None = None,
     *,
-    n_workers: int | None = None,
-    threads_per_worker: int | None = None,
-    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER,
-    torch_threads: int | None = None,
-    dashboard_address: str | None = DEFAULT_DASHBOARD,
-    security: Any = None,
+    options: ClusterOptions | None = None,
     n_gpus: int | None = None,
     dask_cuda_installed: bool | None = None,
     cores: int | None = None,
     rapids_installed: tuple[bool, bool] | None = None,
     cupy_usable: bool | None = None,
-    **overrides: Any,
+    **settings: Any,
 ) -> ClusterPlan:
     """Decide which local cluster to start and how, without starting anything.
 
     Parameters
     ----------
     kind
-        ``"auto"`` (GPUs if any are visible and dask-cuda is installed, else CPU), ``"cpu"`` or
-        ``"cuda"``.
+        ``"auto"`` (GPUs if any are visible and dask-cuda is installed, else CPU, the default),
+        ``"cpu"`` or ``"cuda"``.
+    options
+        The settings below as one :class:`ClusterOptions`; keyword arguments override it.
     n_workers
         GPU: workers, one per GPU (default: every visible GPU). CPU: worker processes (default:
         one per 8 cores; each holds a model copy).
@@ -198,6 +232,14 @@ def plan_local_cluster(
     ImportError
         ``kind="cuda"`` without dask-cuda (the message says how to install it).
     """
+    opts = ClusterOptions.of(options, **({"kind": kind} if kind is not None else {}), **settings)
+    kind, n_workers, threads_per_worker = opts.kind, opts.n_workers, opts.threads_per_worker
+    num_gpus_per_worker, torch_threads, dashboard_address = (
+        opts.num_gpus_per_worker,
+        opts.torch_threads,
+        opts.dashboard_address,
+    )
+    security, overrides = opts.security, dict(opts.overrides)
     check_choice("kind", kind, CLUSTER_KINDS)
     for name, value in (
         ("n_workers", n_workers),
@@ -233,7 +275,7 @@ def plan_local_cluster(
         if n_workers is not None and n_workers > n_gpus:
             raise ValueError(f"n_workers={n_workers} but only {n_gpus} GPU(s) are visible; one worker per GPU")
         workers = n_workers or n_gpus
-        options: dict[str, Any] = {
+        cluster_kwargs: dict[str, Any] = {
             "n_workers": workers,
             "threads_per_worker": threads_per_worker or per_task,
             "dashboard_address": dashboard_address,
@@ -246,17 +288,17 @@ def plan_local_cluster(
         if has_rmm:
             # cudaMallocAsync's pool for cuDF (and CuPy): memory it no longer holds goes back to
             # the driver's pool, where torch's own caching allocator can get it.
-            options["rmm_async"] = True
+            cluster_kwargs["rmm_async"] = True
             # Not torch: its pluggable-allocator hook (RMM's) ignores record_stream, which the
             # decode stream's hand-over to the model's stream relies on; torch keeps its own.
             if _cupy_usable() if cupy_usable is None else cupy_usable:
-                options["rmm_allocator_external_lib_list"] = ["cupy"]
+                cluster_kwargs["rmm_allocator_external_lib_list"] = ["cupy"]
         if has_cudf:
-            options["enable_cudf_spill"] = True
+            cluster_kwargs["enable_cudf_spill"] = True
         kind_used = "cuda"
     else:
         workers = n_workers or max(1, cores // CORES_PER_CPU_WORKER)
-        options = {
+        cluster_kwargs = {
             "n_workers": workers,
             "threads_per_worker": threads_per_worker or 1,
             "processes": True,
@@ -265,19 +307,19 @@ def plan_local_cluster(
         }
         kind_used = "cpu"
     if dashboard_address is None:
-        options["scheduler_kwargs"] = {"dashboard": False, "dashboard_address": _NO_DASHBOARD}
+        cluster_kwargs["scheduler_kwargs"] = {"dashboard": False, "dashboard_address": _NO_DASHBOARD}
     security = _local_security(security)
     if security is not None:
-        options["security"] = security
+        cluster_kwargs["security"] = security
     user_scheduler_kwargs = overrides.pop("scheduler_kwargs", None)
-    options.update(overrides)
+    cluster_kwargs.update(overrides)
     if user_scheduler_kwargs:
-        options["scheduler_kwargs"] = {**options.get("scheduler_kwargs", {}), **user_scheduler_kwargs}
-    if not options.get("processes", True):
-        options.pop("host", None)  # an in-process cluster talks inproc://, which takes no host
-    workers = int(options.get("n_workers") or workers)
-    threads = torch_threads or max(1, cores // (workers * int(options["threads_per_worker"])))
-    return ClusterPlan(kind=kind_used, options=options, torch_threads=threads)
+        cluster_kwargs["scheduler_kwargs"] = {**cluster_kwargs.get("scheduler_kwargs", {}), **user_scheduler_kwargs}
+    if not cluster_kwargs.get("processes", True):
+        cluster_kwargs.pop("host", None)  # an in-process cluster talks inproc://, which takes no host
+    workers = int(cluster_kwargs.get("n_workers") or workers)
+    threads = torch_threads or max(1, cores // (workers * int(cluster_kwargs["threads_per_worker"])))
+    return ClusterPlan(kind=kind_used, options=cluster_kwargs, torch_threads=threads)
 
 
 def _has_tls_files(security: Any) -> bool:
@@ -356,16 +398,11 @@ def tls_security(
 
 
 def local_cluster(
-    kind: str = "auto",
+    kind: str | None = None,
     *,
-    n_workers: int | None = None,
-    threads_per_worker: int | None = None,
-    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER,
-    torch_threads: int | None = None,
-    dashboard_address: str | None = DEFAULT_DASHBOARD,
-    security: Any = None,
+    options: ClusterOptions | None = None,
     log_task_errors: bool = True,
-    **overrides: Any,
+    **settings: Any,
 ) -> Any:
     """Start a local cluster for CLIP inference: one worker per GPU, or a CPU cluster.
 
@@ -374,7 +411,9 @@ def local_cluster(
     ``enable_cudf_spill=True`` and
     ``round(1 / num_gpus_per_worker)`` task threads per worker sharing its one model.
     Otherwise: ``LocalCluster`` with few worker processes, each setting torch's thread count
-    to its share of the cores. See :func:`plan_local_cluster` for the parameters;
+    to its share of the cores. See :func:`plan_local_cluster` for the parameters (``kind``,
+    ``n_workers``, ``threads_per_worker``, ``num_gpus_per_worker``, ``torch_threads``,
+    ``dashboard_address``, ``security``, or one :class:`ClusterOptions` as ``options``);
     ``security=True`` runs the cluster on TLS with a temporary self-signed certificate
     (``Client(cluster)`` picks it up); ``log_task_errors=False`` keeps the workers from
     logging failed tasks' tracebacks (:class:`~dask_clip.worker_setup.WorkerSetup`).
@@ -396,16 +435,8 @@ def local_cluster(
     >>> with local_cluster() as cluster, Client(cluster) as client:   # doctest: +SKIP
     ...     embedder(ddf).to_parquet("out/")
     """
-    plan = plan_local_cluster(
-        kind,
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        num_gpus_per_worker=num_gpus_per_worker,
-        torch_threads=torch_threads,
-        dashboard_address=dashboard_address,
-        security=security,
-        **overrides,
-    )
+    plan = plan_local_cluster(kind, options=options, **settings)
+    dashboard_address = plan.options.get("dashboard_address", DEFAULT_DASHBOARD)
     quiet = dask.config.set({"distributed.scheduler.http.routes": []}) if dashboard_address is None else None
     with quiet or contextlib.nullcontext():
         cluster = _start(plan)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -15,16 +15,14 @@ from . import backends, config
 from .columns import FLOAT32, LIST_FLOAT32, STRING
 from .fetch import check_protocols
 from .heads import Head
+from .model_settings import ModelSettings
 from .parquet_schema import parquet_column_type
 from .sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds, source_for_type
-from .spec import ModelSpec
 from .validation import (
     DECODE_DEVICES,
-    DEFAULT_NUM_GPUS_PER_WORKER,
     ON_ERROR,
     SCHEDULES,
     check_choice,
-    check_gpu_share,
     check_int,
     check_timeout,
 )
@@ -40,7 +38,7 @@ TASK_NAME = "clip_embed"
 
 
 @dataclass(frozen=True)
-class ImageEmbedder:
+class ImageEmbedder(ModelSettings):
     """Append CLIP image embeddings to a DataFrame, lazily on Dask or eagerly on one partition.
 
     Holds configuration only; each worker process loads the model once, on first use.
@@ -133,15 +131,6 @@ class ImageEmbedder:
     >>> dask_clip.write_parquet(embedder(ddf), "embeddings/")                             # doctest: +SKIP
     """
 
-    model: str = "ViT-L-14"
-    pretrained: str | None = "openai"
-    model_dir: str | None = None
-    precision: str = field(default_factory=config.default("precision"))
-    device: str = "auto"
-    normalize: bool = True
-    model_inference_batch_size: int = field(default_factory=config.default("batch-size"))
-    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER
-    verbose: bool = False
     remove_image_data: bool = False
     image_column: str = "image"
     output_column: str = "embedding"
@@ -169,12 +158,6 @@ class ImageEmbedder:
         if isinstance(self.allowed_protocols, (list, set, frozenset)):
             object.__setattr__(self, "allowed_protocols", tuple(self.allowed_protocols))
 
-    @cached_property
-    def spec(self) -> ModelSpec:
-        """The model part of the configuration: what workers key their cache by."""
-        model_dir = None if self.model_dir is None else str(self.model_dir)
-        return ModelSpec(self.model, self.pretrained, model_dir, self.precision, self.device)
-
     def output_columns(self) -> list[tuple[str, str]]:
         """The columns this embedder adds, as (name, kind) (kinds: :mod:`dask_clip.columns`)."""
         text: list[tuple[str, str]] = []
@@ -192,8 +175,7 @@ class ImageEmbedder:
     def fingerprint(self) -> dict[str, Any]:
         """What defines this embedder's output (for resumable writers): the model, the columns
         and the heads, not how fast it runs (batch size, device, thread counts)."""
-        model = asdict(self.spec)
-        model.pop("device")
+        model = self.model_fingerprint()
         out = {
             "model": model,
             "normalize": self.normalize,
@@ -219,8 +201,7 @@ class ImageEmbedder:
         check_choice("decode_device", self.decode_device, DECODE_DEVICES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("image_kind", self.image_kind, image_kinds())
-        check_int("model_inference_batch_size", self.model_inference_batch_size, 1)
-        check_gpu_share(self.num_gpus_per_worker)
+        self.check_run_knobs()
         check_int("max_image_pixels", self.max_image_pixels, 1, allow_none=True)
         check_int("max_decode_bytes", self.max_decode_bytes, 1, allow_none=True)
         if self.text_column is not None and self.text_column == self.image_column:

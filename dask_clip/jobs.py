@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from .embedder import ImageEmbedder
@@ -24,7 +24,7 @@ from .weights_id import weights_fingerprint
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-__all__ = ["EmbedJob", "embed_parquet", "prepare_embed", "run_embed"]
+__all__ = ["EmbedJob", "EmbedSettings", "embed_parquet", "prepare_embed", "run_embed"]
 
 
 @dataclass
@@ -59,24 +59,50 @@ class EmbedJob:
     output_format: Any = None  # set by prepare_embed
 
 
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How an embedding job reads its input and writes its output: the keyword arguments of
+    :func:`prepare_embed` and :func:`embed_parquet` (same names, same defaults; documented there)."""
+
+    image_column: str | None = None
+    partition_size: int = 256
+    split_row_groups: bool = False
+    overwrite: bool = False
+    storage_options: dict | None = None
+    input_format: str = "auto"
+    split_shards: int | str | None = None
+    output_format: str = "parquet"
+    embedding_dtype: str = "float16"
+
+
+def embed_settings(settings: EmbedSettings | None = None, **given: Any) -> EmbedSettings:
+    """``settings`` (default: the defaults) with the keyword arguments ``given`` on top.
+
+    Raises
+    ------
+    TypeError
+        An argument :class:`EmbedSettings` does not have (the message lists them).
+    """
+    if settings is not None and not isinstance(settings, EmbedSettings):
+        raise TypeError(f"settings must be an EmbedSettings, not {type(settings).__name__}")
+    names = [f.name for f in fields(EmbedSettings)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TypeError(f"unexpected arguments {unknown}; the job's settings are {names}")
+    return replace(settings or EmbedSettings(), **given)
+
+
 def prepare_embed(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     embedder: ImageEmbedder,
-    *,
-    image_column: str | None = None,
-    partition_size: int = 256,
-    split_row_groups: bool = False,
-    overwrite: bool = False,
-    storage_options: dict | None = None,
-    input_format: str = "auto",
-    split_shards: int | str | None = None,
-    output_format: str = "parquet",
-    embedding_dtype: str = "float16",
+    settings: EmbedSettings | None = None,
+    **given: Any,
 ) -> EmbedJob:
     """Read the input lazily, validate everything on the client, and check the output folder.
 
-    The arguments are those of :func:`embed_parquet` that say what to compute and where.
+    The arguments are those of :func:`embed_parquet` that say what to compute and where
+    (``settings`` and its keyword arguments).
 
     Returns
     -------
@@ -87,6 +113,10 @@ def prepare_embed(
     ValueError, TypeError, FileNotFoundError
         Bad configuration, or an output folder holding another job's files.
     """
+    job = embed_settings(settings, **given)
+    image_column, partition_size, split_row_groups = job.image_column, job.partition_size, job.split_row_groups
+    overwrite, storage_options, input_format = job.overwrite, job.storage_options, job.input_format
+    split_shards, output_format, embedding_dtype = job.split_shards, job.output_format, job.embedding_dtype
     ddf, guessed = read_images(
         input_path,
         image_column=image_column,
@@ -168,19 +198,12 @@ def embed_parquet(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     embedder: ImageEmbedder,
+    settings: EmbedSettings | None = None,
     *,
-    image_column: str | None = None,
-    partition_size: int = 256,
-    split_row_groups: bool = False,
-    overwrite: bool = False,
     client: Any = None,
     progress: bool = False,
     retries: int = 0,
-    storage_options: dict | None = None,
-    input_format: str = "auto",
-    split_shards: int | str | None = None,
-    output_format: str = "parquet",
-    embedding_dtype: str = "float16",
+    **given: Any,
 ) -> WriteSummary:
     """Embed an image input into a folder of Parquet files, resuming an interrupted run.
 
@@ -195,6 +218,9 @@ def embed_parquet(
     embedder
         What to compute. Its ``image_column`` is used where the input has it; otherwise
         ``image_column`` or the input's image column (``jpg``, ``image``, ..., ``path``).
+    settings
+        The keyword arguments below that say what to read and write, as one
+        :class:`EmbedSettings`; keyword arguments override it.
     image_column
         The image column, overriding both.
     partition_size
@@ -224,21 +250,16 @@ def embed_parquet(
         ``counts["errors"]`` is the number of rows without an embedding, ``counts["read_errors"]``
         that of WebDataset rows the tar reader reported.
     """
-    job = prepare_embed(
-        input_path,
-        output_path,
-        embedder,
-        image_column=image_column,
-        partition_size=partition_size,
-        split_row_groups=split_row_groups,
-        overwrite=overwrite,
-        storage_options=storage_options,
-        input_format=input_format,
-        split_shards=split_shards,
-        output_format=output_format,
-        embedding_dtype=embedding_dtype,
+    chosen = embed_settings(settings, **given)
+    job = prepare_embed(input_path, output_path, embedder, chosen)
+    return run_embed(
+        job,
+        overwrite=chosen.overwrite,
+        client=client,
+        progress=progress,
+        retries=retries,
+        storage_options=chosen.storage_options,
     )
-    return run_embed(job, overwrite=overwrite, client=client, progress=progress, retries=retries)
 
 
 def run_embed(

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import backends, config
+from . import backends
 from .columns import LIST_FLOAT32, STRING
-from .spec import ModelSpec
-from .validation import DEFAULT_NUM_GPUS_PER_WORKER, check_gpu_share, check_int
+from .model_settings import ModelSettings
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import dask.dataframe as dd
+
+    from .spec import ModelSpec
 
 __all__ = ["TextEmbedder", "embed_texts"]
 
@@ -28,7 +28,7 @@ TASK_NAME = "clip_text"
 
 
 @dataclass(frozen=True)
-class TextEmbedder:
+class TextEmbedder(ModelSettings):
     """Append CLIP text embeddings of a caption column, lazily on Dask or eagerly on one partition.
 
     The text-only counterpart of :class:`~dask_clip.ImageEmbedder` (which embeds captions next
@@ -54,24 +54,9 @@ class TextEmbedder:
         non-text caption), else null.
     """
 
-    model: str = "ViT-L-14"
-    pretrained: str | None = "openai"
-    model_dir: str | None = None
-    precision: str = field(default_factory=config.default("precision"))
-    device: str = "auto"
-    normalize: bool = True
-    model_inference_batch_size: int = field(default_factory=config.default("batch-size"))
-    num_gpus_per_worker: float = DEFAULT_NUM_GPUS_PER_WORKER
-    verbose: bool = False
     text_column: str = "caption"
     output_column: str = "text_embedding"
     error_column: str = "text_embedding_error"
-
-    @cached_property
-    def spec(self) -> ModelSpec:
-        """The model part of the configuration: what workers key their cache by."""
-        model_dir = None if self.model_dir is None else str(self.model_dir)
-        return ModelSpec(self.model, self.pretrained, model_dir, self.precision, self.device)
 
     def output_columns(self) -> list[tuple[str, str]]:
         """The columns this embedder adds, as (name, kind)."""
@@ -79,8 +64,7 @@ class TextEmbedder:
 
     def fingerprint(self) -> dict[str, Any]:
         """What defines the output (for resumable writers)."""
-        model = asdict(self.spec)
-        model.pop("device")
+        model = self.model_fingerprint()
         columns = [self.text_column, *dict(self.output_columns())]
         return {"model": model, "normalize": self.normalize, "columns": columns}
 
@@ -92,8 +76,7 @@ class TextEmbedder:
         ValueError, TypeError, FileNotFoundError
             With the valid choices in the message.
         """
-        check_int("model_inference_batch_size", self.model_inference_batch_size, 1)
-        check_gpu_share(self.num_gpus_per_worker)
+        self.check_run_knobs()
         if self.output_column == self.error_column:
             raise ValueError(f"output_column and error_column are both {self.output_column!r}")
         self.spec.validate()

@@ -154,7 +154,7 @@ def check_format_output(
         )
     foreign = fmt.foreign(fs, root, [n for n in names if n != MANIFEST], mine)
     if foreign:
-        described = f"{MANIFEST} describes" if mine is not None else f"no {MANIFEST} of dask_clip describes"
+        described = f"{MANIFEST} describes" if mine is not None else f"no {MANIFEST} describes"
         raise ValueError(
             f"{os.fspath(path)!r} holds {len(foreign)} files ({foreign[0]}, ...) that {described}; "
             "dask_clip neither mixes them into its output nor removes them, even with --overwrite. "
