@@ -284,6 +284,7 @@ def run_embed(
         partition_stats=functools.partial(_job_stats, error_column=job.embedder.error_column),
         storage_options=storage_options,
         file_metadata=job.file_metadata,
+        gpu_share=job.embedder.num_gpus_per_worker,  # a GPU resource where workers declare one
     )
 
 

@@ -12,6 +12,7 @@ The driver that uses them for every format is :mod:`dask_clip.io.writers.partiti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -215,9 +216,15 @@ def read_manifest(fs: Any, root: str) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def run_all(tasks: list[Any], client: Any, retries: int, progress: bool, root: str) -> dict[str, int]:
+def run_all(
+    tasks: list[Any], client: Any, retries: int, progress: bool, root: str, gpu_share: float | None = None
+) -> dict[str, int]:
     """Run the write tasks (on ``client``, else the default client, else Dask's local scheduler)
-    and sum their per-partition counts, with a progress bar in rows when asked."""
+    and sum their per-partition counts, with a progress bar in rows when asked.
+
+    ``gpu_share``: each task's GPU share (``num_gpus_per_worker``), asked of the scheduler as a
+    ``GPU`` resource where a worker of the cluster declares one (:mod:`dask_clip.resources`).
+    """
     if client is None:
         try:
             from distributed import default_client
@@ -228,7 +235,7 @@ def run_all(tasks: list[Any], client: Any, retries: int, progress: bool, root: s
     totals: dict[str, int] = {}
     bar = Progress(len(tasks), desc=os.path.basename(root) or root) if progress and tasks else None
     try:
-        for stats in _run(tasks, client, retries):
+        for stats in _run(tasks, client, retries, gpu_share):
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0) + value
             if bar is not None:
@@ -239,7 +246,7 @@ def run_all(tasks: list[Any], client: Any, retries: int, progress: bool, root: s
     return totals
 
 
-def _run(tasks: list[Any], client: Any, retries: int):
+def _run(tasks: list[Any], client: Any, retries: int, gpu_share: float | None = None):
     """Yield each task's result as it finishes (in completion order)."""
     if not tasks:
         return
@@ -250,7 +257,12 @@ def _run(tasks: list[Any], client: Any, retries: int):
         return
     from distributed import as_completed
 
-    futures = client.compute(tasks, retries=retries)
+    from ...resources import declares_gpu, gpu_annotation
+
+    # dask-expr drops annotations made while the frame was built: they are given at submission
+    share = gpu_annotation(gpu_share) if gpu_share and declares_gpu(client) else contextlib.nullcontext()
+    with share:
+        futures = client.compute(tasks, retries=retries)
     try:
         for future in as_completed(futures):
             yield future.result()

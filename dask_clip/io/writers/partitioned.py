@@ -282,10 +282,13 @@ def write_format(
     retries: int = 0,
     storage_options: dict | None = None,
     file_metadata: Mapping[str, Any] | None = None,
+    gpu_share: float | None = None,
 ) -> WriteSummary:
     """Write ``ddf`` in ``fmt`` to ``path``, resuming an interrupted run.
 
-    The arguments are those of :func:`dask_clip.io.writers.parquet.write_parquet`, plus the format.
+    The arguments are those of :func:`dask_clip.io.writers.parquet.write_parquet`, plus the
+    format and ``gpu_share``: each task's GPU share, asked for as a ``GPU`` resource on a
+    cluster whose workers declare one (:mod:`dask_clip.resources`).
 
     Returns
     -------
@@ -304,7 +307,7 @@ def write_format(
     n = ddf.npartitions
     fs, root = _open(path, storage_options)
     started = time.perf_counter()
-    totals = run_all(tasks, client, retries, progress, root)
+    totals = run_all(tasks, client, retries, progress, root, gpu_share)
     fmt.finish(fs, root, n)
     rows = totals.pop("rows", 0)
     return WriteSummary(
