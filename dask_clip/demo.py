@@ -113,7 +113,7 @@ def _weights(
     if random_weights and chosen:
         raise ValueError(f"--random-weights contradicts {' and '.join(chosen)}; pass one of them")
     if random_weights:
-        from .testing import write_model_dir
+        from .random_weights import write_model_dir
 
         with tempfile.TemporaryDirectory(prefix="dask-clip-random-model-") as folder:
             yield {"model_dir": str(write_model_dir(folder))}
