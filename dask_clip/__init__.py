@@ -45,7 +45,7 @@ _EXPORTS = {
     "read_webdataset": "webdataset",
     "write_laion": "io.writers.laion",
     "write_lance": "io.writers.lance",
-    "write_parquet": "writer",
+    "write_parquet": "io.writers.parquet",
 }
 __all__ = [
     "DaskClipError",
