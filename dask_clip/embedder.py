@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from .heads import Head
 from .model_settings import ModelSettings
 from .parquet_schema import parquet_column_type
 from .sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds, source_for_type
+from .steps.base import IMAGE
 from .validation import (
     DECODE_DEVICES,
     ON_ERROR,
@@ -269,15 +270,13 @@ class ImageEmbedder(ModelSettings):
         up to 4 partitions (``head``) to tell. To keep it lazy there, pass ``image_kind=`` or
         give the column a typed dtype (Arrow ``binary``, ``string`` or ``list<uint8>``).
         """
-        from .steps import apply
+        from .steps.base import apply
 
         return apply(ddf, [self.as_step()], token=TASK_NAME)  # validates, resolves image_kind, builds meta
 
     def as_step(self) -> Any:
         """This embedder as a :class:`~dask_clip.steps.Step`, to chain with others in one pass
         (:func:`dask_clip.steps.apply`)."""
-        from .steps import ImageEmbedding
-
         return ImageEmbedding(self)
 
     def _resolve_kind(self, ddf: dd.DataFrame) -> str:
@@ -472,3 +471,37 @@ def clip_scores(result: Any, text: Any) -> tuple[Any, np.ndarray]:
     image = image[torch.as_tensor(image_rank[rows], device=at)]
     caption = text.unit.to(at)[torch.as_tensor(text_rank[rows], device=at)]
     return (image * caption).sum(dim=1), both
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """The image embedding step: the embedding, its error column, the caption columns and CLIP
+    score (``text_column=``) and one column per head, all from one decode and forward pass."""
+
+    embedder: ImageEmbedder
+    name: str = "image_embedding"
+
+    def inputs(self) -> list[tuple[str, str]]:
+        text = [(self.embedder.text_column, STRING)] if self.embedder.text_column is not None else []
+        return [(self.embedder.image_column, IMAGE), *text]
+
+    def outputs(self) -> list[tuple[str, str]]:
+        return self.embedder.output_columns()
+
+    def validate(self, meta: Any) -> None:
+        self.embedder.validate(list(meta.columns))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.embedder.fingerprint()
+
+    def output_meta(self, meta: Any) -> Any:
+        return self.embedder.output_meta(meta)  # drops or retypes the image column too
+
+    def bind(self, ddf: dd.DataFrame) -> ImageEmbedding:
+        """Resolve ``image_kind="auto"`` from the input (reads a few rows of an untyped column)."""
+        if self.embedder.image_column not in ddf.columns:
+            return self  # apply says which column is missing
+        return replace(self, embedder=replace(self.embedder, image_kind=self.embedder._resolve_kind(ddf)))
+
+    def __call__(self, partition: Any) -> Any:
+        return self.embedder.embed_partition(partition)

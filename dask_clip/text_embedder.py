@@ -97,14 +97,12 @@ class TextEmbedder(ModelSettings):
             The same rows, index and columns, plus ``output_column`` (``list<float32>``) and
             ``error_column`` (string). Nothing is computed.
         """
-        from .steps import apply
+        from .steps.base import apply
 
         return apply(ddf, [self.as_step()], token=TASK_NAME)
 
     def as_step(self) -> Any:
         """This embedder as a :class:`~dask_clip.steps.Step` (:func:`dask_clip.steps.apply`)."""
-        from .steps import TextEmbedding
-
         return TextEmbedding(self)
 
     def output_meta(self, meta: Any) -> Any:
@@ -197,3 +195,29 @@ def embed_texts(spec: ModelSpec, texts: Sequence[str], *, batch_size: int = 256,
     if normalize:
         features = torch.nn.functional.normalize(features, dim=-1)
     return features.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """The caption embedding step (the text tower alone)."""
+
+    embedder: TextEmbedder
+    name: str = "text_embedding"
+
+    def inputs(self) -> list[tuple[str, str]]:
+        return [(self.embedder.text_column, STRING)]
+
+    def outputs(self) -> list[tuple[str, str]]:
+        return self.embedder.output_columns()
+
+    def validate(self, meta: Any) -> None:
+        self.embedder.validate(list(meta.columns))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return self.embedder.fingerprint()
+
+    def output_meta(self, meta: Any) -> Any:
+        return self.embedder.output_meta(meta)
+
+    def __call__(self, partition: Any) -> Any:
+        return self.embedder.embed_partition(partition)
