@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .embedder import ImageEmbedder
@@ -18,6 +18,7 @@ from .io.readers import fingerprint as input_fingerprint
 from .io.writers.base import WriteSummary, location
 from .io.writers.partitioned import check_format_output, write_format
 from .readers import PATH_COLUMN, input_request, read_images
+from .validation import with_settings
 from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
 from .weights_id import weights_fingerprint
 
@@ -83,13 +84,7 @@ def embed_settings(settings: EmbedSettings | None = None, **given: Any) -> Embed
     TypeError
         An argument :class:`EmbedSettings` does not have (the message lists them).
     """
-    if settings is not None and not isinstance(settings, EmbedSettings):
-        raise TypeError(f"settings must be an EmbedSettings, not {type(settings).__name__}")
-    names = [f.name for f in fields(EmbedSettings)]
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise TypeError(f"unexpected arguments {unknown}; the job's settings are {names}")
-    return replace(settings or EmbedSettings(), **given)
+    return with_settings(EmbedSettings, settings, given, what="arguments", name="settings")
 
 
 def prepare_embed(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import numbers
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from .. import backends
-from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int, check_memory
+from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int, check_memory, with_settings
 from . import _frame, _join, assign, border, budget, kmeans, pairwise
 
 __all__ = ["DEFAULT_BORDER_MARGIN", "OUTPUT_COLUMNS", "DedupConfig", "dedup_config", "is_duplicate", "semantic_dedup"]
@@ -106,14 +106,7 @@ def dedup_config(config: DedupConfig | None = None, **settings: Any) -> DedupCon
     TypeError
         A setting :class:`DedupConfig` does not have (the message lists them).
     """
-    if config is not None and not isinstance(config, DedupConfig):
-        raise TypeError(f"config must be a DedupConfig, not {type(config).__name__}")
-    unknown = sorted(set(settings) - {f.name for f in fields(DedupConfig)})
-    if unknown:
-        raise TypeError(
-            f"unexpected dedup arguments {unknown}; the settings are {[f.name for f in fields(DedupConfig)]}"
-        )
-    return replace(config or DedupConfig(), **settings)
+    return with_settings(DedupConfig, config, settings, what="dedup arguments", name="config")
 
 
 def semantic_dedup(
