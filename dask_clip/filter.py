@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .file_metadata import carried, read_file_metadata
+from .io.file_metadata import carried, read_file_metadata
 from .io.writers.base import location
 from .io.writers.parquet import write_tasks
 

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 
 from dask_clip import ImageEmbedder, TextEmbedder
-from dask_clip.cluster import ClusterOptions, plan_local_cluster
 from dask_clip.dedup import DedupConfig, semantic_dedup
-from dask_clip.jobs import EmbedSettings, embed_settings
-from dask_clip.model_settings import ModelSettings
+from dask_clip.embed.jobs import EmbedSettings, embed_settings
+from dask_clip.embed.model_settings import ModelSettings
+from dask_clip.runtime.cluster import ClusterOptions, plan_local_cluster
 
 MACHINE = {"n_gpus": 0, "dask_cuda_installed": False, "cores": 8}
 

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from dask_clip.io import readers as registry
+from dask_clip.io.read import INPUT_FORMATS, input_format_names, read_images
 from dask_clip.io.readers import get_input_format, input_formats
-from dask_clip.readers import INPUT_FORMATS, input_format_names, read_images
 from dask_clip.registry import ModuleRegistry
 
 LINES_FORMAT = textwrap.dedent(

@@ -23,7 +23,7 @@ TOY_FAMILY = textwrap.dedent(
     '''
     """A toy family: a folder with toy.json; the model projects the mean colour to D values."""
     from dask_clip.models.families.base import ModelDir, ModelFamily, read_json
-    from dask_clip.preprocess import PreprocessConfig
+    from dask_clip.image.preprocess import PreprocessConfig
 
 
     def detect(folder):

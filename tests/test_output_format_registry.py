@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dask_clip import ImageEmbedder
+from dask_clip.embed.jobs import embed_parquet
 from dask_clip.io import writers as registry
 from dask_clip.io.writers.base import MANIFEST
-from dask_clip.jobs import embed_parquet
 from dask_clip.registry import ModuleRegistry
 
 # One JSON line per row with an embedding: key and embedding. The last rename commits it.

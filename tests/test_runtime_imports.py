@@ -12,7 +12,7 @@ def test_the_cli_and_the_demo_import_neither_testing_nor_torch():
     code = (
         "import sys\n"
         "from dask_clip.cli import build_parser\n"
-        "import dask_clip.demo, dask_clip.random_weights\n"
+        "import dask_clip.demo, dask_clip.models.random_weights\n"
         "parser = build_parser()\n"
         "parser.parse_args(['embed', 'in', 'out', '--output-format', 'lance', '--aesthetic-model', 'w.pth'])\n"
         "parser.parse_args(['filter', 'in', 'out', '--min-aesthetic', '5', '--keep-label', 'cat'])\n"
@@ -23,7 +23,8 @@ def test_the_cli_and_the_demo_import_neither_testing_nor_torch():
 
 
 def test_testing_reexports_the_demo_model():
-    from dask_clip import random_weights, testing
+    from dask_clip import testing
+    from dask_clip.models import random_weights
 
     assert testing.write_model_dir is random_weights.write_model_dir
     assert testing.TINY_MODEL_CFG is random_weights.TINY_MODEL_CFG

@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect
+    from ..runtime.cluster import connect
 
     try:
         from ..dedup import dedup_parquet
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     check_dedup_paths(args.input, args.output)  # OUTPUT = INPUT: refused now, not after the whole dedup
     id_column = args.id_column
     if id_column is None or args.image_column is None:  # the columns the embeddings record
-        from ..file_metadata import read_file_metadata
+        from ..io.file_metadata import read_file_metadata
 
         recorded = read_file_metadata(args.input)
         if id_column is None:  # key, or a folder's file path

@@ -7,9 +7,9 @@ from typing import Any
 
 from .. import config
 from ..heads.options import head_options
+from ..image.sources import image_kinds
+from ..io.read import input_format_names
 from ..io.writers import output_format_names, output_formats
-from ..readers import input_format_names
-from ..sources import image_kinds
 from . import options
 
 __all__ = ["add_parser", "run", "score_heads"]
@@ -142,10 +142,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect_early
-    from ..embedder import ImageEmbedder
+    from ..embed.embedder import ImageEmbedder
+    from ..embed.jobs import prepare_embed, run_embed
     from ..io.writers.parquet import looks_complete, remove_temporaries
-    from ..jobs import prepare_embed, run_embed
+    from ..runtime.cluster import connect_early
 
     embedder = ImageEmbedder(
         **options.weights(args),

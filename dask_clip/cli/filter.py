@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect
     from ..filter import filter_parquet, filter_rules
+    from ..runtime.cluster import connect
 
     declared = filter_rules_of()
     thresholds = {}

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from fsspec.core import url_to_fs
 
-from ..file_metadata import carried, read_file_metadata
+from ..io.file_metadata import carried, read_file_metadata
 from ..io.writers.base import _input_roots, check_not_input, location
 from ..io.writers.parquet import write_tasks
 from ..validation import check_eps

@@ -96,7 +96,7 @@ def _hash_partition(df: Any, *, image_column: str, kinds: tuple[str, ...], max_p
     """Hashes of one pandas partition of encoded image bytes; null where the image fails."""
     import pandas as pd
 
-    from ..decode import decode_bytes
+    from ..image.decode import decode_bytes
 
     pixels, ok = [], []
     for data in df[image_column].tolist():

@@ -77,7 +77,7 @@ def class_embeddings(
     """
     import torch
 
-    from ..text import encode_texts
+    from ..embed.text import encode_texts
 
     key = (id(model), tuple(labels), tuple(templates))
     cached = _CACHE.get(key)

@@ -1,7 +1,7 @@
 """Tiny models and sample data for the tests, the benchmarks and the docs' examples.
 
 Not imported by the package at run time (the CLI and the demo do not import it; the demo's
-random model is :mod:`dask_clip.random_weights`). Imports torch.
+random model is :mod:`dask_clip.models.random_weights`). Imports torch.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Model folders and head weights for tests: transformers CLIP folders, LAION head weights
-(random, seeded), and the tiny open_clip models of :mod:`dask_clip.random_weights`."""
+(random, seeded), and the tiny open_clip models of :mod:`dask_clip.models.random_weights`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..random_weights import TINY_MODEL_CFG, TINY_TEXT_MODEL_CFG, write_model_dir
+from ..models.random_weights import TINY_MODEL_CFG, TINY_TEXT_MODEL_CFG, write_model_dir
 
 __all__ = [
     "TINY_MODEL_CFG",

@@ -10,7 +10,7 @@ format            what it reads
 ================  ==============================================================================
 
 ``input_format="auto"`` asks them in priority order (the order above). Adding a format is one
-module in this package plus its test: :func:`dask_clip.readers.read_images`, ``embed_parquet``'s
+module in this package plus its test: :func:`dask_clip.io.read.read_images`, ``embed_parquet``'s
 resume fingerprint and the CLI's ``--input-format`` choices all read the registry.
 """
 
@@ -66,7 +66,7 @@ def resolve(request: ReadRequest, input_format: str = "auto", listing: Listing |
 
 
 def read(request: ReadRequest, input_format: str = "auto") -> tuple[dd.DataFrame, str]:
-    """Read ``request`` with its format; see :func:`dask_clip.readers.read_images`."""
+    """Read ``request`` with its format; see :func:`dask_clip.io.read.read_images`."""
     listing = Listing(request)
     return resolve(request, input_format, listing).read(request, listing)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ...file_metadata import with_file_metadata
+from ..file_metadata import with_file_metadata
 
 __all__ = ["arrow_types", "to_arrow"]
 
@@ -79,7 +79,7 @@ def to_arrow(
         schema; other columns are inferred, all-null ones as ``string``.
     file_metadata
         What the job records in each file's ``dask_clip`` metadata entry (image and key
-        columns: :mod:`dask_clip.file_metadata`).
+        columns: :mod:`dask_clip.io.file_metadata`).
     """
     # A named index is data (e.g. dedup's `row` numbers): store it as a column. An unnamed
     # RangeIndex stays metadata only; Dask's reader cannot handle a named one stored that way.

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from ...progress import Progress
+from ...runtime.progress import Progress
 
 __all__ = [
     "EMBEDDING_METADATA",
@@ -40,9 +40,9 @@ __all__ = [
 ]
 
 MANIFEST = "_dask_clip.json"
-#: The manifest's ``writer`` entry (kept from when Parquet's writer was ``dask_clip.writer``:
+#: The manifest's ``writer`` entry (kept from when Parquet's writer was ``dask_clip.io.writer``:
 #: outputs written before still resume).
-WRITER = "dask_clip.writer"
+WRITER = "dask_clip.io.writer"
 _GLOB = re.compile(r"[*?\[{]")
 
 
@@ -117,10 +117,10 @@ def put(fs: Any, root: str, name: str, write: Callable[[Any], None], mode: str =
             os.remove(temp)
 
 
-#: The entry of each part file's ``dask_clip`` metadata (:mod:`dask_clip.file_metadata`) that
+#: The entry of each part file's ``dask_clip`` metadata (:mod:`dask_clip.io.file_metadata`) that
 #: names the model and weights fingerprint that made its embeddings (``{"model": ...,
 #: "weights": ...}``), so that a file moved out of its folder still says so
-#: (:mod:`dask_clip.weights_id`).
+#: (:mod:`dask_clip.models.weights_id`).
 EMBEDDING_METADATA = "embedding"
 
 

@@ -39,7 +39,7 @@ from .partitioned import write_format
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-    from ...embedder import ImageEmbedder
+    from ...embed.embedder import ImageEmbedder
     from .base import WriteSummary
 
 __all__ = ["DTYPES", "LaionFormat", "read_laion", "write_laion"]

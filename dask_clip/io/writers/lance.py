@@ -43,7 +43,7 @@ from .partitioned import write_format
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-    from ...embedder import ImageEmbedder
+    from ...embed.embedder import ImageEmbedder
     from .base import WriteSummary
 
 __all__ = ["LanceFormat", "add_embedding_columns", "read_lance", "vector_column", "write_lance"]

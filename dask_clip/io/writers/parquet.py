@@ -38,7 +38,7 @@ from .partitioned import check_format_output, format_tasks, ours, write_format
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-    from ...embedder import ImageEmbedder
+    from ...embed.embedder import ImageEmbedder
 
 __all__ = [
     "FORMAT",
@@ -233,7 +233,7 @@ def write_parquet(
         fsspec options for a remote ``path``.
     file_metadata
         JSON-able entries for each file's ``dask_clip`` key-value metadata
-        (:mod:`dask_clip.file_metadata`), e.g. ``{"image_column": "path", "key_column": "path"}``.
+        (:mod:`dask_clip.io.file_metadata`), e.g. ``{"image_column": "path", "key_column": "path"}``.
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """From rows to embeddings: chunks through the input stage and the model, row errors, heads.
 
 A partition's rows go through in chunks of a few hundred. The input stage
-(:func:`dask_clip.prepare.prepare_chunk`) turns a chunk into the model's input — decoded,
+(:func:`dask_clip.image.prepare.prepare_chunk`) turns a chunk into the model's input — decoded,
 resized and cropped image by image, so full-size images never pile up — and the model stage
 embeds it in batches of ``batch_size`` and runs the heads on the same batches. How the two
 stages share the machine is the *schedule*:
@@ -36,15 +36,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decode import Decoder
-from .errors import ImageDecodeError
-from .heads import HeadFunction, HeadInputs
+from ..errors import ImageDecodeError
+from ..heads import HeadFunction, HeadInputs
+from ..image.decode import Decoder
+from ..image.prepare import PreparedChunk, decode_stream, prepare_chunk
+from ..image.sources import ImageSource
+from ..models.loaded import LoadedModel
+from ..runtime import caches
+from ..validation import SCHEDULES
 from .infer import encode_inputs
-from .models.loaded import LoadedModel
-from .prepare import PreparedChunk, decode_stream, prepare_chunk
-from .runtime import caches
-from .sources import ImageSource
-from .validation import SCHEDULES
 
 __all__ = ["MIN_ROWS_PER_CHUNK", "SCHEDULES", "RowsResult", "embed_rows"]
 

@@ -1,6 +1,6 @@
 """Whole jobs, input folder to output folder: what ``dask-clip embed`` runs, for Python users too.
 
-:func:`embed_parquet` reads an image input (:func:`~dask_clip.readers.read_images`), embeds it
+:func:`embed_parquet` reads an image input (:func:`~dask_clip.io.read.read_images`), embeds it
 and writes it through an output format of :mod:`dask_clip.io.writers` (Parquet by default), with
 the job's fingerprint in the output folder's manifest: a rerun resumes, and a different job (another
 model, input, column names or partitioning) into the same folder is refused instead of mixed in.
@@ -13,14 +13,14 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ..io.read import PATH_COLUMN, input_request, read_images
+from ..io.readers import fingerprint as input_fingerprint
+from ..io.webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
+from ..io.writers.base import WriteSummary, location
+from ..io.writers.partitioned import check_format_output, write_format
+from ..models.weights_id import weights_fingerprint
+from ..validation import with_settings
 from .embedder import ImageEmbedder
-from .io.readers import fingerprint as input_fingerprint
-from .io.writers.base import WriteSummary, location
-from .io.writers.partitioned import check_format_output, write_format
-from .readers import PATH_COLUMN, input_request, read_images
-from .validation import with_settings
-from .webdataset_partition import READ_ERROR as READ_ERROR_COLUMN
-from .weights_id import weights_fingerprint
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -45,7 +45,7 @@ class EmbedJob:
     todo : list of int
         Partitions whose file is still missing.
     file_metadata : dict
-        Recorded in every output file (:mod:`dask_clip.file_metadata`): its image and key
+        Recorded in every output file (:mod:`dask_clip.io.file_metadata`): its image and key
         columns, for ``index``, ``serve`` and ``dedup`` to pick up.
     output_format : PartitionFormat
         The output format (:mod:`dask_clip.io.writers`).
@@ -162,14 +162,14 @@ def make_output_format(name: str, embedder: ImageEmbedder, embedding_dtype: str 
 
     ``embedding_dtype`` applies to ``laion`` (its ``.npy`` files); Lance and Parquet store float32.
     """
-    from .io.writers import build_output_format
+    from ..io.writers import build_output_format
 
     return build_output_format(name, embedder, {"embedding_dtype": embedding_dtype})
 
 
 def __getattr__(name: str) -> Any:
     if name == "OUTPUT_FORMATS":  # the former constant, from the registry on first use
-        from .io.writers import output_format_names
+        from ..io.writers import output_format_names
 
         return output_format_names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -206,7 +206,7 @@ def embed_parquet(
     ----------
     input_path
         Parquet file, folder, glob or fsspec URL (img2dataset output), or a folder of image
-        files; see :func:`~dask_clip.readers.read_images`.
+        files; see :func:`~dask_clip.io.read.read_images`.
     output_path
         Output folder (local or fsspec URL): ``part-NNNNN.parquet`` per partition and a
         ``_dask_clip.json`` manifest.
@@ -235,7 +235,7 @@ def embed_parquet(
         fsspec options for remote input and output.
     input_format
         ``"auto"``, ``"parquet"``, ``"webdataset"`` or ``"images"``; see
-        :func:`~dask_clip.readers.read_images`.
+        :func:`~dask_clip.io.read.read_images`.
     split_shards
         WebDataset input: bytes of tar per partition (default: one partition per shard).
 

@@ -11,15 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import backends, config
-from .columns import FLOAT32, LIST_FLOAT32, STRING
-from .fetch import check_protocols
-from .heads import Head
-from .model_settings import ModelSettings
-from .parquet_schema import parquet_column_type
-from .sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds, source_for_type
-from .steps.base import IMAGE
-from .validation import (
+from .. import backends, config
+from ..columns import FLOAT32, LIST_FLOAT32, STRING
+from ..heads import Head
+from ..image.sources import ImageSource, ReadLimits, detect_source, get_source, image_kinds, source_for_type
+from ..io.fetch import check_protocols
+from ..io.parquet_schema import parquet_column_type
+from ..steps.base import IMAGE
+from ..validation import (
     DECODE_DEVICES,
     ON_ERROR,
     SCHEDULES,
@@ -27,6 +26,7 @@ from .validation import (
     check_int,
     check_timeout,
 )
+from .model_settings import ModelSettings
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -47,7 +47,7 @@ class ImageEmbedder(ModelSettings):
     Parameters
     ----------
     model, pretrained, model_dir, precision, device
-        What to load; see :class:`~dask_clip.spec.ModelSpec`. ``pretrained=None`` asks for
+        What to load; see :class:`~dask_clip.models.spec.ModelSpec`. ``pretrained=None`` asks for
         seeded random weights.
 
     Where ``precision``, ``model_inference_batch_size`` and the read limits
@@ -64,7 +64,7 @@ class ImageEmbedder(ModelSettings):
         worker's thread count (:func:`~dask_clip.local_cluster` also starts that many task
         threads per GPU worker). No effect on CPU.
     verbose
-        Log per-partition images/s on the workers (logger ``"dask_clip.embedder"``, level INFO;
+        Log per-partition images/s on the workers (logger ``"dask_clip.embed.embedder"``, level INFO;
         the worker setup plugin and the CLI show it).
     remove_image_data
         Drop the image column from the output.
@@ -78,7 +78,7 @@ class ImageEmbedder(ModelSettings):
         ``"auto"`` (from the column's dtype or values) or a registered image source:
         ``"bytes"`` (encoded images), ``"path"`` (local paths or fsspec URLs) or ``"pixels"``
         (uint8 (H, W, 3) arrays, or a flat Arrow ``list<uint8>`` with
-        ``height_column``/``width_column``); see :mod:`dask_clip.sources`.
+        ``height_column``/``width_column``); see :mod:`dask_clip.image.sources`.
     height_column, width_column
         Shape columns for flat ``list<uint8>`` pixel columns.
     max_image_pixels
@@ -95,7 +95,7 @@ class ImageEmbedder(ModelSettings):
         where the size is not known); an encoded bytes row that is larger is a row error too.
         None: no cap.
     allowed_protocols
-        Protocols a path column may name (default :data:`dask_clip.fetch.DEFAULT_PROTOCOLS`:
+        Protocols a path column may name (default :data:`dask_clip.io.fetch.DEFAULT_PROTOCOLS`:
         ``file``/``local`` and the object stores ``s3``, ``gs``/``gcs``, ``abfs``/``az``,
         ``hf``). A path with another protocol is a row error, refused before anything is
         opened. ``http``/``https`` reach any host a URL names: add them on purpose
@@ -110,7 +110,7 @@ class ImageEmbedder(ModelSettings):
         :class:`~dask_clip.heads.Head` objects run on the embeddings in the same pass, each
         adding one column.
     schedule
-        How the input stage and the model share the machine (:mod:`dask_clip.pipeline`):
+        How the input stage and the model share the machine (:mod:`dask_clip.embed.pipeline`):
         ``"auto"`` (overlap on GPUs, serial on CPUs: measured fastest on each), ``"overlap"``
         (a thread prepares the next chunk while the model runs) or ``"serial"`` (each chunk is
         prepared with every core, then embedded with every core).
@@ -265,12 +265,12 @@ class ImageEmbedder(ModelSettings):
         dtype does not say whether the column holds encoded bytes, paths or pixel arrays. For
         a column read from Parquet (also after a column selection, a row filter,
         ``partitions[...]``, ``repartition``), the files' schema, which ``dd.read_parquet``
-        already holds, says it (``binary``: bytes; :mod:`dask_clip.parquet_schema`). Otherwise
+        already holds, says it (``binary``: bytes; :mod:`dask_clip.io.parquet_schema`). Otherwise
         (a ``from_pandas`` frame, an ``assign``-ed column) this call reads the first rows of
         up to 4 partitions (``head``) to tell. To keep it lazy there, pass ``image_kind=`` or
         give the column a typed dtype (Arrow ``binary``, ``string`` or ``list<uint8>``).
         """
-        from .steps.base import apply
+        from ..steps.base import apply
 
         return apply(ddf, [self.as_step()], token=TASK_NAME)  # validates, resolves image_kind, builds meta
 
@@ -330,8 +330,8 @@ class ImageEmbedder(ModelSettings):
             (``list<float32>``, null where the image failed), the error column and one column
             per head, of the same library as ``df``.
         """
-        from .heads.cache import get_head
-        from .models.cache import apply_torch_threads, get_model, gpu_share
+        from ..heads.cache import get_head
+        from ..models.cache import apply_torch_threads, get_model, gpu_share
         from .pipeline import embed_rows
         from .text import embed_text_rows
 
@@ -377,10 +377,10 @@ class ImageEmbedder(ModelSettings):
         return out
 
     def _decoder(self, device: Any, source: ImageSource) -> Any:
-        from .decode import PILLOW
+        from ..image.decode import PILLOW
 
         if self.decode_device == "auto" and device.type == "cuda" and source.kind in ("bytes", "path"):
-            from .gpu_decode import NvjpegDecoder
+            from ..image.gpu_decode import NvjpegDecoder
 
             return NvjpegDecoder(device)
         return PILLOW
@@ -451,9 +451,9 @@ def clip_scores(result: Any, text: Any) -> tuple[Any, np.ndarray]:
     Parameters
     ----------
     result
-        The image side, :class:`~dask_clip.pipeline.RowsResult` (M_i valid rows).
+        The image side, :class:`~dask_clip.embed.pipeline.RowsResult` (M_i valid rows).
     text
-        The text side, :class:`~dask_clip.text.TextResult` (M_t valid rows).
+        The text side, :class:`~dask_clip.embed.text.TextResult` (M_t valid rows).
 
     Returns
     -------

@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models.families import detect_model_dir, get_family
-from .models.families.base import WEIGHT_FILE_PATTERNS, ModelDir, find_weights
-from .validation import PRECISIONS, check_choice, check_device
+from ..validation import PRECISIONS, check_choice, check_device
+from .families import detect_model_dir, get_family
+from .families.base import WEIGHT_FILE_PATTERNS, ModelDir, find_weights
 
 __all__ = ["HF_HUB_PREFIX", "WEIGHT_FILE_PATTERNS", "ModelSpec", "find_weights"]
 
@@ -35,7 +35,7 @@ class ModelSpec:
         open_clip pretrained tag (``"openai"``, ``"laion2b_s32b_b82k"``, ...), a path to a
         checkpoint file, or ``None`` for seeded random weights (explicit request only).
     model_dir
-        A local folder, its kind detected from its files (:mod:`dask_clip.model_dirs`): open_clip's
+        A local folder, its kind detected from its files (:mod:`dask_clip.models.model_dirs`): open_clip's
         ``local-dir:`` layout (``open_clip_config.json`` plus weights), a transformers CLIP folder
         (``config.json`` with ``model_type: clip`` + ``model.safetensors``, loaded with the ``hf``
         extra), or NeMo Curator's ``model_dir`` (with ``openai/clip-vit-large-patch14/`` in it).
@@ -105,7 +105,7 @@ class ModelSpec:
             )
 
     def resolve_model_dir(self) -> ModelDir:
-        """The detected kind and files of ``model_dir`` (:func:`~dask_clip.model_dirs.detect_model_dir`)."""
+        """The detected kind and files of ``model_dir`` (:func:`~dask_clip.models.model_dirs.detect_model_dir`)."""
         if self.model_dir is None:
             raise ValueError("this spec has no model_dir")
         return detect_model_dir(self.model_dir)

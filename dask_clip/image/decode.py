@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
+from ..io.fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
 
 __all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "DecodeResult", "check_pixels", "decode_bytes", "read_paths"]
 
@@ -165,7 +165,7 @@ def read_paths(
     allowed_protocols: Sequence[str] = DEFAULT_PROTOCOLS,
     timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> list[tuple[bytes | None, str | None]]:
-    """Read local paths or fsspec URLs, bounded (:mod:`dask_clip.fetch`): only allowed protocols,
+    """Read local paths or fsspec URLs, bounded (:mod:`dask_clip.io.fetch`): only allowed protocols,
     only regular local files, at most ``max_bytes`` per image, remote reads within ``timeout``.
 
     Parameters
@@ -176,7 +176,7 @@ def read_paths(
         Largest encoded image read, in bytes (default 64 MiB); None: no cap. A larger file is a
         row error, found before it is read where its size is known.
     allowed_protocols
-        Protocols that may be opened (default :data:`~dask_clip.fetch.DEFAULT_PROTOCOLS`: local
+        Protocols that may be opened (default :data:`~dask_clip.io.fetch.DEFAULT_PROTOCOLS`: local
         files and object stores; ``http``/``https`` are opt-in).
     timeout
         Seconds one remote read may take (default 60); None: no limit.
@@ -188,7 +188,7 @@ def read_paths(
     """
     from fsspec.implementations.local import LocalFileSystem
 
-    from .fetch import LOCAL_PROTOCOLS, read_local, read_urls, url_protocols
+    from ..io.fetch import LOCAL_PROTOCOLS, read_local, read_urls, url_protocols
 
     allowed = {p.lower() for p in allowed_protocols}
     results: list[tuple[bytes | None, str | None]] = [(None, "missing path (null)")] * len(paths)
@@ -257,7 +257,7 @@ def _repeat_gray(pixels: Any) -> Any:
 
 class Decoder(Protocol):
     """Turns encoded images into pixels: Pillow (:class:`PillowDecoder`), or nvJPEG with a Pillow
-    fallback (:class:`dask_clip.gpu_decode.NvjpegDecoder`)."""
+    fallback (:class:`dask_clip.image.gpu_decode.NvjpegDecoder`)."""
 
     def decode_groups(
         self, blobs: Sequence[object], *, max_pixels: int | None, max_bytes: int | None = None

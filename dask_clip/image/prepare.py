@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..worker_setup import release_freed_memory
 from .decode import Decoder
 from .preprocess import PreprocessConfig, normalize, resize_crop, to_chw
 from .sources import ImageSource
-from .worker_setup import release_freed_memory
 
 __all__ = ["PreparedChunk", "decode_stream", "prepare_chunk"]
 
@@ -117,7 +117,7 @@ def _crop(pixels: object, device: torch.device, cfg: PreprocessConfig) -> torch.
     try:
         return resize_crop(_chw_on(pixels, device), cfg)
     except Exception as err:
-        from .infer import is_out_of_memory
+        from ..embed.infer import is_out_of_memory
 
         if device.type != "cuda" or not is_out_of_memory(err):
             raise

@@ -1,6 +1,6 @@
 """Batched JPEG decode with nvJPEG (``torchvision.io.decode_jpeg(..., device="cuda")``).
 
-Same contract as :class:`dask_clip.decode.PillowDecoder`: one ``(pixels, reason)`` per row, in
+Same contract as :class:`dask_clip.image.decode.PillowDecoder`: one ``(pixels, reason)`` per row, in
 order, never raising for a bad row. Only what nvJPEG decodes like Pillow goes to the GPU:
 
 - baseline JPEG (Pillow says ``format == "JPEG"``) in mode ``RGB`` or ``L`` (not Adobe RGB-coded),
@@ -10,7 +10,7 @@ order, never raising for a bad row. Only what nvJPEG decodes like Pillow goes to
 - progressive JPEGs go to Pillow too: torchvision decodes them one at a time with CPU Huffman
   decoding under a process-wide lock (:data:`PROGRESSIVE_ON_GPU` turns that off, for measuring);
 - everything else (PNG, WebP, CMYK/YCCK JPEG, MPO, oversized, undecodable) takes the CPU path,
-  :func:`dask_clip.decode.decode_bytes`, and so gets the same pixels or the same error.
+  :func:`dask_clip.image.decode.decode_bytes`, and so gets the same pixels or the same error.
 
 A batch that nvJPEG rejects (one bad image fails the whole call) is bisected, so one bad image
 costs log2(batch) extra calls, not a call per image; an image that fails alone falls back to
@@ -243,7 +243,7 @@ class FallbackPool:
 def fallback_threads() -> int:
     """The cores per GPU of this node: the worker's usable cores over the GPUs torch sees (a
     dask-cuda worker sees every GPU of the node, its own first)."""
-    from .worker_setup import cpu_count
+    from ..worker_setup import cpu_count
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 1
     return max(1, cpu_count() // max(1, gpus))
@@ -311,7 +311,7 @@ def check_device_decode(device: torch.device) -> None:
 
 
 class NvjpegDecoder(BaseDecoder):
-    """A :class:`~dask_clip.decode.Decoder`: JPEGs on ``device`` (nvJPEG on CUDA), the rest with Pillow.
+    """A :class:`~dask_clip.image.decode.Decoder`: JPEGs on ``device`` (nvJPEG on CUDA), the rest with Pillow.
 
     Runs on the caller's current CUDA stream (the pipeline's decode stream); the caller hands the
     results to the model's stream with an event.

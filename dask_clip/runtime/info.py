@@ -72,8 +72,8 @@ def environment_info() -> dict[str, Any]:
     """
     import torch
 
-    from . import config
-    from .worker_setup import cpu_count
+    from .. import config
+    from ..worker_setup import cpu_count
 
     cuda: dict[str, Any] = {"available": bool(torch.cuda.is_available()), "torch_cuda_version": torch.version.cuda}
     if cuda["available"]:

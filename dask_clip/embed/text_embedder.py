@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import backends
-from .columns import LIST_FLOAT32, STRING
+from .. import backends
+from ..columns import LIST_FLOAT32, STRING
 from .model_settings import ModelSettings
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     import dask.dataframe as dd
 
-    from .spec import ModelSpec
+    from ..models.spec import ModelSpec
 
 __all__ = ["TextEmbedder", "embed_texts"]
 
@@ -33,12 +33,12 @@ class TextEmbedder(ModelSettings):
 
     The text-only counterpart of :class:`~dask_clip.ImageEmbedder` (which embeds captions next
     to images with ``text_column=``). Both key the per-worker model cache by the same
-    :class:`~dask_clip.spec.ModelSpec`, so one loaded model serves both towers.
+    :class:`~dask_clip.models.spec.ModelSpec`, so one loaded model serves both towers.
 
     Parameters
     ----------
     model, pretrained, model_dir, precision, device
-        What to load; see :class:`~dask_clip.spec.ModelSpec`.
+        What to load; see :class:`~dask_clip.models.spec.ModelSpec`.
     normalize
         L2-normalise the embeddings (unit length).
     model_inference_batch_size
@@ -97,7 +97,7 @@ class TextEmbedder(ModelSettings):
             The same rows, index and columns, plus ``output_column`` (``list<float32>``) and
             ``error_column`` (string). Nothing is computed.
         """
-        from .steps.base import apply
+        from ..steps.base import apply
 
         return apply(ddf, [self.as_step()], token=TASK_NAME)
 
@@ -120,7 +120,7 @@ class TextEmbedder(ModelSettings):
         DataFrame
             ``df``'s rows in order, plus the two columns, of the same library as ``df``.
         """
-        from .models.cache import apply_torch_threads, get_model, gpu_share
+        from ..models.cache import apply_torch_threads, get_model, gpu_share
         from .text import embed_text_rows
 
         started = time.perf_counter()
@@ -182,7 +182,7 @@ def embed_texts(spec: ModelSpec, texts: Sequence[str], *, batch_size: int = 256,
     """
     import torch
 
-    from .models.cache import apply_torch_threads, get_model
+    from ..models.cache import apply_torch_threads, get_model
     from .text import caption_errors, encode_texts
 
     problems = [(i, e) for i, e in enumerate(caption_errors(list(texts))) if e is not None]

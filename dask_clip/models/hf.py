@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
-from .models.families._transformers_files import transformers_image_config
-from .preprocess import PreprocessConfig
+from ..errors import ModelLoadError
+from ..image.preprocess import PreprocessConfig
+from .families._transformers_files import transformers_image_config
 
 __all__ = ["TransformersCLIP", "load_transformers_clip", "preprocess_config"]
 
@@ -25,11 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 def preprocess_config(folder: str | Path) -> PreprocessConfig:
-    """dask_clip's :class:`~dask_clip.preprocess.PreprocessConfig` for a transformers CLIP folder.
+    """dask_clip's :class:`~dask_clip.image.preprocess.PreprocessConfig` for a transformers CLIP folder.
 
     transformers' ``CLIPImageProcessor`` resizes the shortest side (bicubic, antialiased),
     centre-crops, rescales by 1/255 and normalises: the steps of
-    :func:`dask_clip.preprocess.resize_crop` and :func:`~dask_clip.preprocess.normalize`.
+    :func:`dask_clip.image.preprocess.resize_crop` and :func:`~dask_clip.image.preprocess.normalize`.
     """
     image = transformers_image_config(folder)
     return PreprocessConfig(

@@ -3,8 +3,8 @@ it. Detection now lives with each model family (:mod:`dask_clip.models.families`
 
 from __future__ import annotations
 
-from .models.families import detect_model_dir
-from .models.families.base import (
+from .families import detect_model_dir
+from .families.base import (
     OPEN_CLIP,
     TRANSFORMERS,
     WEIGHT_FILE_PATTERNS,
@@ -13,7 +13,7 @@ from .models.families.base import (
     check_regular_files,
     find_weights,
 )
-from .models.families.transformers import NEMO_CLIP_SUBDIR, ImageConfig, transformers_image_config
+from .families.transformers import NEMO_CLIP_SUBDIR, ImageConfig, transformers_image_config
 
 __all__ = [
     "NEMO_CLIP_SUBDIR",

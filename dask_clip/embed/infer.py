@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .models.loaded import LoadedModel
-from .preprocess import normalize, preprocess_batch
+from ..image.preprocess import normalize, preprocess_batch
+from ..models.loaded import LoadedModel
 
 __all__ = ["CAP_PROBE_BATCHES", "encode_images", "encode_inputs", "is_out_of_memory"]
 
@@ -69,8 +69,8 @@ def encode_inputs(
         The worker's model.
     inputs
         (N, 3, H, W) on the model's device: uint8 crops from
-        :func:`~dask_clip.preprocess.resize_crop`, or float32 already :func:`normalized
-        <dask_clip.preprocess.normalize>`.
+        :func:`~dask_clip.image.preprocess.resize_crop`, or float32 already :func:`normalized
+        <dask_clip.image.preprocess.normalize>`.
     batch_size
         Images per forward pass (``model_inference_batch_size``); capped by
         ``loaded.batch_size_cap`` after an out-of-memory back-off.
@@ -123,7 +123,7 @@ def encode_inputs(
 def encode_images(
     loaded: LoadedModel, images: Sequence[torch.Tensor], *, batch_size: int, normalize: bool = True
 ) -> torch.Tensor:
-    """Embed decoded images: resize, crop, normalise (:func:`~dask_clip.preprocess.preprocess_batch`)
+    """Embed decoded images: resize, crop, normalise (:func:`~dask_clip.image.preprocess.preprocess_batch`)
     and :func:`encode_inputs`.
 
     Parameters

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from ..validation import check_choice
 from .fetch import DEFAULT_MAX_IMAGE_BYTES
-from .io.readers.base import IMAGE_EXTENSIONS, PATH_COLUMN, ReadRequest
-from .validation import check_choice
+from .readers.base import IMAGE_EXTENSIONS, PATH_COLUMN, ReadRequest
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -84,7 +84,7 @@ def read_images(
         fsspec options for remote paths.
     input_format
         ``"auto"`` (tar shards when the path names ``.tar`` files, else Parquet, else image
-        files), ``"parquet"``, ``"webdataset"`` (:func:`~dask_clip.webdataset.read_webdataset`,
+        files), ``"parquet"``, ``"webdataset"`` (:func:`~dask_clip.io.webdataset.read_webdataset`,
         one partition per shard, image bytes in ``image``) or ``"images"``.
     split_shards
         WebDataset input: bytes of tar per partition (default: one partition per shard).
@@ -100,7 +100,7 @@ def read_images(
     image_column : str
         The column holding the images.
     """
-    from .io import readers
+    from . import readers
 
     if not isinstance(partition_size, int) or partition_size < 1:
         raise ValueError(f"partition_size must be a positive int, got {partition_size!r}")
@@ -137,7 +137,7 @@ def input_request(
 def input_format_names() -> tuple[str, ...]:
     """``"auto"`` and the registered input formats, in the order ``"auto"`` tries them
     (:mod:`dask_clip.io.readers`): the ``input_format`` choices and the CLI's ``--input-format``."""
-    from .io.readers import input_formats
+    from .readers import input_formats
 
     return ("auto", *(fmt.name for fmt in input_formats()))
 

@@ -1,6 +1,6 @@
 """Stream the members of a tar archive, whole or one byte range of it, without extracting it.
 
-This is the tar layer under :mod:`dask_clip.webdataset`: Python's :mod:`tarfile` in stream
+This is the tar layer under :mod:`dask_clip.io.webdataset`: Python's :mod:`tarfile` in stream
 mode over any file object (``fsspec.open``), with three additions.
 
 **Damage is reported, not raised.** A truncated member, a header that is cut short or fails its

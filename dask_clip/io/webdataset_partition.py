@@ -1,6 +1,6 @@
-"""One partition of :func:`dask_clip.webdataset.read_webdataset`, built on a worker.
+"""One partition of :func:`dask_clip.io.webdataset.read_webdataset`, built on a worker.
 
-Streams the partition's shard (or byte range of it) through :mod:`dask_clip.tar_stream`, groups
+Streams the partition's shard (or byte range of it) through :mod:`dask_clip.io.tar_stream`, groups
 the members into samples by key (in the order of each key's first member), makes one row per
 sample plus one per damage, and left-joins the sidecar Parquet on ``key``. Never raises for bad
 data: what could not be read is said in ``read_error``.
@@ -38,7 +38,7 @@ KEY, CAPTION, URL, SHARD, READ_ERROR = "key", "caption", "url", "shard", "read_e
 _STRING = pa.string()
 
 
-# -- the partition plan (planned by dask_clip.webdataset, read here) ---------------------------
+# -- the partition plan (planned by dask_clip.io.webdataset, read here) ---------------------------
 
 
 @dataclass(frozen=True)
@@ -387,7 +387,7 @@ def _append(table: pa.Table, columns: Mapping[str, pa.Array]) -> pa.Table:
 
 
 def read_partition(part: ShardPartition, schema: Schema, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """One partition of :func:`~dask_clip.webdataset.read_webdataset` as a pandas DataFrame.
+    """One partition of :func:`~dask_clip.io.webdataset.read_webdataset` as a pandas DataFrame.
 
     Never raises for bad data: damage becomes ``read_error`` text (see the module docstring).
     """

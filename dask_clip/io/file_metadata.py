@@ -79,7 +79,7 @@ def read_file_metadata(path: Any, storage_options: dict | None = None) -> dict[s
     import pyarrow.parquet as pq
     from fsspec.core import url_to_fs
 
-    from .io.layout import output_format
+    from .layout import output_format
 
     fmt = output_format(path, storage_options)
     if fmt == "lance":  # the dataset's schema metadata (dask_clip.io.writers.lance)

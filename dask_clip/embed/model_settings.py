@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import config
-from .spec import ModelSpec
-from .validation import DEFAULT_NUM_GPUS_PER_WORKER, check_gpu_share, check_int
+from .. import config
+from ..models.spec import ModelSpec
+from ..validation import DEFAULT_NUM_GPUS_PER_WORKER, check_gpu_share, check_int
 
 __all__ = ["ModelSettings"]
 
@@ -22,7 +22,7 @@ class ModelSettings:
     Parameters
     ----------
     model, pretrained, model_dir, precision, device
-        What to load; see :class:`~dask_clip.spec.ModelSpec`.
+        What to load; see :class:`~dask_clip.models.spec.ModelSpec`.
     normalize
         L2-normalise the embeddings (unit length).
     model_inference_batch_size

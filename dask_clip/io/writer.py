@@ -7,8 +7,8 @@ New code imports :mod:`dask_clip.io.writers.parquet` (``write_parquet``, ``write
 
 from __future__ import annotations
 
-from .io.writers.arrow import _fix_pandas_metadata, arrow_types, to_arrow
-from .io.writers.base import (
+from .writers.arrow import _fix_pandas_metadata, arrow_types, to_arrow
+from .writers.base import (
     EMBEDDING_METADATA,
     MANIFEST,
     WRITER,
@@ -18,7 +18,7 @@ from .io.writers.base import (
     count_nonnull,
     location,
 )
-from .io.writers.parquet import (
+from .writers.parquet import (
     check_output,
     looks_complete,
     part_name,

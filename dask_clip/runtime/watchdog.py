@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import NoWorkersError
+from ..errors import NoWorkersError
 
 __all__ = ["DEFAULT_WORKER_TIMEOUT", "count_workers", "watch_workers"]
 

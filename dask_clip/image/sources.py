@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from . import backends
-from .backends.arrow import is_binary_type, is_string_type, is_uint8_list_type, split_flat_pixels
+from .. import backends
+from ..backends.arrow import is_binary_type, is_string_type, is_uint8_list_type, split_flat_pixels
+from ..io.fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
 from .decode import Decoder, DecodeResult, check_pixels, read_paths
-from .fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
 
 __all__ = [
     "SOURCES",
@@ -46,7 +46,7 @@ class ReadLimits:
     max_image_bytes : int or None
         Largest encoded image, in bytes; None: no cap.
     allowed_protocols : tuple of str
-        Protocols a path column may name (:data:`dask_clip.fetch.DEFAULT_PROTOCOLS`).
+        Protocols a path column may name (:data:`dask_clip.io.fetch.DEFAULT_PROTOCOLS`).
     read_timeout : float or None
         Seconds one remote read may take; None: no limit.
     """
@@ -155,7 +155,7 @@ class BytesSource(ImageSource):
 
 class PathSource(ImageSource):
     """Local paths or fsspec URLs (strings), read within :attr:`limits` (only allowed protocols,
-    only regular local files, a byte cap, a timeout: :mod:`dask_clip.fetch`), then decoded like
+    only regular local files, a byte cap, a timeout: :mod:`dask_clip.io.fetch`), then decoded like
     bytes."""
 
     kind = "path"

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .models.families import get_family
-from .models.families.base import TRANSFORMERS
+from ..models.families import get_family
+from ..models.families.base import TRANSFORMERS
 
 if TYPE_CHECKING:
-    from .models.loaded import LoadedModel
+    from ..models.loaded import LoadedModel
 
 __all__ = [
     "EMPTY_CAPTION",

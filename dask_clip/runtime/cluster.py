@@ -7,7 +7,7 @@ plugin, and the GPU allocator is dask-cuda's ``RMMSetup`` plugin, so both reach 
 a nanny restarts. :func:`plan_local_cluster` holds every decision, without starting anything.
 :func:`connect` reaches an existing cluster or starts a local one, with TLS where asked
 (:func:`tls_security`), and watches that the cluster keeps a worker
-(:func:`~dask_clip.watchdog.watch_workers`).
+(:func:`~dask_clip.runtime.watchdog.watch_workers`).
 
 Nothing here touches a GPU at import time.
 """
@@ -26,8 +26,8 @@ from typing import Any
 
 import dask
 
-from .validation import CLUSTER_KINDS, DEFAULT_NUM_GPUS_PER_WORKER, check_choice, check_gpu_share
-from .worker_setup import WorkerSetup, cpu_count
+from ..validation import CLUSTER_KINDS, DEFAULT_NUM_GPUS_PER_WORKER, check_choice, check_gpu_share
+from ..worker_setup import WorkerSetup, cpu_count
 
 __all__ = [
     "CLUSTER_KINDS",
@@ -589,7 +589,7 @@ def _open_client(
     # fails when the client was opened in connect_early's thread and is closed in the caller's
     stack.callback(client.close)
     if preload is not None:
-        from .runtime.worker import register_preload
+        from .worker import register_preload
 
         # a plugin, not client.run: workers that start or restart later get the preload too
         register_preload(client, preload)  # returns at once: the load runs in a thread of each worker
@@ -620,9 +620,9 @@ def connect(
     worker_timeout
         Seconds the cluster may have no worker at all while the block runs before
         :class:`~dask_clip.errors.NoWorkersError` is raised in the main thread
-        (:func:`~dask_clip.watchdog.watch_workers`); None: wait for workers forever.
+        (:func:`~dask_clip.runtime.watchdog.watch_workers`); None: wait for workers forever.
     preload
-        A :class:`~dask_clip.spec.ModelSpec` whose model every worker starts loading as soon
+        A :class:`~dask_clip.models.spec.ModelSpec` whose model every worker starts loading as soon
         as the client is connected, and every worker that starts or restarts later
         (:func:`~dask_clip.runtime.worker.register_preload`).
     **cluster_options
