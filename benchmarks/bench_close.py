@@ -32,9 +32,9 @@ ROUND = """
 import sys, time
 from distributed import Client
 from dask_clip import local_cluster
-from dask_clip.cluster import stop_workers_now
+from dask_clip.runtime.cluster import stop_workers_now
 from dask_clip.models import get_model
-from dask_clip.spec import ModelSpec
+from dask_clip.models.spec import ModelSpec
 
 if __name__ == "__main__":
     mode, model = sys.argv[1], sys.argv[2]

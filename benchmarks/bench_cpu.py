@@ -110,7 +110,7 @@ def model_only_on_worker(kwargs: dict[str, Any], batch: int, seconds: float) -> 
     import torch
 
     from dask_clip import ImageEmbedder
-    from dask_clip.infer import encode_inputs
+    from dask_clip.embed.infer import encode_inputs
     from dask_clip.models import apply_torch_threads, get_model
 
     apply_torch_threads()
@@ -131,10 +131,10 @@ def profile_on_worker(kwargs: dict[str, Any], paths: list[str], kind: str, sched
     import pyarrow.parquet as pq
 
     from dask_clip import ImageEmbedder
+    from dask_clip.embed.pipeline import embed_rows
+    from dask_clip.image.sources import get_source
+    from dask_clip.io.writer import to_arrow
     from dask_clip.models import apply_torch_threads, get_model
-    from dask_clip.pipeline import embed_rows
-    from dask_clip.sources import get_source
-    from dask_clip.writer import to_arrow
 
     apply_torch_threads()
     embedder = ImageEmbedder(**kwargs, schedule=schedule)
@@ -239,10 +239,10 @@ def whole_process(folder: Path, out: Path, weights: list[str], batch: int) -> di
 def startup_phases(model: str) -> dict[str, float]:
     """The fixed costs: importing the CLI, starting the local cluster, loading the model on it."""
     code = (
-        "import time; t0 = time.perf_counter(); import dask_clip.cli, dask_clip.jobs; t1 = time.perf_counter()\n"
+        "import time; t0 = time.perf_counter(); import dask_clip.cli, dask_clip.embed.jobs; t1 = time.perf_counter()\n"
         "from dask_clip import local_cluster; from distributed import Client\n"
         "cluster = local_cluster(dashboard_address=None); client = Client(cluster); t2 = time.perf_counter()\n"
-        "from dask_clip.models import get_model; from dask_clip.spec import ModelSpec\n"
+        "from dask_clip.models import get_model; from dask_clip.models.spec import ModelSpec\n"
         f"client.submit(lambda: get_model(ModelSpec({model!r}, None)) and 0, pure=False).result(); t3 = time.perf_counter()\n"
         "print(t1 - t0, t2 - t1, t3 - t2)\n"
         "client.close(); cluster.close()\n"
@@ -291,7 +291,7 @@ def main() -> None:
     from distributed import Client
 
     from dask_clip import local_cluster
-    from dask_clip.cluster import cpu_count
+    from dask_clip.runtime.cluster import cpu_count
 
     kwargs = {"model": args.model, "pretrained": None, "model_inference_batch_size": args.batch_size}
     result: dict[str, Any] = {

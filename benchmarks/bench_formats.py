@@ -40,9 +40,9 @@ import pyarrow.parquet as pq
 
 from dask_clip.backends.arrow import list_float32_array
 from dask_clip.columns import embeddings_to_numpy
+from dask_clip.io.writer import part_name, write_parquet
 from dask_clip.io.writers.laion import file_names, write_laion
 from dask_clip.io.writers.lance import write_lance
-from dask_clip.writer import part_name, write_parquet
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -4,7 +4,7 @@ Data: ``dask_clip.testing.clustered_embeddings`` — unit vectors around 1,000 c
 heavy-tailed sizes, each cluster spread over its own 16-dim subspace plus isotropic noise
 (a row's cosine to its nearest neighbour is ~0.7, to its 10th ~0.65 at 1M × 512). 0.1 % of the
 rows get a null embedding. ``--queries`` more rows of the same distribution are held out as
-queries (not in the index). The rows are written with ``dask_clip.writer.write_parquet`` (50k
+queries (not in the index). The rows are written with ``dask_clip.io.writer.write_parquet`` (50k
 rows per partition) and the index is built from that folder, as ``dask-clip index`` would.
 
 The build runs on a ``LocalCluster`` of 2 worker processes × 1 thread (training, merge and
@@ -105,7 +105,7 @@ def write_embeddings(x: np.ndarray, valid: np.ndarray, folder: Path) -> float:
     import pandas as pd
 
     from dask_clip.columns import embedding_array
-    from dask_clip.writer import write_parquet
+    from dask_clip.io.writer import write_parquet
 
     n = len(x)
     starts = list(range(0, n, PARTITION_ROWS))

@@ -181,7 +181,7 @@ def model_loaded_rss(model: str) -> float:
     """RSS (MiB) of a fresh process that imported dask_clip and loaded the model: the worker's floor."""
     code = (
         "import resource, dask_clip, distributed;"
-        "from dask_clip.models import get_model; from dask_clip.spec import ModelSpec;"
+        "from dask_clip.models import get_model; from dask_clip.models.spec import ModelSpec;"
         f"get_model(ModelSpec(model={model!r}, pretrained=None));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
@@ -194,7 +194,7 @@ def budget_mib(floor_mib: float, encoded_mib: float, tasks: int, decode_threads:
     bytes, 4 x max_decode_bytes per decode thread (one image in Pillow's 4-byte RGB storage, its
     pre-reduction and resize temporaries), and a chunk of crops (256 x 3 x 224 x 224) as uint8
     and float32."""
-    from dask_clip.decode import DEFAULT_DECODE_BUDGET
+    from dask_clip.image.decode import DEFAULT_DECODE_BUDGET
 
     crops = 256 * 3 * 224 * 224 * (1 + 4) / MiB
     per_task = encoded_mib + decode_threads * 4 * DEFAULT_DECODE_BUDGET / MiB + crops
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--threads-per-worker", type=int, default=1, help="tasks at once in the worker")
     args = parser.parse_args()
-    from dask_clip.cluster import cpu_count
+    from dask_clip.runtime.cluster import cpu_count
 
     cores = cpu_count()
     result: dict[str, Any] = {

@@ -32,7 +32,7 @@ import open_clip
 import torch
 
 from dask_clip import models
-from dask_clip.spec import ModelSpec
+from dask_clip.models.spec import ModelSpec
 from dask_clip.testing import write_model_dir, write_transformers_model_dir
 
 

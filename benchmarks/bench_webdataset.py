@@ -143,9 +143,9 @@ def main() -> None:
     from distributed import Client
 
     from dask_clip import ImageEmbedder, local_cluster, read_webdataset
-    from dask_clip.cluster import cpu_count
     from dask_clip.columns import embeddings_to_numpy
-    from dask_clip.writer import write_parquet
+    from dask_clip.io.writer import write_parquet
+    from dask_clip.runtime.cluster import cpu_count
 
     blobs = web_jpegs(args.images)
     image_bytes = sum(len(b) for b in blobs)

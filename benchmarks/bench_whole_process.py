@@ -49,9 +49,9 @@ def model_only(model_dir: Path, batch: int, seconds: float) -> float:
     """Images/s of the model alone, in this process (as a worker runs it: encode_inputs)."""
     import torch
 
-    from dask_clip.infer import encode_inputs
+    from dask_clip.embed.infer import encode_inputs
     from dask_clip.models import get_model
-    from dask_clip.spec import ModelSpec
+    from dask_clip.models.spec import ModelSpec
 
     torch.set_num_threads(os.cpu_count() or 1)
     loaded = get_model(ModelSpec(model_dir=str(model_dir), device="cpu"))

@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     import pyarrow as pa
     import torch
 
-    from dask_clip.decode import decode_bytes
     from dask_clip.dedup import semantic_dedup, train_centroids
     from dask_clip.demo import planted_groups, sample_path, score_planted
-    from dask_clip.infer import encode_images
+    from dask_clip.embed.infer import encode_images
+    from dask_clip.image.decode import decode_bytes
     from dask_clip.models import get_model
-    from dask_clip.spec import ModelSpec
+    from dask_clip.models.spec import ModelSpec
 
     torch.set_num_threads(os.cpu_count() or 1)
     df = pd.read_parquet(sample_path())

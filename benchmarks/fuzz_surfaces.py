@@ -223,7 +223,7 @@ def tar_case(index: int, seed: int, sparse: list[bytes]) -> tuple[str, list[str]
 
 def _ranges(path: Path, size: int) -> None:
     """Read the shard as 3 byte ranges with the reader's own range logic; check the bound."""
-    from dask_clip.tar_stream import TarEntry, iter_entries
+    from dask_clip.io.tar_stream import TarEntry, iter_entries
 
     cuts = [0, size // 3, 2 * size // 3, None]
     with open(path, "rb") as f:
@@ -376,8 +376,8 @@ def build_index(folder: Path) -> str:
     import dask
 
     from dask_clip import ImageEmbedder
+    from dask_clip.embed.jobs import embed_parquet
     from dask_clip.index import build
-    from dask_clip.jobs import embed_parquet
     from dask_clip.testing import TINY_TEXT_MODEL_CFG, encode_image, photo_crops, solid_png, write_model_dir
 
     model = write_model_dir(folder / "model", model_cfg=TINY_TEXT_MODEL_CFG)

@@ -212,7 +212,7 @@ def _pixel_diffs(decoder: Any, members: list[Any]) -> dict[str, Any]:
     """Pixels a decoder gives for images of one kind, against Pillow's."""
     import torch
 
-    from dask_clip.decode import decode_bytes
+    from dask_clip.image.decode import decode_bytes
 
     per_image = []
     for member, (pixels, reason) in zip(members, decoder.decode([m.data for m in members], max_pixels=None)):
@@ -240,8 +240,8 @@ def _corrupt_in_batch(decoder: Any, good: list[bytes], corrupt: list[bytes], dev
     """Decode corrupt-but-parsable JPEGs inside a batch of good ones, twice, and each alone."""
     import torch
 
-    from dask_clip import gpu_decode
-    from dask_clip.decode import decode_bytes
+    from dask_clip.image import gpu_decode
+    from dask_clip.image.decode import decode_bytes
 
     batch = good[:8] + corrupt + good[8:16]
     where = list(range(8, 8 + len(corrupt)))
@@ -268,8 +268,8 @@ def decode_checks(report: Report, record: dict[str, Any], images: list[Any], dev
     """nvJPEG against Pillow per kind; fallbacks; corrupt JPEGs in a batch; decode images/s."""
     import torch
 
-    from dask_clip import gpu_decode
-    from dask_clip.decode import PILLOW, decode_bytes
+    from dask_clip.image import gpu_decode
+    from dask_clip.image.decode import PILLOW, decode_bytes
 
     decoder = gpu_decode.NvjpegDecoder(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -357,8 +357,8 @@ def preprocess_checks(
     import torch
     from PIL import Image
 
-    from dask_clip.decode import decode_bytes
-    from dask_clip.preprocess import PreprocessConfig, resize_crop, to_chw
+    from dask_clip.image.decode import decode_bytes
+    from dask_clip.image.preprocess import PreprocessConfig, resize_crop, to_chw
 
     cfg = PreprocessConfig(size=(224, 224), mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
     diffs = []
@@ -440,7 +440,7 @@ def model_only(model: dict[str, Any], device: str, precision: str, batch: int, s
     import torch
 
     from dask_clip import ImageEmbedder
-    from dask_clip.infer import _forward
+    from dask_clip.embed.infer import _forward
     from dask_clip.models import get_model
 
     loaded = get_model(ImageEmbedder(**model["kwargs"], device=device, precision=precision).spec)
@@ -637,7 +637,7 @@ def cudf_checks(report: Report, record: dict[str, Any], model: dict[str, Any], b
 
     from dask_clip import ImageEmbedder, backends
     from dask_clip.columns import LIST_FLOAT32
-    from dask_clip.sources import detect_source
+    from dask_clip.image.sources import detect_source
 
     emb = torch.randn(4, 8, device="cuda")
     column = backends.output_column(cudf.DataFrame(index=cudf.RangeIndex(4)), LIST_FLOAT32, emb, np.ones(4, bool))

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from dask_clip import ImageEmbedder, embeddings_to_numpy
-from dask_clip.hf import _features
+from dask_clip.models.hf import _features
 from dask_clip.testing import (
     encode_image,
     parity,

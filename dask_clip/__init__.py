@@ -11,41 +11,41 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .arrays import embeddings_array as embeddings_array
-    from .cluster import local_cluster as local_cluster
     from .columns import embeddings_to_numpy as embeddings_to_numpy
-    from .embedder import ImageEmbedder as ImageEmbedder
+    from .embed.embedder import ImageEmbedder as ImageEmbedder
+    from .embed.jobs import embed_parquet as embed_parquet
+    from .embed.text_embedder import TextEmbedder as TextEmbedder
     from .errors import DaskClipError as DaskClipError
     from .errors import ImageDecodeError as ImageDecodeError
     from .errors import ModelLoadError as ModelLoadError
     from .filter import filter_parquet as filter_parquet
+    from .io.read import read_images as read_images
+    from .io.webdataset import read_webdataset as read_webdataset
     from .io.writers.laion import write_laion as write_laion
     from .io.writers.lance import write_lance as write_lance
-    from .jobs import embed_parquet as embed_parquet
-    from .readers import read_images as read_images
-    from .spec import ModelSpec as ModelSpec
-    from .text_embedder import TextEmbedder as TextEmbedder
-    from .webdataset import read_webdataset as read_webdataset
-    from .writer import write_parquet as write_parquet
+    from .io.writers.parquet import write_parquet as write_parquet
+    from .models.spec import ModelSpec as ModelSpec
+    from .runtime.cluster import local_cluster as local_cluster
 
 __version__ = "0.2.0.dev0"
 
 _EXPORTS = {
     "DaskClipError": "errors",
     "ImageDecodeError": "errors",
-    "ImageEmbedder": "embedder",
+    "ImageEmbedder": "embed.embedder",
     "ModelLoadError": "errors",
-    "ModelSpec": "spec",
-    "TextEmbedder": "text_embedder",
-    "embed_parquet": "jobs",
+    "ModelSpec": "models.spec",
+    "TextEmbedder": "embed.text_embedder",
+    "embed_parquet": "embed.jobs",
     "embeddings_array": "arrays",
     "embeddings_to_numpy": "columns",
     "filter_parquet": "filter",
-    "local_cluster": "cluster",
-    "read_images": "readers",
-    "read_webdataset": "webdataset",
+    "local_cluster": "runtime.cluster",
+    "read_images": "io.read",
+    "read_webdataset": "io.webdataset",
     "write_laion": "io.writers.laion",
     "write_lance": "io.writers.lance",
-    "write_parquet": "writer",
+    "write_parquet": "io.writers.parquet",
 }
 __all__ = [
     "DaskClipError",

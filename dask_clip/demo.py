@@ -113,7 +113,7 @@ def _weights(
     if random_weights and chosen:
         raise ValueError(f"--random-weights contradicts {' and '.join(chosen)}; pass one of them")
     if random_weights:
-        from .testing import write_model_dir
+        from .models.random_weights import write_model_dir
 
         with tempfile.TemporaryDirectory(prefix="dask-clip-random-model-") as folder:
             yield {"model_dir": str(write_model_dir(folder))}
@@ -162,7 +162,7 @@ def run_demo(
     progress
         Show a progress bar.
     connect_options
-        For :func:`dask_clip.cluster.connect` (a scheduler file, or local cluster options).
+        For :func:`dask_clip.runtime.cluster.connect` (a scheduler file, or local cluster options).
     echo
         Where the report goes.
 
@@ -181,10 +181,11 @@ def run_demo(
     """
     import dask.dataframe as dd
 
-    from .cluster import connect
-    from .embedder import ImageEmbedder
-    from .readers import read_images
-    from .writer import count_nonnull, write_parquet
+    from .embed.embedder import ImageEmbedder
+    from .io.read import read_images
+    from .io.writers.base import count_nonnull
+    from .io.writers.parquet import write_parquet
+    from .runtime.cluster import connect
 
     started = time.perf_counter()
     output = Path(output)
@@ -249,7 +250,7 @@ def _dedup(
 ) -> dict[str, Any] | None:
     """Semantic dedup of the embeddings, written to ``output/dedup``; the planted-copy score."""
     from .dedup import semantic_dedup
-    from .writer import write_parquet
+    from .io.writers.parquet import write_parquet
 
     started = time.perf_counter()
     try:

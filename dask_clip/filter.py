@@ -3,8 +3,11 @@
 Each threshold is a rule on one column; a row is kept when it passes every rule. A row whose
 score is null (its image or caption failed, so the score was never computed) does not pass
 that rule. The output keeps the input's columns and partitioning, one file per input
-partition through :mod:`dask_clip.writer` (atomic, resumable, refused when a different job
+partition through :mod:`dask_clip.io.writers.parquet` (atomic, resumable, refused when a different job
 wrote the folder), and a summary says how many rows each rule removes.
+
+The thresholds are the heads' filter rules (:mod:`dask_clip.heads.options`: each head module
+declares its own); the shipped ones:
 
 =================  ================================  ==========================================
 argument           keeps a row when                  for
@@ -19,7 +22,6 @@ argument           keeps a row when                  for
 from __future__ import annotations
 
 import json
-import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .file_metadata import carried, read_file_metadata
-from .writer import location, write_tasks
+from .io.file_metadata import carried, read_file_metadata
+from .io.writers.base import location
+from .io.writers.parquet import write_tasks
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -75,46 +78,40 @@ class Rule:
         return ok.fillna(False).to_numpy(dtype=bool) & ~missing, missing
 
 
-def _threshold(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(float(value)):
-        raise TypeError(f"{name} must be a finite number, not {value!r}")
-    return float(value)
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def filter_rules(
-    *,
-    min_aesthetic: float | None = None,
-    max_nsfw: float | None = None,
-    min_clip_score: float | None = None,
-    labels: Sequence[str] | None = None,
-    aesthetic_column: str = "aesthetic_score",
-    nsfw_column: str = "nsfw_score",
-    clip_score_column: str = "clip_score",
-    label_column: str = "zero_shot_label",
-) -> list[Rule]:
+def filter_rules(**thresholds: Any) -> list[Rule]:
     """The rules of the given thresholds (see the module docstring), checked.
+
+    Parameters
+    ----------
+    **thresholds
+        Each head's threshold (``min_aesthetic``, ``max_nsfw``, ``min_clip_score``, ``labels``,
+        ...; None: not applied) and the column it applies to (``aesthetic_column``, ...).
 
     Raises
     ------
     ValueError, TypeError
-        No threshold at all, a threshold that is not a number, an empty label list.
+        No threshold at all, a threshold that is not a number, an empty label list, an
+        argument no head declares.
     """
+    from .heads.options import filter_rules_of
+
+    declared = filter_rules_of()
+    given = dict(thresholds)
     rules = []
-    if min_aesthetic is not None:
-        rules.append(Rule(aesthetic_column, ">=", _threshold("min_aesthetic", min_aesthetic)))
-    if max_nsfw is not None:
-        p = _threshold("max_nsfw", max_nsfw)
-        if not 0 < p <= 1:  # a probability: <= 0 removes every row, > 1 none
-            raise ValueError(f"max_nsfw={max_nsfw!r} must be a probability in (0, 1] (NeMo Curator uses 0.5)")
-        rules.append(Rule(nsfw_column, "<", p))
-    if min_clip_score is not None:
-        rules.append(Rule(clip_score_column, ">=", _threshold("min_clip_score", min_clip_score)))
-    if labels is not None:
-        if isinstance(labels, str) or not labels or not all(isinstance(x, str) and x for x in labels):
-            raise ValueError(f"labels must be a non-empty list of label names, not {labels!r}")
-        rules.append(Rule(label_column, "in", tuple(labels)))
+    for rule in declared:
+        value = given.pop(rule.keyword, None)
+        column = given.pop(rule.column_keyword, rule.column)
+        if value is not None:
+            rules.append(Rule(column, rule.op, rule.check(rule.keyword, value)))
+    if given:
+        known = [name for rule in declared for name in (rule.keyword, rule.column_keyword)]
+        raise TypeError(f"unexpected filter arguments {sorted(given)}; the thresholds and columns are {known}")
     if not rules:
-        raise ValueError("give at least one threshold: min_aesthetic, max_nsfw, min_clip_score or labels")
+        raise ValueError(f"give at least one threshold: {_either([rule.keyword for rule in declared])}")
     return rules
 
 
@@ -237,16 +234,9 @@ def filter_parquet(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
-    min_aesthetic: float | None = None,
-    max_nsfw: float | None = None,
-    min_clip_score: float | None = None,
-    labels: Sequence[str] | None = None,
-    aesthetic_column: str = "aesthetic_score",
-    nsfw_column: str = "nsfw_score",
-    clip_score_column: str = "clip_score",
-    label_column: str = "zero_shot_label",
     overwrite: bool = False,
     storage_options: dict | None = None,
+    **thresholds: Any,
 ) -> FilterSummary:
     """Filter an embeddings Parquet dataset on its scores into a new folder, resumably.
 
@@ -257,14 +247,13 @@ def filter_parquet(
     output_path
         Output folder: ``part-NNNNN.parquet`` per input partition (some may hold no rows), a
         ``_dask_clip.json`` manifest and the ``_filter_summary.json`` summary.
-    min_aesthetic, max_nsfw, min_clip_score, labels
-        The thresholds (None: not applied); see the module docstring.
-    aesthetic_column, nsfw_column, clip_score_column, label_column
-        The columns they apply to.
     overwrite
         Start over instead of resuming.
     storage_options
         fsspec options.
+    **thresholds
+        The thresholds (``min_aesthetic``, ``max_nsfw``, ``min_clip_score``, ``labels``, ...;
+        None: not applied) and their columns (``aesthetic_column``, ...): :func:`filter_rules`.
 
     Returns
     -------
@@ -279,16 +268,7 @@ def filter_parquet(
     import dask
     from fsspec.core import url_to_fs
 
-    rules = filter_rules(
-        min_aesthetic=min_aesthetic,
-        max_nsfw=max_nsfw,
-        min_clip_score=min_clip_score,
-        labels=labels,
-        aesthetic_column=aesthetic_column,
-        nsfw_column=nsfw_column,
-        clip_score_column=clip_score_column,
-        label_column=label_column,
-    )
+    rules = filter_rules(**thresholds)
     from .io.outputs import read_output  # Parquet, the LAION layout or Lance
 
     ddf = read_output(input_path, storage_options)

@@ -9,7 +9,9 @@ Two mappings exist (docs/gpu.md):
   each embedding task asks for ``num_gpus_per_worker`` of it, so at most
   ``1 / num_gpus_per_worker`` run at once per GPU and none runs on a worker without one.
   dask-expr ignores ``dask.annotate`` at graph construction, so the resources are given when
-  the graph is submitted: :func:`compute` does that.
+  the graph is submitted: :func:`compute` does that, and ``embed_parquet`` / ``dask-clip
+  embed`` do it for their tasks whenever a worker of the cluster declares a ``GPU`` resource
+  (:func:`declares_gpu`; :func:`dask_clip.io.writers.base.run_all`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from .validation import DEFAULT_NUM_GPUS_PER_WORKER, check_gpu_share
 
-__all__ = ["compute", "gpu_annotation", "gpu_resources"]
+__all__ = ["compute", "declares_gpu", "gpu_annotation", "gpu_resources"]
 
 
 def gpu_resources(num_gpus_per_worker: float) -> dict[str, float]:
@@ -73,3 +75,11 @@ def compute(
     """
     with gpu_annotation(num_gpus_per_worker):
         return client.compute(collections[0] if len(collections) == 1 else list(collections), **kwargs)
+
+
+def declares_gpu(client: Any) -> bool:
+    """Whether any worker of ``client``'s cluster declares a ``GPU`` resource (a cluster that
+    mixes CPU and GPU workers, e.g. ``dask_clip.jobqueue`` with ``gpu_resource=True``): then an
+    embedding task must ask for its GPU share, or it may run on a CPU worker."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return any("GPU" in (worker.get("resources") or {}) for worker in workers.values())

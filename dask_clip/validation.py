@@ -7,8 +7,10 @@ Every knob that takes one of a few values has its choices here, once; the CLI bu
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import Any, TypeVar
 
 __all__ = [
     "CLUSTER_KINDS",
@@ -28,6 +30,7 @@ __all__ = [
     "check_int",
     "check_memory",
     "check_timeout",
+    "with_settings",
 ]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "pure_fp16", "pure_bf16")
@@ -119,3 +122,25 @@ def check_memory(name: str, value: object, minimum: int = 2**20) -> int | None:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum} bytes, not {value}")
     return int(value)
+
+
+_Settings = TypeVar("_Settings")
+
+
+def with_settings(cls: type[_Settings], base: Any, given: Mapping[str, Any], *, what: str, name: str) -> _Settings:
+    """A settings dataclass ``cls``: ``base`` (None: the defaults) with the keyword arguments
+    ``given`` on top; what functions taking a config object or its fields as keywords share.
+
+    Raises
+    ------
+    TypeError
+        ``base`` is not a ``cls``, or ``given`` names a field ``cls`` does not have (the message,
+        "unexpected {what} [...]", lists them).
+    """
+    if base is not None and not isinstance(base, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, not {type(base).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise TypeError(f"unexpected {what} {unknown}; the settings are {names}")
+    return dataclasses.replace(base if base is not None else cls(), **given)  # type: ignore[type-var]

@@ -157,7 +157,7 @@ def keep_freed_memory() -> bool:
 def release_freed_memory() -> bool:
     """Hand memory that glibc keeps after frees back to the system (``malloc_trim(0)``).
 
-    Called after an image whose decoded pixels are large (:data:`dask_clip.prepare.RELEASE_AFTER_BYTES`):
+    Called after an image whose decoded pixels are large (:data:`dask_clip.image.prepare.RELEASE_AFTER_BYTES`):
     its resize temporaries, freed from the heaps of several threads, would otherwise stay mapped —
     measured, about 1 GiB per decode thread after a 9000 x 9900 PNG. A few milliseconds, only for
     such images. Linux/glibc only; a no-op elsewhere.

@@ -9,7 +9,7 @@ import pytest
 
 import dask_clip
 from dask_clip.columns import EMBEDDING_DTYPE
-from dask_clip.writer import write_parquet
+from dask_clip.io.writer import write_parquet
 
 
 def frame(n: int = 50, dim: int = 8, parts: int = 5) -> tuple[np.ndarray, np.ndarray, dd.DataFrame]:

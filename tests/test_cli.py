@@ -35,7 +35,7 @@ from cli_support import (
 from dask_clip import ImageEmbedder
 from dask_clip.cli import main
 from dask_clip.columns import embeddings_to_numpy
-from dask_clip.writer import MANIFEST, part_name
+from dask_clip.io.writer import MANIFEST, part_name
 
 LIST_F32 = pa.list_(pa.float32())
 LOCAL = ("--n-workers", "1", "--dashboard-address", "127.0.0.1:0")

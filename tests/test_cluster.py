@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dask_clip import cluster as cl
 from dask_clip import worker_setup as ws
+from dask_clip.runtime import cluster as cl
 
 
 def plan(**kwargs):
@@ -137,8 +137,8 @@ def test_refuses_a_gpu_cluster_after_a_cuda_context(monkeypatch):
 
 def test_importing_and_planning_touch_no_gpu():
     code = (
-        "import sys, dask_clip, dask_clip.cli, dask_clip.cluster, dask_clip.worker_setup, dask_clip.readers\n"
-        "from dask_clip.cluster import plan_local_cluster\n"
+        "import sys, dask_clip, dask_clip.cli, dask_clip.runtime.cluster, dask_clip.worker_setup, dask_clip.io.read\n"
+        "from dask_clip.runtime.cluster import plan_local_cluster\n"
         "plan_local_cluster()\n"
         "print(sorted(m for m in ('dask_cuda', 'cupy', 'cudf', 'rmm', 'open_clip') if m in sys.modules))\n"
     )

@@ -13,10 +13,10 @@ import pytest
 
 from dask_clip import ImageEmbedder, TextEmbedder, config
 from dask_clip.cli import build_parser, main
-from dask_clip.decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
-from dask_clip.fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
+from dask_clip.image.decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
+from dask_clip.io.fetch import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_PROTOCOLS, DEFAULT_READ_TIMEOUT
+from dask_clip.runtime.watchdog import DEFAULT_WORKER_TIMEOUT
 from dask_clip.validation import DEFAULT_BATCH_SIZE
-from dask_clip.watchdog import DEFAULT_WORKER_TIMEOUT
 
 
 def test_shipped_defaults_are_the_librarys_constants():

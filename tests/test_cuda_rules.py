@@ -1,7 +1,7 @@
 """The low-precision paths under CUDA's dtype rules, on CPU (issue 19, item 1).
 
 CPU kernels accept ``F.layer_norm(half_x, weight=float)``; CUDA's raise. Every test here runs the
-model load and both towers inside :func:`dask_clip.cuda_rules.cuda_dtype_rules`, so a model whose
+model load and both towers inside :func:`dask_clip.models.cuda_rules.cuda_dtype_rules`, so a model whose
 norms keep float32 weights under half/bf16 activations fails here as it would on a GPU.
 """
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from dask_clip import ImageEmbedder, TextEmbedder, embeddings_to_numpy, models
 from dask_clip.columns import BINARY_DTYPE
-from dask_clip.cuda_rules import MixedDtypeError, cuda_dtype_rules
+from dask_clip.models.cuda_rules import MixedDtypeError, cuda_dtype_rules
 from dask_clip.testing import CAPTIONS, TINY_TEXT_MODEL_CFG, parity, write_model_dir, write_transformers_model_dir
 
 # "auto" on CUDA holds the weights in fp16 without autocast: what "pure_fp16" does everywhere
@@ -121,7 +121,7 @@ def test_low_precision_weights_are_open_clips_own_fp16(families, precision):
     import open_clip
     from open_clip.transformer import LayerNormFp32
 
-    from dask_clip.spec import ModelSpec
+    from dask_clip.models.spec import ModelSpec
 
     folder = families["open_clip"]
     loaded = models.get_model(ModelSpec(model_dir=folder, device="cpu", precision=precision))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dask_clip.decode import PILLOW, check_pixels, decode_bytes, read_paths
+from dask_clip.image.decode import PILLOW, check_pixels, decode_bytes, read_paths
 from dask_clip.testing import encode_image
 
 

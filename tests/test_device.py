@@ -16,11 +16,12 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from dask_clip import ImageEmbedder, gpu_decode, models, preprocess
+from dask_clip import ImageEmbedder, models
 from dask_clip.columns import embeddings_to_numpy
-from dask_clip.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
-from dask_clip.preprocess import PreprocessConfig
-from dask_clip.sources import get_source
+from dask_clip.image import gpu_decode, preprocess
+from dask_clip.image.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
+from dask_clip.image.preprocess import PreprocessConfig
+from dask_clip.image.sources import get_source
 from dask_clip.testing import encode_image, parity
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io: "use TorchCodec"

@@ -7,8 +7,8 @@ import os
 
 from cli_support import run_main, write_image_parquet
 
-from dask_clip import cluster
-from dask_clip.writer import MANIFEST, looks_complete, part_name
+from dask_clip.io.writer import MANIFEST, looks_complete, part_name
+from dask_clip.runtime import cluster
 
 
 def test_a_finished_output_is_not_given_a_cluster(tmp_path, model_dir, client, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dask_clip.cluster import connect, connect_early
+from dask_clip.runtime.cluster import connect, connect_early
 
 REASON = "dask-clip: output committed"  # what stop_workers_now tells each nanny
 

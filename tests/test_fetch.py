@@ -26,8 +26,8 @@ import pytest
 
 from dask_clip import ImageEmbedder
 from dask_clip.columns import BINARY_DTYPE, embeddings_to_numpy
-from dask_clip.decode import read_paths
-from dask_clip.fetch import DEFAULT_PROTOCOLS, check_protocols, url_protocols
+from dask_clip.image.decode import read_paths
+from dask_clip.io.fetch import DEFAULT_PROTOCOLS, check_protocols, url_protocols
 
 STRING = pd.ArrowDtype(pa.string())
 

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dask_clip import ImageEmbedder
-from dask_clip.file_metadata import KEY, carried, read_file_metadata, with_file_metadata
-from dask_clip.jobs import embed_parquet
+from dask_clip.embed.jobs import embed_parquet
+from dask_clip.io.file_metadata import KEY, carried, read_file_metadata, with_file_metadata
 
 
 def test_entries_merge_into_one_dict():
@@ -137,7 +137,7 @@ def test_bytes_are_read_from_the_right_row_group(tmp_path, photo_jpegs):
 
 def test_filter_output_carries_the_record(tmp_path):
     from dask_clip.filter import filter_parquet
-    from dask_clip.writer import write_parquet
+    from dask_clip.io.writer import write_parquet
 
     frame = pd.DataFrame(
         {"key": ["a", "b", "c"], "path": ["/x/a.jpg", "/x/b.jpg", "/x/c.jpg"], "clip_score": [0.1, 0.3, 0.5]}

@@ -13,7 +13,7 @@ import pytest
 from dask_clip import embeddings_to_numpy, filter_parquet, write_parquet
 from dask_clip.columns import EMBEDDING_DTYPE, SCORE_DTYPE
 from dask_clip.filter import SUMMARY_FILE, filter_frame
-from dask_clip.writer import MANIFEST
+from dask_clip.io.writer import MANIFEST
 
 N = 120
 LABELS = ["cat", "dog", "car"]

@@ -21,13 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dask_clip import ImageEmbedder, gpu_decode
+from dask_clip import ImageEmbedder
 from dask_clip.columns import embeddings_to_numpy
-from dask_clip.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
-from dask_clip.infer import encode_images
+from dask_clip.embed.infer import encode_images
+from dask_clip.image import gpu_decode
+from dask_clip.image.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
+from dask_clip.image.preprocess import PreprocessConfig, preprocess_batch
 from dask_clip.models import get_model
-from dask_clip.preprocess import PreprocessConfig, preprocess_batch
-from dask_clip.spec import ModelSpec
+from dask_clip.models.spec import ModelSpec
 from dask_clip.testing import (
     encode_image,
     parity,

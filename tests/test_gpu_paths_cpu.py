@@ -9,9 +9,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dask_clip import backends, gpu_decode
+from dask_clip import backends
 from dask_clip.backends import arrow
 from dask_clip.columns import LIST_FLOAT32
+from dask_clip.image import gpu_decode
 from dask_clip.testing import encode_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io: "use TorchCodec"
@@ -124,7 +125,7 @@ def broken_dask_cuda(tmp_path, monkeypatch):
 def test_a_dask_cuda_that_does_not_import_falls_back_to_cpu_workers(broken_dask_cuda, caplog):
     import logging
 
-    from dask_clip import cluster
+    from dask_clip.runtime import cluster
 
     assert "does not import" in cluster.dask_cuda_problem() and "cuda.core" in cluster.dask_cuda_problem()
     assert cluster.gpu_count() == torch.cuda.device_count()  # torch counts instead: no raise
@@ -144,11 +145,11 @@ def test_the_overlap_schedule_keeps_one_decode_thread_per_task_thread(model_dir,
     partition would take a new CUDA stream from torch's small pool each time."""
     import threading
 
-    from dask_clip.decode import PILLOW
+    from dask_clip.embed.pipeline import embed_rows
+    from dask_clip.image.decode import PILLOW
+    from dask_clip.image.sources import get_source
     from dask_clip.models import get_model
-    from dask_clip.pipeline import embed_rows
-    from dask_clip.sources import get_source
-    from dask_clip.spec import ModelSpec
+    from dask_clip.models.spec import ModelSpec
 
     model = get_model(ModelSpec(model_dir=model_dir, device="cpu", precision="fp32"))
     source = get_source("bytes")
@@ -185,7 +186,7 @@ def test_the_overlap_schedule_keeps_one_decode_thread_per_task_thread(model_dir,
 
 
 def test_fallbacks_decode_in_the_shared_pool_in_row_order(photos, photo_jpegs):
-    from dask_clip.decode import PILLOW
+    from dask_clip.image.decode import PILLOW
 
     pngs = [encode_image(p, "PNG") for p in photos[:3]]
     progressive = [encode_image(p, quality=90, progressive=True) for p in photos[3:]]

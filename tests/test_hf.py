@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from dask_clip import ImageEmbedder, ModelLoadError, ModelSpec, TextEmbedder, embeddings_to_numpy
-from dask_clip.hf import _features
-from dask_clip.model_dirs import NEMO_CLIP_SUBDIR
 from dask_clip.models import get_model
+from dask_clip.models.hf import _features
+from dask_clip.models.model_dirs import NEMO_CLIP_SUBDIR
 from dask_clip.testing import encode_image, parity, photo_crops
 
 CROPS = photo_crops(16, seed=7)

@@ -8,8 +8,9 @@ import textwrap
 import pytest
 
 from dask_clip.io import readers as registry
+from dask_clip.io.read import INPUT_FORMATS, input_format_names, read_images
 from dask_clip.io.readers import get_input_format, input_formats
-from dask_clip.readers import INPUT_FORMATS, input_format_names, read_images
+from dask_clip.registry import ModuleRegistry
 
 LINES_FORMAT = textwrap.dedent(
     '''
@@ -49,7 +50,7 @@ def test_a_new_input_format_is_one_module(tmp_path, monkeypatch):
     package.mkdir()
     (package / "lines.py").write_text(LINES_FORMAT)
     monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(package)])
-    monkeypatch.setattr(registry, "_FORMATS", {})
+    monkeypatch.setattr(registry, "_FORMATS", ModuleRegistry(registry.__name__, "FORMAT", registry.InputFormat))
     folder = tmp_path / "input"
     folder.mkdir()
     (folder / "a.lines").write_text("/data/1.jpg\n/data/2.jpg\n\n/data/3.jpg\n")

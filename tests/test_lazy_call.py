@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dask_clip import ImageEmbedder
-from dask_clip.parquet_schema import parquet_column_type
+from dask_clip.io.parquet_schema import parquet_column_type
 from dask_clip.testing import solid_png
 
 

@@ -22,7 +22,7 @@ from dask_clip.cli import main
 from dask_clip.cli.failures import explain
 from dask_clip.errors import ModelLoadError
 from dask_clip.models import get_model
-from dask_clip.spec import ModelSpec
+from dask_clip.models.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_a_hub_model_without_network_fails_at_once(tmp_path, env):
     import sys
 
     code = (
-        "from dask_clip.models import get_model; from dask_clip.spec import ModelSpec\n"
+        "from dask_clip.models import get_model; from dask_clip.models.spec import ModelSpec\n"
         "try:\n    get_model(ModelSpec('hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K'))\n"
         "except Exception as err:\n    print(type(err).__name__, err)\n"
     )

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from dask_clip.cli import main
-from dask_clip.model_dirs import check_no_remote_code, detect_model_dir
+from dask_clip.embed.text import get_tokenizer
 from dask_clip.models import get_model
-from dask_clip.spec import ModelSpec
-from dask_clip.text import get_tokenizer
+from dask_clip.models.model_dirs import check_no_remote_code, detect_model_dir
+from dask_clip.models.spec import ModelSpec
 
 EVIL = """
 import pathlib

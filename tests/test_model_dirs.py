@@ -10,8 +10,8 @@ import pytest
 
 from dask_clip import ImageEmbedder, ModelLoadError, ModelSpec
 from dask_clip.cli import main
-from dask_clip.model_dirs import NEMO_CLIP_SUBDIR, detect_model_dir, transformers_image_config
 from dask_clip.models import get_model
+from dask_clip.models.model_dirs import NEMO_CLIP_SUBDIR, detect_model_dir, transformers_image_config
 from dask_clip.testing import write_model_dir
 
 

@@ -17,12 +17,13 @@ from dask_clip.columns import BINARY_DTYPE, embeddings_to_numpy
 from dask_clip.models import families as registry
 from dask_clip.models.cache import get_model
 from dask_clip.models.families import detect_model_dir, families, get_family
+from dask_clip.registry import ModuleRegistry
 
 TOY_FAMILY = textwrap.dedent(
     '''
     """A toy family: a folder with toy.json; the model projects the mean colour to D values."""
     from dask_clip.models.families.base import ModelDir, ModelFamily, read_json
-    from dask_clip.preprocess import PreprocessConfig
+    from dask_clip.image.preprocess import PreprocessConfig
 
 
     def detect(folder):
@@ -85,7 +86,7 @@ def test_a_new_family_is_one_module(tmp_path, monkeypatch, photos):
     package.mkdir()
     (package / "toy.py").write_text(TOY_FAMILY)
     monkeypatch.setattr(registry, "__path__", [*registry.__path__, str(package)])
-    monkeypatch.setattr(registry, "_FAMILIES", {})
+    monkeypatch.setattr(registry, "_FAMILIES", ModuleRegistry(registry.__name__, "FAMILY", registry.ModelFamily))
     weight = [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, -1.0], [1.0, 1.0, 1.0]]
     folder = tmp_path / "toy-model"
     folder.mkdir()

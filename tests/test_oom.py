@@ -12,9 +12,9 @@ import torch
 
 from dask_clip import ImageEmbedder
 from dask_clip.columns import embeddings_to_numpy
-from dask_clip.infer import encode_images, is_out_of_memory
+from dask_clip.embed.infer import encode_images, is_out_of_memory
 from dask_clip.models import get_model
-from dask_clip.spec import ModelSpec
+from dask_clip.models.spec import ModelSpec
 from dask_clip.testing import write_model_dir
 
 RMM_OOM = "std::bad_alloc: out_of_memory: CUDA error (failed to allocate 123 bytes) at: rmm/mr/device/cuda_memory_resource.hpp"

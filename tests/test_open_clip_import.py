@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from dask_clip.open_clip_import import OPTIONAL, folder_needs
+from dask_clip.models.open_clip_import import OPTIONAL, folder_needs
 from dask_clip.testing import TINY_MODEL_CFG
 
 
@@ -37,8 +37,8 @@ SCRIPT = textwrap.dedent(
     import sys, json
     import torch
     from dask_clip import models
-    from dask_clip.spec import ModelSpec
-    from dask_clip.open_clip_import import import_open_clip
+    from dask_clip.models.spec import ModelSpec
+    from dask_clip.models.open_clip_import import import_open_clip
     out = {}
     oc = models.get_model(ModelSpec(model_dir=sys.argv[1], device="cpu", precision="fp32"))
     out["after_open_clip_folder"] = ["transformers" in sys.modules, "timm" in sys.modules]

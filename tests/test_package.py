@@ -33,7 +33,7 @@ def test_planning_a_model_dir_job_on_the_client_imports_no_torch(model_dir, tmp_
     for i, crop in enumerate(photo_crops(3, seed=0)):
         (folder / f"{i}.jpg").write_bytes(encode_image(crop))
     code = (
-        "import sys; from dask_clip import ImageEmbedder; from dask_clip.jobs import prepare_embed; "
+        "import sys; from dask_clip import ImageEmbedder; from dask_clip.embed.jobs import prepare_embed; "
         f"job = prepare_embed({str(folder)!r}, {str(tmp_path / 'out')!r}, ImageEmbedder(model_dir={model_dir!r})); "
         "print(len(job.todo), sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
     )

@@ -18,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dask_clip import ImageEmbedder, embeddings_to_numpy, gpu_decode, infer, models, preprocess
+from dask_clip import ImageEmbedder, embeddings_to_numpy, models
 from dask_clip.columns import BINARY_DTYPE
-from dask_clip.decode import PILLOW, decode_bytes
-from dask_clip.pipeline import embed_rows
-from dask_clip.sources import get_source
-from dask_clip.spec import ModelSpec
+from dask_clip.embed import infer
+from dask_clip.embed.pipeline import embed_rows
+from dask_clip.image import gpu_decode, preprocess
+from dask_clip.image.decode import PILLOW, decode_bytes
+from dask_clip.image.sources import get_source
+from dask_clip.models.spec import ModelSpec
 from dask_clip.testing import encode_image, png_bomb, solid_png, write_model_dir
 
 
@@ -35,11 +37,11 @@ def tiny(model_dir):
 _PEAK_SCRIPT = """
 import sys, threading, time
 import psutil
-from dask_clip.decode import PILLOW
+from dask_clip.image.decode import PILLOW
 from dask_clip.models import get_model
-from dask_clip.prepare import prepare_chunk
-from dask_clip.sources import get_source
-from dask_clip.spec import ModelSpec
+from dask_clip.image.prepare import prepare_chunk
+from dask_clip.image.sources import get_source
+from dask_clip.models.spec import ModelSpec
 
 n, model_dir, png = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 model = get_model(ModelSpec(model_dir=model_dir, device="cpu", precision="fp32"))

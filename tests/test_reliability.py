@@ -35,8 +35,8 @@ from cli_support import (
     write_image_parquet,
 )
 
+from dask_clip.io.writer import MANIFEST, part_name
 from dask_clip.testing import png_bomb, write_model_dir
-from dask_clip.writer import MANIFEST, part_name
 
 N_SHARDS, ROWS = 6, 3
 
@@ -458,7 +458,7 @@ def write_tls_files(folder: Path) -> dict[str, str]:
 def test_tls_cluster_refuses_plain_tcp_and_the_cli_works_with_the_tls_options(tmp_path, shards, model_dir):
     from distributed import Client
 
-    from dask_clip.cluster import tls_security
+    from dask_clip.runtime.cluster import tls_security
 
     tls = write_tls_files(tmp_path)
     options = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
@@ -521,7 +521,7 @@ def test_local_cluster_on_tls_and_with_the_dashboard_off(tmp_path):
 
     from distributed import Client
 
-    from dask_clip.cluster import local_cluster
+    from dask_clip.runtime.cluster import local_cluster
 
     with local_cluster(n_workers=1, security=True, dashboard_address=None) as cluster, Client(cluster) as client:
         assert cluster.scheduler_address.startswith("tls://")

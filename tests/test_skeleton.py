@@ -1,4 +1,4 @@
-"""Meta-device model builds (dask_clip.skeleton): the same model as open_clip's own load, without
+"""Meta-device model builds (dask_clip.models.skeleton): the same model as open_clip's own load, without
 random initialisation, and nothing leaking into other threads."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dask_clip import models
-from dask_clip.skeleton import _parameters_on_meta, create_assigned, meta_tensors
-from dask_clip.spec import ModelSpec
+from dask_clip.models.skeleton import _parameters_on_meta, create_assigned, meta_tensors
+from dask_clip.models.spec import ModelSpec
 from dask_clip.testing import TINY_MODEL_CFG, write_model_dir
 
 

@@ -10,7 +10,7 @@ import torch
 
 from dask_clip import ImageEmbedder
 from dask_clip.columns import BINARY_DTYPE, embeddings_to_numpy
-from dask_clip.sources import SOURCES, BytesSource, detect_source, get_source, image_kinds, register_source
+from dask_clip.image.sources import SOURCES, BytesSource, detect_source, get_source, image_kinds, register_source
 from dask_clip.testing import encode_image
 
 

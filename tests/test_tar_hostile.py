@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dask_clip import read_webdataset
-from dask_clip.tar_stream import MAX_HEADER_BYTES, StreamDamage, TarEntry, iter_entries
+from dask_clip.io.tar_stream import MAX_HEADER_BYTES, StreamDamage, TarEntry, iter_entries
 from dask_clip.testing import encode_image, photo_crops
 
 GIB = 1 << 30

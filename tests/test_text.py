@@ -11,10 +11,10 @@ import torch
 
 from dask_clip import ImageEmbedder, ModelSpec, TextEmbedder, embeddings_to_numpy
 from dask_clip.columns import EMBEDDING_DTYPE, ERROR_DTYPE, SCORE_DTYPE
+from dask_clip.embed.text import EMPTY_CAPTION, MISSING_CAPTION, caption_errors, get_tokenizer
+from dask_clip.embed.text_embedder import embed_texts
 from dask_clip.models import get_model, load_counts
 from dask_clip.testing import CAPTIONS, reference_embeddings
-from dask_clip.text import EMPTY_CAPTION, MISSING_CAPTION, caption_errors, get_tokenizer
-from dask_clip.text_embedder import embed_texts
 
 
 def open_clip_text(model_dir: str, captions: list[str]) -> np.ndarray:

@@ -19,9 +19,9 @@ import webdataset as wds
 
 from dask_clip import ImageEmbedder, read_webdataset
 from dask_clip.columns import embeddings_to_numpy
-from dask_clip.tar_stream import StreamDamage, iter_entries, sample_key
+from dask_clip.io.tar_stream import StreamDamage, iter_entries, sample_key
+from dask_clip.io.webdataset import is_webdataset_input, webdataset_partitions
 from dask_clip.testing import encode_image, photo_crops
-from dask_clip.webdataset import is_webdataset_input, webdataset_partitions
 
 STRING = pd.ArrowDtype(pa.string())
 BINARY = pd.ArrowDtype(pa.binary())

@@ -9,8 +9,8 @@ from cli_support import assert_same_rows, picture, run_main
 from test_webdataset import write_img2dataset_shard
 
 from dask_clip import ImageEmbedder, read_webdataset
+from dask_clip.io.writer import part_name
 from dask_clip.testing import encode_image
-from dask_clip.writer import part_name
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from dask_clip import ModelSpec, pipeline
+from dask_clip import ModelSpec
+from dask_clip.embed import pipeline
 from dask_clip.heads import zero_shot_heads
 from dask_clip.heads.cache import get_head
 from dask_clip.heads.zero_shot import class_embeddings
@@ -85,7 +86,7 @@ def test_node_lock_excludes_another_holder_of_the_same_key(tmp_path):
 def test_a_restarted_worker_is_preloaded_before_its_first_task(model_dir):
     """The nanny restarts a killed worker; the scheduler replays the preload plugin on it, so the
     new process loads the model without any task asking (Client.run reached only live workers)."""
-    from dask_clip import cluster as cl
+    from dask_clip.runtime import cluster as cl
 
     spec = ModelSpec(model_dir=model_dir)
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dask_clip.columns import EMBEDDING_DTYPE, embeddings_to_numpy
-from dask_clip.writer import MANIFEST, check_output, count_nonnull, part_name, to_arrow, write_parquet
+from dask_clip.io.writer import MANIFEST, check_output, count_nonnull, part_name, to_arrow, write_parquet
 
 LIST_F32 = pa.list_(pa.float32())
 
@@ -199,14 +199,16 @@ def test_a_manifest_without_part_files_blocks_nothing(tmp_path):
     ddf = dd.from_pandas(embedding_frame(n=6), npartitions=2, sort=False)
     out = tmp_path / "out"
     out.mkdir()
-    (out / MANIFEST).write_text(json.dumps({"npartitions": 9, "job": {"model": "old"}, "writer": "dask_clip.writer"}))
+    (out / MANIFEST).write_text(
+        json.dumps({"npartitions": 9, "job": {"model": "old"}, "writer": "dask_clip.io.writer"})
+    )
     summary = write_parquet(ddf, out, job={"model": "new"})  # e.g. left by a run whose model failed to load
     assert summary.written == 2
     assert json.loads((out / MANIFEST).read_text())["job"] == {"model": "new"}
 
 
 def test_the_manifest_is_written_by_the_first_partition_and_not_before(tmp_path):
-    from dask_clip.writer import write_tasks
+    from dask_clip.io.writer import write_tasks
 
     ddf = dd.from_pandas(embedding_frame(n=6), npartitions=3, sort=False)
     tasks = write_tasks(ddf, tmp_path / "out", job={"model": "m"})

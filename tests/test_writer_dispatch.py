@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dask.dataframe.dispatch import to_pyarrow_table_dispatch
 
-from dask_clip import writer
 from dask_clip.backends.kinds import EMBEDDING_DTYPE, ERROR_DTYPE
+from dask_clip.io import writer
 
 
 def _frame(named: bool) -> pd.DataFrame:

@@ -188,7 +188,7 @@ def split_flat_pixels(
     -------
     list of torch.Tensor or None
         Views, no copy; a row whose length does not fit its shape stays flat (so
-        :func:`dask_clip.decode.check_pixels` reports it).
+        :func:`dask_clip.image.decode.check_pixels` reports it).
     """
     rows: list[torch.Tensor | None] = []
     for i in range(len(valid)):

@@ -97,7 +97,7 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect
+    from ..runtime.cluster import connect
 
     try:
         from ..dedup import dedup_parquet
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     check_dedup_paths(args.input, args.output)  # OUTPUT = INPUT: refused now, not after the whole dedup
     id_column = args.id_column
     if id_column is None or args.image_column is None:  # the columns the embeddings record
-        from ..file_metadata import read_file_metadata
+        from ..io.file_metadata import read_file_metadata
 
         recorded = read_file_metadata(args.input)
         if id_column is None:  # key, or a folder's file path
@@ -161,7 +161,7 @@ def _run_steps(args: argparse.Namespace, steps: list[str], id_column: str | None
 
     from ..dedup.parquet import with_row_numbers
     from ..dedup.plan import _write_atomic, dedup_steps
-    from ..writer import write_tasks
+    from ..io.writers.parquet import write_tasks
 
     # under a "_" folder, which Parquet readers skip: OUTPUT still reads as one dataset
     side = os.path.join(args.output, SIDE_FOLDER)

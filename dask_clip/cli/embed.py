@@ -6,8 +6,10 @@ import argparse
 from typing import Any
 
 from .. import config
-from ..readers import input_format_names
-from ..sources import image_kinds
+from ..heads.options import head_options
+from ..image.sources import image_kinds
+from ..io.read import input_format_names
+from ..io.writers import output_format_names, output_formats
 from . import options
 
 __all__ = ["add_parser", "run", "score_heads"]
@@ -62,32 +64,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
         help="add phash (uint64 perceptual hash, imagehash's bits) from the same decode; "
         "dask-clip dedup --steps phash reads it instead of decoding again",
     )
-    scores.add_argument(
-        "--aesthetic-model",
-        metavar="PATH",
-        help="LAION aesthetic predictor weights (sac+logos+ava1-l14-linearMSE.pth, NeMo's model.safetensors, or "
-        "NeMo's model_dir): adds aesthetic_score (~1-10)",
-    )
-    scores.add_argument(
-        "--nsfw-model",
-        metavar="PATH",
-        help="LAION NSFW detector weights (clip_autokeras_binary_nsfw.pth, or NeMo's model_dir): adds nsfw_score (0-1)",
-    )
-    scores.add_argument(
-        "--labels",
-        metavar="FILE",
-        help="zero-shot label names, one per line: adds zero_shot_label and zero_shot_probability",
-    )
-    scores.add_argument(
-        "--label-templates",
-        metavar="FILE",
-        help="prompt templates for --labels, one per line with {} for the label (default: 'a photo of a {}.')",
-    )
-    scores.add_argument(
-        "--label-probabilities",
-        action="store_true",
-        help="also add zero_shot_probabilities, every label's probability (list<float32>)",
-    )
+    for head in head_options():  # each head's options (dask_clip.heads.options)
+        if head.add_arguments is not None:
+            head.add_arguments(scores)
     reads = parser.add_argument_group("reading images", "Bounds on what one row may cost (docs/robustness.md)")
     reads.add_argument(
         "--max-image-bytes",
@@ -149,10 +128,9 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     )
     part.add_argument(
         "--output-format",
-        choices=("parquet", "lance", "laion"),  # jobs.OUTPUT_FORMATS, not imported here: startup
+        choices=output_format_names(),
         default="parquet",
-        help="parquet: part-NNNNN.parquet; lance: a Lance dataset; laion: img_emb/*.npy + metadata/*.parquet "
-        "(embedding-reader, autofaiss, clip-retrieval) (default: parquet; docs/formats.md)",
+        help="; ".join(f"{fmt.name}: {fmt.help}" for fmt in output_formats()) + " (default: parquet; docs/formats.md)",
     )
     part.add_argument(
         "--embedding-dtype",
@@ -170,10 +148,10 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect_early
-    from ..embedder import ImageEmbedder
-    from ..jobs import prepare_embed, run_embed
-    from ..writer import looks_complete, remove_temporaries
+    from ..embed.embedder import ImageEmbedder
+    from ..embed.jobs import prepare_embed, run_embed
+    from ..io.writers.parquet import looks_complete, remove_temporaries
+    from ..runtime.cluster import connect_early
 
     embedder = ImageEmbedder(
         **options.weights(args),
@@ -261,24 +239,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def score_heads(args: argparse.Namespace) -> list:
-    """The heads that ``--aesthetic-model``, ``--nsfw-model`` and ``--labels`` ask for."""
-    from ..heads import AestheticHead, NSFWHead, read_labels, zero_shot_heads
-    from ..heads.zero_shot import DEFAULT_TEMPLATES
-
-    heads: list = []
-    if args.aesthetic_model:
-        heads.append(AestheticHead(args.aesthetic_model))
-    if args.nsfw_model:
-        heads.append(NSFWHead(args.nsfw_model))
-    if args.label_templates and not args.labels:
-        raise ValueError("--label-templates needs --labels FILE")
-    if args.label_probabilities and not args.labels:
-        raise ValueError("--label-probabilities needs --labels FILE")
-    if args.labels:
-        templates = read_labels(args.label_templates) if args.label_templates else DEFAULT_TEMPLATES
-        heads += zero_shot_heads(
-            read_labels(args.labels),
-            templates,
-            probabilities_column="zero_shot_probabilities" if args.label_probabilities else None,
-        )
-    return heads
+    """The heads that the heads' options ask for (``--aesthetic-model``, ``--nsfw-model``,
+    ``--labels``, ...), in the heads' order."""
+    return [h for head in head_options() if head.heads is not None for h in head.heads(args)]

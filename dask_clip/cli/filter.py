@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..heads.options import filter_rules_of
 from . import options
 
 __all__ = ["add_parser", "run"]
@@ -21,53 +22,26 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     parser.add_argument("input", metavar="INPUT", help="Parquet with score columns (the output of `dask-clip embed`)")
     parser.add_argument("output", metavar="OUTPUT", help="output folder")
     rules = parser.add_argument_group("thresholds (at least one)")
-    rules.add_argument(
-        "--min-aesthetic",
-        type=float,
-        metavar="S",
-        help="keep aesthetic_score >= S (LAION's predictor, ~1-10; LAION-Aesthetics used 5, 6, 6.5)",
-    )
-    rules.add_argument(
-        "--max-nsfw", type=float, metavar="P", help="keep nsfw_score < P (a probability; NeMo Curator uses 0.5)"
-    )
-    rules.add_argument(
-        "--min-clip-score",
-        type=float,
-        metavar="C",
-        help="keep clip_score >= C (image-caption cosine; LAION-5B kept >= 0.28 with ViT-B/32)",
-    )
-    rules.add_argument(
-        "--keep-label",
-        action="append",
-        metavar="LABEL",
-        help="keep rows whose zero_shot_label is LABEL (repeat for several)",
-    )
     cols = parser.add_argument_group("columns")
-    cols.add_argument("--aesthetic-column", default="aesthetic_score", metavar="NAME")
-    cols.add_argument("--nsfw-column", default="nsfw_score", metavar="NAME")
-    cols.add_argument("--clip-score-column", default="clip_score", metavar="NAME")
-    cols.add_argument("--label-column", default="zero_shot_label", metavar="NAME")
+    for rule in filter_rules_of():  # each head's rule (dask_clip.heads.options)
+        rule.add_arguments(rules, cols)
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
     options.add_cluster_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect
     from ..filter import filter_parquet, filter_rules
+    from ..runtime.cluster import connect
 
-    thresholds = dict(
-        min_aesthetic=args.min_aesthetic,
-        max_nsfw=args.max_nsfw,
-        min_clip_score=args.min_clip_score,
-        labels=args.keep_label,
-        aesthetic_column=args.aesthetic_column,
-        nsfw_column=args.nsfw_column,
-        clip_score_column=args.clip_score_column,
-        label_column=args.label_column,
-    )
-    if all(v is None for v in (args.min_aesthetic, args.max_nsfw, args.min_clip_score, args.keep_label)):
-        raise ValueError("give at least one threshold: --min-aesthetic, --max-nsfw, --min-clip-score or --keep-label")
+    declared = filter_rules_of()
+    thresholds = {}
+    for rule in declared:
+        thresholds[rule.keyword] = getattr(args, rule.keyword)
+        thresholds[rule.column_keyword] = getattr(args, rule.column_keyword)
+    if all(thresholds[rule.keyword] is None for rule in declared):
+        flags = [rule.cli_flag for rule in declared]
+        raise ValueError(f"give at least one threshold: {', '.join(flags[:-1])} or {flags[-1]}")
     filter_rules(**thresholds)  # a usage mistake is reported before a cluster starts
     with connect(**options.cluster_options(args)) as client:
         options.say(f"cluster: {options.describe(client)}")

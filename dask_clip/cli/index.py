@@ -61,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cluster import connect
     from ..index import build
+    from ..runtime.cluster import connect
 
     with connect(**options.cluster_options(args)) as client:
         options.say(f"cluster: {options.describe(client)}")

@@ -24,11 +24,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..info import environment_info, format_info
+    from ..runtime.info import environment_info, format_info
 
     if args.config:
         from .. import config
-        from ..info import format_config
+        from ..runtime.info import format_config
 
         settings = config.effective()
         print(json.dumps(settings, indent=2) if args.json else format_config(settings))

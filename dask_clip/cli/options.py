@@ -121,8 +121,8 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cluster_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Arguments for :func:`dask_clip.cluster.connect`."""
-    from ..cluster import tls_security
+    """Arguments for :func:`dask_clip.runtime.cluster.connect`."""
+    from ..runtime.cluster import tls_security
 
     existing = bool(args.scheduler_file or args.scheduler_address)
     security = tls_security(args.tls_ca_file, args.tls_cert, args.tls_key, local=not existing)

@@ -21,12 +21,13 @@ from .parquet import dedup_parquet
 from .phash import image_hashes, phash_duplicates
 from .plan import dedup_steps, drop_duplicates
 from .results import dedup_summary, duplicate_pairs, keep_masks
-from .workflow import semantic_dedup
+from .workflow import DedupConfig, semantic_dedup
 
 __all__ = [
     "KEEP_RULES",
     "BorderTooWideError",
     "ClusterTooLargeError",
+    "DedupConfig",
     "dedup_parquet",
     "dedup_steps",
     "dedup_summary",

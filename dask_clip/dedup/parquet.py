@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from fsspec.core import url_to_fs
 
-from ..file_metadata import carried, read_file_metadata
+from ..io.file_metadata import carried, read_file_metadata
+from ..io.writers.base import _input_roots, check_not_input, location
+from ..io.writers.parquet import write_tasks
 from ..validation import check_eps
-from ..writer import _input_roots, check_not_input, location, write_tasks
 from . import _frame
 from .results import DEFAULT_SUMMARY_EPS, summary_frame, summary_parts
 from .workflow import OUTPUT_COLUMNS, attach_results, cluster_results, prepare
@@ -126,7 +127,7 @@ def dedup_parquet(
         ``dd.read_parquet(..., dtype_backend="pyarrow")``.
     output_path
         Output folder: one ``part-NNNNN.parquet`` per partition, written atomically with
-        metadata that plain ``pd.read_parquet`` reads back (:mod:`dask_clip.writer`).
+        metadata that plain ``pd.read_parquet`` reads back (:mod:`dask_clip.io.writers.parquet`).
     eps, n_clusters, embedding_column, id_column
         As in :func:`semantic_dedup`. Without ``id_column``, and where the input has no stored
         index, rows are numbered 0, 1, ... in input order; that number is written as the

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 
 from .. import backends
-from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int, check_memory
+from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int, check_memory, with_settings
 from . import _frame, _join, assign, border, budget, kmeans, pairwise
 
-__all__ = ["DEFAULT_BORDER_MARGIN", "OUTPUT_COLUMNS", "is_duplicate", "semantic_dedup"]
+__all__ = ["DEFAULT_BORDER_MARGIN", "OUTPUT_COLUMNS", "DedupConfig", "dedup_config", "is_duplicate", "semantic_dedup"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,25 +75,46 @@ def check_border_margin(value: Any) -> float:
     return float(value)
 
 
+@dataclass(frozen=True)
+class DedupConfig:
+    """The settings of :func:`semantic_dedup` (one object instead of a copied signature;
+    checked by :func:`prepare`). The attributes are :func:`semantic_dedup`'s arguments of the
+    same names, with the same defaults."""
+
+    embedding_column: str = "embedding"
+    n_clusters: int = 1000
+    eps: float = 0.01
+    which_to_keep: str = "hard"
+    seed: int = 0
+    max_iter: int = 100
+    max_train_rows: int | None = None
+    block_size: int = pairwise.PAIRWISE_BLOCK_SIZE
+    id_column: str | None = None
+    npartitions: int | None = None
+    device: str | None = None
+    shuffle_method: str | None = None
+    border_aware: bool = True
+    border_margin: float = DEFAULT_BORDER_MARGIN
+    max_memory: int | str | None = None
+
+
+def dedup_config(config: DedupConfig | None = None, **settings: Any) -> DedupConfig:
+    """``config`` (default: the defaults) with ``settings`` (the keyword arguments) on top.
+
+    Raises
+    ------
+    TypeError
+        A setting :class:`DedupConfig` does not have (the message lists them).
+    """
+    return with_settings(DedupConfig, config, settings, what="dedup arguments", name="config")
+
+
 def semantic_dedup(
     ddf: Any,
+    config: DedupConfig | None = None,
     *,
-    embedding_column: str = "embedding",
-    n_clusters: int = 1000,
-    eps: float = 0.01,
-    which_to_keep: str = "hard",
-    seed: int = 0,
-    max_iter: int = 100,
-    max_train_rows: int | None = None,
-    block_size: int = pairwise.PAIRWISE_BLOCK_SIZE,
-    id_column: str | None = None,
-    npartitions: int | None = None,
     centroids: np.ndarray | None = None,
-    device: str | None = None,
-    shuffle_method: str | None = None,
-    border_aware: bool = True,
-    border_margin: float = DEFAULT_BORDER_MARGIN,
-    max_memory: int | str | None = None,
+    **settings: Any,
 ) -> Any:
     """Flag semantic near-duplicates (SemDeDup) in a Dask DataFrame of embeddings.
 
@@ -110,6 +131,8 @@ def semantic_dedup(
     ----------
     ddf
         Dask DataFrame with pandas or cuDF partitions.
+    config
+        The settings below as one :class:`DedupConfig`; keyword arguments override it.
     embedding_column
         ``list<float32>`` column (``pd.ArrowDtype(pa.list_(pa.float32()))`` or
         ``cudf.ListDtype("float32")``), one ``(d,)`` vector per row; null rows are allowed.
@@ -169,25 +192,7 @@ def semantic_dedup(
         an embedding), ``duplicate`` (bool) and ``duplicate_of`` (the id of that most similar
         row; null where there is none).
     """
-    plan = prepare(
-        ddf,
-        embedding_column=embedding_column,
-        n_clusters=n_clusters,
-        eps=eps,
-        which_to_keep=which_to_keep,
-        seed=seed,
-        max_iter=max_iter,
-        max_train_rows=max_train_rows,
-        block_size=block_size,
-        id_column=id_column,
-        npartitions=npartitions,
-        centroids=centroids,
-        device=device,
-        shuffle_method=shuffle_method,
-        border_aware=border_aware,
-        border_margin=border_margin,
-        max_memory=max_memory,
-    )
+    plan = prepare(ddf, config, centroids=centroids, **settings)
     return attach_results(plan, cluster_results(plan))
 
 
@@ -219,25 +224,28 @@ class DedupPlan:
 
 def prepare(
     ddf: Any,
+    config: DedupConfig | None = None,
     *,
-    embedding_column: str = "embedding",
-    n_clusters: int = 1000,
-    eps: float = 0.01,
-    which_to_keep: str = "hard",
-    seed: int = 0,
-    max_iter: int = 100,
-    max_train_rows: int | None = None,
-    block_size: int = pairwise.PAIRWISE_BLOCK_SIZE,
-    id_column: str | None = None,
-    npartitions: int | None = None,
     centroids: np.ndarray | None = None,
-    device: str | None = None,
-    shuffle_method: str | None = None,
-    border_aware: bool = True,
-    border_margin: float = DEFAULT_BORDER_MARGIN,
-    max_memory: int | str | None = None,
+    **settings: Any,
 ) -> DedupPlan:
     """Check the arguments of :func:`semantic_dedup`, run k-means, plan the shuffle."""
+    c = dedup_config(config, **settings)
+    embedding_column = c.embedding_column
+    n_clusters = c.n_clusters
+    eps = c.eps
+    which_to_keep = c.which_to_keep
+    seed = c.seed
+    max_iter = c.max_iter
+    max_train_rows = c.max_train_rows
+    block_size = c.block_size
+    id_column = c.id_column
+    npartitions = c.npartitions
+    device = c.device
+    shuffle_method = c.shuffle_method
+    border_aware = c.border_aware
+    border_margin = c.border_margin
+    max_memory = c.max_memory
     check_dask_frame(ddf)
     meta = ddf._meta
     _frame.require_column(meta, embedding_column, "embedding_column")

@@ -18,10 +18,12 @@ Both hold ``layers.{0,2,4,6,7}.{weight,bias}``.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ._weights import CheckpointHead
+from .options import FilterRule, HeadOptions
 
 # The published module's Linears as (output width, dropout after it); as modules.AESTHETIC_LAYERS,
 # repeated here so that checking a file's layout on the client does not import torch.
@@ -93,3 +95,28 @@ class AestheticHead(CheckpointHead):
             return module(inputs.image).squeeze(1)
 
         return score
+
+
+def _add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--aesthetic-model",
+        metavar="PATH",
+        help="LAION aesthetic predictor weights (sac+logos+ava1-l14-linearMSE.pth, NeMo's model.safetensors, or "
+        "NeMo's model_dir): adds aesthetic_score (~1-10)",
+    )
+
+
+CLI = HeadOptions(
+    "aesthetic",
+    priority=10,
+    add_arguments=_add_arguments,
+    heads=lambda args: [AestheticHead(args.aesthetic_model)] if args.aesthetic_model else [],
+    rule=FilterRule(
+        "min_aesthetic",
+        "aesthetic_score",
+        "aesthetic_column",
+        ">=",
+        "keep aesthetic_score >= S (LAION's predictor, ~1-10; LAION-Aesthetics used 5, 6, 6.5)",
+        metavar="S",
+    ),
+)

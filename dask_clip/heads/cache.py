@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 
 from ..models.cache import get_model
+from ..models.spec import ModelSpec
 from ..runtime import caches
-from ..spec import ModelSpec
 from .base import Head, HeadFunction
 
 __all__ = ["clear_heads", "get_head"]

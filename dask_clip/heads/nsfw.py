@@ -13,10 +13,12 @@ embeddings, made with clip-retrieval, are normalised), which is what
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ._weights import CheckpointHead
+from .options import FilterRule, HeadOptions, finite_number
 
 if TYPE_CHECKING:
     import torch
@@ -84,3 +86,35 @@ class NSFWHead(CheckpointHead):
             return module(inputs.image).squeeze(1)
 
         return score
+
+
+def _probability(keyword: str, value: object) -> float:
+    p = finite_number(keyword, value)
+    if not 0 < p <= 1:  # a probability: <= 0 removes every row, > 1 none
+        raise ValueError(f"{keyword}={value!r} must be a probability in (0, 1] (NeMo Curator uses 0.5)")
+    return p
+
+
+def _add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--nsfw-model",
+        metavar="PATH",
+        help="LAION NSFW detector weights (clip_autokeras_binary_nsfw.pth, or NeMo's model_dir): adds nsfw_score (0-1)",
+    )
+
+
+CLI = HeadOptions(
+    "nsfw",
+    priority=20,
+    add_arguments=_add_arguments,
+    heads=lambda args: [NSFWHead(args.nsfw_model)] if args.nsfw_model else [],
+    rule=FilterRule(
+        "max_nsfw",
+        "nsfw_score",
+        "nsfw_column",
+        "<",
+        "keep nsfw_score < P (a probability; NeMo Curator uses 0.5)",
+        metavar="P",
+        check=_probability,
+    ),
+)

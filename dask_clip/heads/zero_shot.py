@@ -108,7 +108,7 @@ def _classifier(
     """:func:`class_embeddings` and the model's :func:`logit_bias`, cached together."""
     import torch
 
-    from ..text import encode_texts
+    from ..embed.text import encode_texts
 
     key = (id(model), tuple(labels), tuple(templates))
     cached = _CACHE.get(key)

@@ -5,7 +5,7 @@ One module per step: :mod:`.keys` (choose the index from rows, dimension and a m
 :mod:`.train` (seeded sample, training), :mod:`.add` (shards per partition, on the workers),
 :mod:`.merge` (in memory or on-disk inverted lists), :mod:`.ids` (the id -> row table),
 :mod:`.layout` (the folder and its manifest, published atomically), :mod:`.builder` (all of it),
-:mod:`.search` (load and query; text queries through :func:`dask_clip.text_embedder.embed_texts`),
+:mod:`.search` (load and query; text queries through :func:`dask_clip.embed.text_embedder.embed_texts`),
 :mod:`.report` (HTML results) and
 :mod:`.server` (a local page to browse). Names are imported on first use: faiss, torch and the
 web framework only load when needed.

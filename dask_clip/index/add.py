@@ -56,7 +56,7 @@ def add_partition(
         ``rows`` (in the partition), ``vectors`` (added), ``null_embeddings`` and
         ``invalid_embeddings`` (not null, but non-finite or all zero), ``dim``, ``partition``.
     """
-    from ..writer import to_arrow
+    from ..io.writers.arrow import to_arrow
 
     faiss = import_faiss()
     if hasattr(df, "to_pandas"):  # cuDF partitions: the index is built on the CPU
@@ -134,7 +134,7 @@ def add_tasks(
     """One lazy :func:`add_partition` per partition in ``todo`` (``dask.delayed``)."""
     import dask
 
-    from ..writer import arrow_types
+    from ..io.writers.arrow import arrow_types
 
     root = Path(build_dir)
     (root / "shards").mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..file_metadata import read_file_metadata
+from ..io.file_metadata import read_file_metadata
 from . import keys, layout
 from .add import add_tasks, done_partitions, part_stats
 from .ids import check_columns, default_columns
@@ -138,7 +138,7 @@ def _location(path: str) -> str:
 
 def _model_record(model: Any, job: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The embedding model as plain values (ModelSpec fields), for search by text or image."""
-    from ..spec import ModelSpec
+    from ..models.spec import ModelSpec
 
     if model is None:
         recorded = (job or {}).get("model")
@@ -159,9 +159,9 @@ def _model_record(model: Any, job: Mapping[str, Any] | None) -> dict[str, Any] |
 
 def _weights_record(model: Any, record: Mapping[str, Any] | None, job: Mapping[str, Any] | None) -> str | None:
     """The weights fingerprint of the embeddings: the embeddings folder's record, or, for a model
-    given here, its folder's now (:mod:`dask_clip.weights_id`)."""
-    from ..spec import ModelSpec
-    from ..weights_id import weights_fingerprint
+    given here, its folder's now (:mod:`dask_clip.models.weights_id`)."""
+    from ..models.spec import ModelSpec
+    from ..models.weights_id import weights_fingerprint
 
     if model is None:
         recorded = (job or {}).get("weights")
@@ -289,7 +289,7 @@ def build(
         and counted; the others are L2-normalised.
     key_column
         Column that names rows (``search_like(key)``); ``"auto"``: the key column the
-        Parquet files record (:mod:`dask_clip.file_metadata`: ``key``, or ``path`` for a
+        Parquet files record (:mod:`dask_clip.io.file_metadata`: ``key``, or ``path`` for a
         folder of images), else ``key`` where it exists.
     image_column
         Column of image bytes or paths/URLs kept for display (``dask-clip serve``, HTML
@@ -423,7 +423,7 @@ def build(
         tasks = add_tasks(ddf, build_dir, embedding_column, kept, todo)
         bar = None
         if progress:
-            from ..progress import Progress
+            from ..runtime.progress import Progress
 
             bar = Progress(len(tasks), desc="dask-clip index", unit="vectors")
         try:

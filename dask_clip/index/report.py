@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
+from ..image.decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS, decode_bytes
 from .ids import ID, PARTITION, PARTITION_ROW, SOURCE_ROW
 
 __all__ = ["json_value", "results_html", "results_records", "score_columns", "thumbnail"]
@@ -81,7 +81,7 @@ def thumbnail(
 ) -> tuple[bytes | None, str | None]:
     """A JPEG thumbnail (longest side ``size``) of encoded image bytes.
 
-    Decoded by :func:`dask_clip.decode.decode_bytes` with the same decompression-bomb limit and
+    Decoded by :func:`dask_clip.image.decode.decode_bytes` with the same decompression-bomb limit and
     decode budget (``max_bytes`` of RGB; a JPEG beyond it is decoded at a reduced scale) as
     embedding.
 
@@ -94,7 +94,7 @@ def thumbnail(
     pixels, reason = decode_bytes(data, max_pixels=max_pixels, max_bytes=max_bytes)
     if pixels is None:
         return None, reason
-    large = pixels.nbytes > 64 * 2**20  # dask_clip.prepare.RELEASE_AFTER_BYTES (prepare imports torch)
+    large = pixels.nbytes > 64 * 2**20  # dask_clip.image.prepare.RELEASE_AFTER_BYTES (prepare imports torch)
     image = Image.fromarray(pixels)
     del pixels  # Image.fromarray copies: one full-size copy at a time
     image.thumbnail((size, size), Image.Resampling.BICUBIC)

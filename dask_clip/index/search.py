@@ -164,20 +164,20 @@ class SearchIndex:
 
     def check_weights(self) -> None:
         """Refuse to embed queries with the recorded model when its folder now holds other
-        weights than those that embedded the index (:mod:`dask_clip.weights_id`).
+        weights than those that embedded the index (:mod:`dask_clip.models.weights_id`).
 
         Raises
         ------
-        dask_clip.weights_id.WeightsChangedError
+        dask_clip.models.weights_id.WeightsChangedError
         """
-        from ..weights_id import check_weights
+        from ..models.weights_id import check_weights
 
         check_weights(self.manifest.get("weights"), self.model, "the vectors of this index")
 
     @property
     def model(self) -> Any:
-        """The :class:`~dask_clip.spec.ModelSpec` that made the embeddings, or None if unknown."""
-        from ..spec import ModelSpec
+        """The :class:`~dask_clip.models.spec.ModelSpec` that made the embeddings, or None if unknown."""
+        from ..models.spec import ModelSpec
 
         record = self.manifest.get("model")
         return ModelSpec(**record) if record else None
@@ -276,7 +276,7 @@ class SearchIndex:
             raise LookupError(f"row {id_} has no image")
         if isinstance(value, (bytes, bytearray)):
             return bytes(value)
-        from ..decode import read_paths
+        from ..image.decode import read_paths
 
         data, reason = read_paths([str(value)])[0]
         if data is None:
@@ -465,7 +465,7 @@ class SearchIndex:
     def _embedder(self, embedder: Any) -> Any:
         if embedder is not None:
             return embedder
-        from ..embedder import ImageEmbedder
+        from ..embed.embedder import ImageEmbedder
 
         spec = self.model
         if spec is None:
@@ -496,13 +496,13 @@ class SearchIndex:
             One text or a list (query ``i`` is ``texts[i]``).
         encode_text
             ``list[str] -> float32 (Q, D)``; default: the recorded model's text tower
-            (:func:`dask_clip.text_embedder.embed_texts`).
+            (:func:`dask_clip.embed.text_embedder.embed_texts`).
         k, kwargs
             As :meth:`search`.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         if encode_text is None:
-            from ..text_embedder import embed_texts
+            from ..embed.text_embedder import embed_texts
 
             spec = self.model
             if spec is None:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
+from ..image.decode import DEFAULT_DECODE_BUDGET, DEFAULT_MAX_IMAGE_PIXELS
 from .ids import ID
 from .report import json_value, score_columns, thumbnail
 
@@ -123,7 +123,7 @@ class TextTower:
                 return
             self.state, started = "loading", time.perf_counter()
             try:
-                from ..text_embedder import embed_texts
+                from ..embed.text_embedder import embed_texts
 
                 self._index.check_weights()  # weights replaced since the index was built: say so
                 encode = functools.partial(embed_texts, self._index.model)

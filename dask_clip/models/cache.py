@@ -1,6 +1,6 @@
 """The per-process model cache: each worker process loads a spec's model once, on first use.
 
-Tasks carry only a :class:`~dask_clip.spec.ModelSpec`; the model itself never enters the
+Tasks carry only a :class:`~dask_clip.models.spec.ModelSpec`; the model itself never enters the
 task graph. A Dask worker is one process here (``LocalCluster``, ``LocalCUDACluster`` and
 ``dask worker`` all start one process per worker), so a module-level cache is a per-worker
 cache, and the same code serves plain Python without Dask. What to build comes from the
@@ -22,10 +22,10 @@ import torch
 
 from ..errors import ModelLoadError
 from ..runtime import caches
-from ..spec import ModelSpec
 from .families import ModelDir, ModelFamily, detect_model_dir, get_family
 from .families.base import OPEN_CLIP
 from .loaded import LoadedModel, _autocast_dtype, resolve_device, to_low_precision, weights_dtype
+from .spec import ModelSpec
 
 __all__ = [
     "apply_torch_threads",

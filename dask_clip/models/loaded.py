@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from ..preprocess import PreprocessConfig
-from ..spec import ModelSpec
+from ..image.preprocess import PreprocessConfig
 from .families.base import OPEN_CLIP
+from .spec import ModelSpec
 
 __all__ = ["LoadedModel", "resolve_device", "to_low_precision", "weights_dtype"]
 
@@ -26,7 +26,7 @@ class LoadedModel:
     ----------
     model : torch.nn.Module
         The open_clip model, or a transformers one behind the same two methods
-        (:class:`~dask_clip.hf.TransformersCLIP`): ``encode_image`` takes float (N, 3, H, W),
+        (:class:`~dask_clip.models.hf.TransformersCLIP`): ``encode_image`` takes float (N, 3, H, W),
         ``encode_text`` the tokenizer's output.
     preprocess : PreprocessConfig
         Its eval preprocessing.
@@ -48,10 +48,10 @@ class LoadedModel:
     spec : ModelSpec or None
         What was loaded (the text tower's tokenizer is chosen from it).
     kind : str
-        ``"open_clip"``, or ``"transformers"`` for a :class:`~dask_clip.hf.TransformersCLIP`.
+        ``"open_clip"``, or ``"transformers"`` for a :class:`~dask_clip.models.hf.TransformersCLIP`.
     tokenizer : Tokenizer or None
         The text tower's tokenizer, loaded on first use beside the model
-        (:func:`dask_clip.text.get_tokenizer`).
+        (:func:`dask_clip.embed.text.get_tokenizer`).
     """
 
     model: Any  # an open_clip CLIP or a TransformersCLIP (torch.nn.Module with encode_image / encode_text)
@@ -95,7 +95,7 @@ def weights_dtype(precision: str, device: torch.device) -> torch.dtype:
     Why fp16 by default: same tensor-core speed as bf16 on Hopper, and 8 times finer rounding —
     parity to open_clip's fp32 reference 0.0017 against 0.013 for bf16 (autocast or weights
     alike; ViT-B-32, measured on CPU, benchmarks/README.md). Rows whose fp16 embedding overflows
-    are recomputed under bf16 autocast (:func:`dask_clip.pipeline.embed_rows`).
+    are recomputed under bf16 autocast (:func:`dask_clip.embed.pipeline.embed_rows`).
     """
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -111,13 +111,13 @@ def to_low_precision(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Mod
     where used), the whole model for timm towers, and every LayerNorm a ``LayerNormFp32`` with
     float32 weights, which computes in float32 and returns its input's dtype. A LayerNorm left
     with float32 weights under half activations fails on CUDA ("expected scalar type Half but
-    found Float", pytorch#135969) though CPU kernels accept it: see :mod:`dask_clip.cuda_rules`.
+    found Float", pytorch#135969) though CPU kernels accept it: see :mod:`dask_clip.models.cuda_rules`.
     transformers models are converted whole, their LayerNorms the same way.
 
     Parameters
     ----------
     model
-        An open_clip model or a :class:`~dask_clip.hf.TransformersCLIP`, in float32, eval mode.
+        An open_clip model or a :class:`~dask_clip.models.hf.TransformersCLIP`, in float32, eval mode.
     dtype
         ``torch.float16`` or ``torch.bfloat16``.
 

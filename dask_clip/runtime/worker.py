@@ -31,7 +31,7 @@ class ModelPreload(WorkerPlugin):
     Parameters
     ----------
     spec
-        The :class:`~dask_clip.spec.ModelSpec` whose model each worker loads, in a background
+        The :class:`~dask_clip.models.spec.ModelSpec` whose model each worker loads, in a background
         thread (:func:`dask_clip.worker_setup.preload_model`): ``setup`` runs on the worker's
         event loop and returns at once; the first task waits for the load.
 
@@ -83,7 +83,7 @@ def register_preload(client: Any, spec: Any) -> ModelPreload:
     client
         A ``distributed.Client``.
     spec
-        The :class:`~dask_clip.spec.ModelSpec` to load.
+        The :class:`~dask_clip.models.spec.ModelSpec` to load.
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """The Step protocol and :func:`apply`: a job's middle, Reader → **Steps** → Writer.
 
 A step is a frozen, picklable value (it travels in the task graph, like a
-:class:`~dask_clip.spec.ModelSpec`) that declares the columns it reads and writes; :func:`apply`
+:class:`~dask_clip.models.spec.ModelSpec`) that declares the columns it reads and writes; :func:`apply`
 checks the whole chain on the client — inputs present, no output written twice or over an
 input, each step's own ``validate`` — builds the output ``meta`` once, and runs every step of a
 partition in one task, timing each.
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["IMAGE", "Step", "apply", "run_steps", "step_name"]
 
-#: The kind of an image input column: encoded bytes, paths/URLs or pixel arrays (:mod:`dask_clip.sources`).
+#: The kind of an image input column: encoded bytes, paths/URLs or pixel arrays (:mod:`dask_clip.image.sources`).
 IMAGE = "image"
 TASK_NAME = "dask_clip_steps"
 

@@ -13,7 +13,7 @@ import torch
 
 from dask_clip import backends
 from dask_clip.columns import LIST_FLOAT32
-from dask_clip.sources import detect_source
+from dask_clip.image.sources import detect_source
 from dask_clip.testing import encode_image
 
 # -- cuDF (GPU) --------------------------------------------------------------------------

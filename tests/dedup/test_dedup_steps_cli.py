@@ -11,7 +11,7 @@ from cli_support import run_main
 from PIL import Image
 
 from dask_clip.dedup.plan import dedup_steps, drop_duplicates
-from dask_clip.file_metadata import with_file_metadata
+from dask_clip.io.file_metadata import with_file_metadata
 from dask_clip.testing import encode_image
 
 

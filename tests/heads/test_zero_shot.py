@@ -47,7 +47,7 @@ def test_labels_and_probabilities_equal_open_clips_classifier(text_model_dir, ca
 def test_transformers_folder_zero_shot_with_transformers_text_tower(hf_model_dir, captioned_frame):
     from transformers import CLIPModel, CLIPProcessor
 
-    from dask_clip.hf import _features
+    from dask_clip.models.hf import _features
 
     out = ImageEmbedder(model_dir=hf_model_dir, heads=zero_shot_heads(LABELS, TEMPLATES)).embed_partition(
         captioned_frame

@@ -43,13 +43,13 @@ def sample_frame() -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def sample_embeddings(tmp_path_factory: pytest.TempPathFactory, text_model_dir: str, sample_frame: pd.DataFrame) -> str:
-    """The sample embedded by the tiny model, written by dask_clip.writer with the job record
+    """The sample embedded by the tiny model, written by dask_clip.io.writer with the job record
     ``dask-clip embed`` writes (so the index learns the model from the folder)."""
     import dask
     import dask.dataframe as dd
 
     from dask_clip import ImageEmbedder
-    from dask_clip.writer import write_parquet
+    from dask_clip.io.writer import write_parquet
 
     embedder = ImageEmbedder(model_dir=text_model_dir, image_column="jpg", image_kind="bytes", device="cpu")
     from dask_clip.backends import as_binary

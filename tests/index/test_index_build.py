@@ -13,8 +13,8 @@ import pytest
 from conftest import brute_force
 
 from dask_clip.index import IndexNotFoundError, build, load
+from dask_clip.io.writer import write_parquet
 from dask_clip.testing import clustered_embeddings, embedding_array
-from dask_clip.writer import write_parquet
 
 
 def frame(x: np.ndarray, valid: np.ndarray, seed: int = 0) -> pd.DataFrame:

@@ -14,13 +14,13 @@ from conftest import TEXT_MODEL_CFG
 
 from dask_clip import ImageEmbedder
 from dask_clip.dedup import dedup_parquet
-from dask_clip.file_metadata import read_file_metadata
+from dask_clip.embed.jobs import embed_parquet
 from dask_clip.index import build, load
-from dask_clip.jobs import embed_parquet
-from dask_clip.spec import ModelSpec
+from dask_clip.io.file_metadata import read_file_metadata
+from dask_clip.io.writer import EMBEDDING_METADATA
+from dask_clip.models.spec import ModelSpec
+from dask_clip.models.weights_id import WeightsChangedError, weights_fingerprint
 from dask_clip.testing import encode_image, photo_crops, write_model_dir
-from dask_clip.weights_id import WeightsChangedError, weights_fingerprint
-from dask_clip.writer import EMBEDDING_METADATA
 
 
 @pytest.fixture

@@ -10,17 +10,15 @@ format            what it reads
 ================  ==============================================================================
 
 ``input_format="auto"`` asks them in priority order (the order above). Adding a format is one
-module in this package plus its test: :func:`dask_clip.readers.read_images`, ``embed_parquet``'s
+module in this package plus its test: :func:`dask_clip.io.read.read_images`, ``embed_parquet``'s
 resume fingerprint and the CLI's ``--input-format`` choices all read the registry.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import threading
 from typing import TYPE_CHECKING, Any
 
+from ...registry import ModuleRegistry
 from .base import InputFormat, Listing, ReadRequest, no_input
 
 if TYPE_CHECKING:
@@ -28,25 +26,12 @@ if TYPE_CHECKING:
 
 __all__ = ["InputFormat", "ReadRequest", "get_input_format", "input_formats", "read", "resolve"]
 
-_FORMATS: dict[str, InputFormat] = {}
-_LOCK = threading.Lock()
+_FORMATS = ModuleRegistry(__name__, "FORMAT", InputFormat)
 
 
 def input_formats() -> list[InputFormat]:
     """Every format of this package, in priority order (found on first call, then kept)."""
-    if not _FORMATS:
-        with _LOCK:
-            if not _FORMATS:
-                found = []
-                for info in pkgutil.iter_modules(__path__):
-                    if info.name == "base" or info.name.startswith("_"):
-                        continue
-                    fmt = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FORMAT", None)
-                    if isinstance(fmt, InputFormat):
-                        found.append(fmt)
-                for fmt in sorted(found, key=lambda f: (f.priority, f.name)):
-                    _FORMATS[fmt.name] = fmt
-    return list(_FORMATS.values())
+    return _FORMATS.all()
 
 
 def get_input_format(name: str) -> InputFormat:
@@ -81,7 +66,7 @@ def resolve(request: ReadRequest, input_format: str = "auto", listing: Listing |
 
 
 def read(request: ReadRequest, input_format: str = "auto") -> tuple[dd.DataFrame, str]:
-    """Read ``request`` with its format; see :func:`dask_clip.readers.read_images`."""
+    """Read ``request`` with its format; see :func:`dask_clip.io.read.read_images`."""
     listing = Listing(request)
     return resolve(request, input_format, listing).read(request, listing)
 

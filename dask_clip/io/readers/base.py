@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ...fetch import DEFAULT_MAX_IMAGE_BYTES
+from ..fetch import DEFAULT_MAX_IMAGE_BYTES
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -23,7 +23,7 @@ PATH_COLUMN = "path"
 
 @dataclass(frozen=True)
 class ReadRequest:
-    """One input, as :func:`dask_clip.readers.read_images` was asked to read it.
+    """One input, as :func:`dask_clip.io.read.read_images` was asked to read it.
 
     Attributes
     ----------

@@ -20,7 +20,7 @@ def claims(request: ReadRequest, listing: Listing) -> bool:
 def read(request: ReadRequest, listing: Listing) -> tuple[dd.DataFrame, str]:
     import dask.dataframe as dd
 
-    from ...readers import guess_image_column
+    from ..read import guess_image_column
 
     parquet = [f for f in listing.files if is_parquet(f)]
     if not parquet:

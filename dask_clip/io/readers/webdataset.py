@@ -1,5 +1,5 @@
 """WebDataset tar shards (img2dataset's ``--output_format webdataset``): one partition per shard
-or byte range of one (:func:`dask_clip.webdataset.read_webdataset`), image bytes in ``image``."""
+or byte range of one (:func:`dask_clip.io.webdataset.read_webdataset`), image bytes in ``image``."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ __all__ = ["FORMAT"]
 
 
 def claims(request: ReadRequest, listing: Listing) -> bool:
-    from ...webdataset import is_webdataset_input
+    from ..webdataset import is_webdataset_input
 
     return is_webdataset_input(request.path, request.storage_options)
 
 
 def read(request: ReadRequest, listing: Listing) -> tuple[dd.DataFrame, str]:
-    from ...webdataset import read_webdataset
+    from ..webdataset import read_webdataset
 
     column = request.image_column or "image"
     shards = read_webdataset(
@@ -38,7 +38,7 @@ def read(request: ReadRequest, listing: Listing) -> tuple[dd.DataFrame, str]:
 def fingerprint(request: ReadRequest) -> dict[str, Any]:
     """The shards and their byte ranges: a changed shard list would otherwise be mixed into the
     output under the same partition count."""
-    from ...webdataset import webdataset_partitions
+    from ..webdataset import webdataset_partitions
 
     plan = [
         (p.shard, p.size, p.start, p.end)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ...writer import _listing, _open, _put
+from .base import OutputFormat, _listing, _open, put
 from .partitioned import write_format
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-    from ...writer import WriteSummary
+    from ...embed.embedder import ImageEmbedder
+    from .base import WriteSummary
 
 __all__ = ["DTYPES", "LaionFormat", "read_laion", "write_laion"]
 
@@ -125,6 +127,16 @@ class LaionFormat:
     def options(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "embedding_column": self.embedding_column}
 
+    def foreign(self, fs: Any, root: str, names: list[str], manifest: Mapping[str, Any] | None) -> list[str]:
+        if manifest is not None:
+            return []
+        # this format's own folders, empty, are what a run that failed before its first
+        # partition leaves (the first partition writes the manifest before any file)
+        own = (IMAGE_FOLDER, TEXT_FOLDER, METADATA_FOLDER)
+        return [n for n in names if n not in own] + [
+            n for n in names if n == IMAGE_FOLDER and any(not m.startswith(".") for m in _listing(fs, f"{root}/{n}"))
+        ]
+
     def prepare(self, fs: Any, root: str, npartitions: int, overwrite: bool) -> None:
         for folder in (IMAGE_FOLDER, TEXT_FOLDER, METADATA_FOLDER):
             fs.makedirs(f"{root}/{folder}", exist_ok=True)
@@ -154,7 +166,7 @@ class LaionFormat:
             metadata = metadata.take(pa.array(rows, type=pa.int64()))
         image = _matrix(table.column(self.embedding_column), keep, self.dtype, self.embedding_column, self.dim)
         # Commit order: metadata, text, image; the image file is the marker (module docstring).
-        _put(
+        put(
             fs,
             f"{root}/{METADATA_FOLDER}",
             os.path.basename(names[METADATA_FOLDER]),
@@ -162,8 +174,8 @@ class LaionFormat:
         )
         if len(vectors) > 1:
             text = _matrix(table.column(vectors[1]), keep, self.dtype, vectors[1], self.dim)
-            _put(fs, f"{root}/{TEXT_FOLDER}", os.path.basename(names[TEXT_FOLDER]), _save(text))
-        _put(fs, f"{root}/{IMAGE_FOLDER}", os.path.basename(names[IMAGE_FOLDER]), _save(image))
+            put(fs, f"{root}/{TEXT_FOLDER}", os.path.basename(names[TEXT_FOLDER]), _save(text))
+        put(fs, f"{root}/{IMAGE_FOLDER}", os.path.basename(names[IMAGE_FOLDER]), _save(image))
         return {"dropped": int(table.num_rows - len(rows))}
 
     def finish(self, fs: Any, root: str, npartitions: int) -> None:
@@ -195,7 +207,7 @@ def write_laion(
         As :class:`LaionFormat`.
     **kwargs
         ``overwrite``, ``job``, ``client``, ``progress``, ``retries``, ``storage_options``,
-        ``partition_stats``, ``file_metadata``: as :func:`dask_clip.writer.write_parquet`.
+        ``partition_stats``, ``file_metadata``: as :func:`dask_clip.io.writers.parquet.write_parquet`.
 
     Returns
     -------
@@ -250,3 +262,18 @@ def read_laion(path: str | os.PathLike, storage_options: dict | None = None) -> 
         )
     text = bool(_listing(fs, f"{root}/{TEXT_FOLDER}"))
     return dd.from_map(_read_part, range(n), root=root, npartitions=n, text=text, storage_options=storage_options)
+
+
+def _build(embedder: ImageEmbedder, options: Mapping[str, Any]) -> LaionFormat:
+    text = embedder.text_output_column if embedder.text_column is not None else None
+    drop = () if embedder.remove_image_data else (embedder.image_column,)
+    dim = embedder.spec.embed_dim()
+    return LaionFormat(embedder.output_column, text, options.get("embedding_dtype", "float16"), drop, dim)
+
+
+FORMAT = OutputFormat(
+    "laion",
+    _build,
+    "img_emb/*.npy + metadata/*.parquet, as LAION publishes them (embedding-reader, autofaiss)",
+    priority=20,
+)

@@ -30,21 +30,21 @@ import base64
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...writer import _listing, _put
+from .base import OutputFormat, _listing, put
 from .partitioned import write_format
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
 
-    from ...embedder import ImageEmbedder
-    from ...writer import WriteSummary
+    from ...embed.embedder import ImageEmbedder
+    from .base import WriteSummary
 
 __all__ = ["LanceFormat", "add_embedding_columns", "read_lance", "vector_column", "write_lance"]
 
@@ -140,6 +140,15 @@ class LanceFormat:
     def options(self) -> dict[str, Any]:
         return {"vector_columns": list(self.vector_columns)}
 
+    def foreign(self, fs: Any, root: str, names: list[str], manifest: Mapping[str, Any] | None) -> list[str]:
+        if manifest is not None:
+            return []
+        # what a run that failed before its first partition leaves: its markers' folder, empty
+        # (and data files of a killed task that no version refers to); a dataset's _versions is not ours
+        return [n for n in names if n not in (FRAGMENTS, "data")] + [
+            n for n in names if n == FRAGMENTS and any(not m.startswith(".") for m in _listing(fs, f"{root}/{n}"))
+        ]
+
     def prepare(self, fs: Any, root: str, npartitions: int, overwrite: bool) -> None:
         _lance()
         folder = f"{root}/{FRAGMENTS}"
@@ -166,7 +175,7 @@ class LanceFormat:
             _uri(fs, root), table, fragment_id=index, schema=table.schema, max_rows_per_group=self.max_rows_per_group
         )
         record = json.dumps({"fragment": fragment.to_json(), "schema": _schema_text(table.schema)})
-        _put(fs, f"{root}/{FRAGMENTS}", _marker(index, npartitions), lambda f: f.write(record), mode="w")
+        put(fs, f"{root}/{FRAGMENTS}", _marker(index, npartitions), lambda f: f.write(record), mode="w")
         return {}
 
     def finish(self, fs: Any, root: str, npartitions: int) -> None:
@@ -234,7 +243,7 @@ def write_lance(
         As :class:`LanceFormat`.
     **kwargs
         ``overwrite``, ``job``, ``client``, ``progress``, ``retries``, ``storage_options``,
-        ``partition_stats``, ``file_metadata``: as :func:`dask_clip.writer.write_parquet`.
+        ``partition_stats``, ``file_metadata``: as :func:`dask_clip.io.writers.parquet.write_parquet`.
 
     Returns
     -------
@@ -345,3 +354,13 @@ def add_embedding_columns(
     fragments = [FragmentMetadata.from_json(json.dumps(r["fragment"])) for r in records]
     schema = LanceSchema.from_pyarrow(_schema_from(records[-1]["schema"]))
     return lance.LanceDataset.commit(uri, lance.LanceOperation.Merge(fragments, schema), read_version=ds.version)
+
+
+def _build(embedder: ImageEmbedder, options: Mapping[str, Any]) -> LanceFormat:
+    text = embedder.text_output_column if embedder.text_column is not None else None
+    return LanceFormat((embedder.output_column, *([text] if text else [])), embedder.spec.embed_dim())
+
+
+FORMAT = OutputFormat(
+    "lance", _build, "a Lance dataset, one fragment per partition (pip install dask-clip[lance])", priority=10
+)

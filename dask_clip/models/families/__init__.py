@@ -22,34 +22,19 @@ files) the lowest priority wins, as open_clip's own ``local-dir:`` loader prefer
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
-import threading
 from pathlib import Path
 
+from ...registry import ModuleRegistry
 from .base import ModelDir, ModelFamily, check_regular_files
 
 __all__ = ["ModelDir", "ModelFamily", "detect_model_dir", "families", "get_family"]
 
-_FAMILIES: dict[str, ModelFamily] = {}
-_LOCK = threading.Lock()
+_FAMILIES = ModuleRegistry(__name__, "FAMILY", ModelFamily)
 
 
 def families() -> list[ModelFamily]:
     """Every family of this package, in priority order (found on first call, then kept)."""
-    if not _FAMILIES:
-        with _LOCK:
-            if not _FAMILIES:
-                found = []
-                for info in pkgutil.iter_modules(__path__):
-                    if info.name == "base" or info.name.startswith("_"):
-                        continue
-                    family = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FAMILY", None)
-                    if isinstance(family, ModelFamily):
-                        found.append(family)
-                for family in sorted(found, key=lambda f: (f.priority, f.name)):
-                    _FAMILIES[family.name] = family
-    return list(_FAMILIES.values())
+    return _FAMILIES.all()
 
 
 def get_family(name: str) -> ModelFamily:

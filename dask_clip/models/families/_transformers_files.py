@@ -2,7 +2,7 @@
 
 Its own module, light (no torch, no transformers): the family's detection
 (:mod:`dask_clip.models.families.transformers`) checks it on the client, and the loader
-(:mod:`dask_clip.hf`) builds the model's :class:`~dask_clip.preprocess.PreprocessConfig` from it.
+(:mod:`dask_clip.models.hf`) builds the model's :class:`~dask_clip.image.preprocess.PreprocessConfig` from it.
 """
 
 from __future__ import annotations

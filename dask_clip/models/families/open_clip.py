@@ -4,7 +4,7 @@ checkpoint files, and folders in open_clip's ``local-dir:`` layout.
 The folder (``open_clip_config.json`` with ``model_cfg`` + ``*.safetensors`` / ``*.bin`` /
 ``*.pth``) is what ``huggingface-cli download laion/...`` gives. Detection is light (no torch,
 no open_clip import); loading builds the model on ``meta`` and assigns the weights where it can
-(:mod:`dask_clip.skeleton`).
+(:mod:`dask_clip.models.skeleton`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from .base import (
 if TYPE_CHECKING:
     import torch
 
-    from ...preprocess import PreprocessConfig
-    from ...spec import ModelSpec
-    from ...text import Tokenizer
+    from ...embed.text import Tokenizer
+    from ...image.preprocess import PreprocessConfig
     from ..loaded import LoadedModel
+    from ..spec import ModelSpec
 
 __all__ = ["FAMILY", "RANDOM_WEIGHTS_SEED"]
 
@@ -159,10 +159,10 @@ def _local_dir_checkpoint(folder: Path) -> Path:
 
 def _create_with_weights(name: str, checkpoint: Path, **create_kwargs: Any) -> torch.nn.Module:
     """open_clip model ``name`` with ``checkpoint``'s weights: built on ``meta`` and the weights
-    assigned (:mod:`dask_clip.skeleton`), or built in full where that cannot fill every tensor."""
+    assigned (:mod:`dask_clip.models.skeleton`), or built in full where that cannot fill every tensor."""
     import open_clip
 
-    from ...skeleton import create_assigned
+    from ..skeleton import create_assigned
 
     model = create_assigned(name, checkpoint, **create_kwargs)
     if model is not None:
@@ -182,9 +182,9 @@ def create(spec: ModelSpec, found: ModelDir | None) -> torch.nn.Module:
     """
     import torch
 
-    from ...open_clip_import import folder_needs, import_open_clip
     from ...runtime.node_lock import node_lock
     from ..hub import _cache_dir, _check_hub_reachable, _unreadable, check_hub_config, refuse_remote_code
+    from ..open_clip_import import folder_needs, import_open_clip
 
     if found is not None:
         folder = found.folder.resolve()
@@ -260,7 +260,7 @@ def model_embed_dim(model: Any) -> int | None:
 
 def preprocess(model: Any) -> PreprocessConfig:
     """The model's own eval preprocessing (open_clip's ``preprocess_cfg``)."""
-    from ...preprocess import PreprocessConfig
+    from ...image.preprocess import PreprocessConfig
 
     return PreprocessConfig.from_model(model)
 
@@ -289,7 +289,7 @@ def tokenizer(model: LoadedModel) -> Tokenizer:
     """open_clip's tokenizer of the model (an ``HFTokenizer`` where the config names one; no remote code)."""
     import open_clip
 
-    from ...text import Tokenizer
+    from ...embed.text import Tokenizer
     from ..hub import check_hub_config, refuse_remote_code
 
     spec = model.spec

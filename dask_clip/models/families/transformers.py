@@ -3,7 +3,7 @@ Curator's ``model_dir`` root that holds one under ``openai/clip-vit-large-patch1
 
 The folder: ``config.json`` with ``"model_type": "clip"`` + ``model.safetensors`` (or shards,
 or ``pytorch_model.bin``) + ``preprocessor_config.json`` (or a transformers 5
-``processor_config.json``). Loading needs the ``hf`` extra (:mod:`dask_clip.hf`); detection and
+``processor_config.json``). Loading needs the ``hf`` extra (:mod:`dask_clip.models.hf`); detection and
 the image config need nothing but the files.
 """
 
@@ -18,10 +18,10 @@ from .base import TRANSFORMERS, ModelDir, ModelFamily, check_no_remote_code, che
 if TYPE_CHECKING:
     import torch
 
-    from ...preprocess import PreprocessConfig
-    from ...spec import ModelSpec
-    from ...text import Tokenizer
+    from ...embed.text import Tokenizer
+    from ...image.preprocess import PreprocessConfig
     from ..loaded import LoadedModel
+    from ..spec import ModelSpec
 
 __all__ = ["FAMILY", "NEMO_CLIP_SUBDIR", "ImageConfig", "transformers_image_config"]
 
@@ -87,9 +87,9 @@ def describe(found: ModelDir) -> dict[str, Any]:
 
 def create(spec: ModelSpec, found: ModelDir | None) -> torch.nn.Module:
     """The folder's CLIP model on the CPU, float32, behind open_clip's two methods
-    (:class:`~dask_clip.hf.TransformersCLIP`)."""
+    (:class:`~dask_clip.models.hf.TransformersCLIP`)."""
     from ...errors import ModelLoadError
-    from ...hf import load_transformers_clip
+    from ..hf import load_transformers_clip
     from ..hub import _unreadable, refuse_remote_code
 
     if found is None:
@@ -119,7 +119,7 @@ def tokenizer(model: LoadedModel) -> Tokenizer:
     """The folder's own tokenizer (``AutoTokenizer``, never remote code), bounded by the position table."""
     from transformers import AutoTokenizer
 
-    from ...text import Tokenizer
+    from ...embed.text import Tokenizer
 
     spec = model.spec
     assert spec is not None
