@@ -2,7 +2,7 @@
 (:func:`dask_clip.embed_parquet` on web-size JPEGs in Parquet: read, decode, resize, model,
 columns, write) against model-only (random preprocessed input through the model, in the worker),
 for ViT-B-16-SigLIP against ViT-B-32, full-size with seeded random weights, each from a folder
-written as its published one (:func:`dask_clip.testing_families.write_open_clip_architecture_dir`).
+written as its published one (:func:`dask_clip.testing.families.write_open_clip_architecture_dir`).
 
     python benchmarks/bench_families_cpu.py [--rounds 2] [--web 64] [--families siglip clip]
 
@@ -32,8 +32,8 @@ def main() -> None:
 
     from benchmarks.bench_cpu import end_to_end, model_only_on_worker, web_parquet
     from dask_clip import local_cluster
-    from dask_clip.cluster import cpu_count
-    from dask_clip.testing_families import FULL_SIZE, write_open_clip_architecture_dir
+    from dask_clip.runtime.cluster import cpu_count
+    from dask_clip.testing.families import FULL_SIZE, write_open_clip_architecture_dir
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)

@@ -10,7 +10,7 @@ family's own reference pipeline, for images and captions.
   (``hf-siglip``): ``AutoProcessor`` (``SiglipProcessor``, ``padding="max_length"``) +
   ``get_image_features``/``get_text_features``.
 
-The SigLIP tokenizers are the tiny ones of :mod:`dask_clip.testing_families` (the published ones
+The SigLIP tokenizers are the tiny ones of :mod:`dask_clip.testing.families` (the published ones
 cannot be downloaded here): the comparison is of the pipeline, which reads whatever tokenizer the
 folder holds. Images: web-size JPEG crops of scikit-image's photos (500x375 to 800x600). Image and
 caption parity: ``||e - e_ref|| / median ||e_ref_i - e_ref_j||`` (docs/design.md), goal <= 0.005;
@@ -37,9 +37,9 @@ import torch
 from PIL import Image
 
 from dask_clip import ImageEmbedder, embeddings_to_numpy
-from dask_clip.hf import _features
+from dask_clip.models.hf import _features
 from dask_clip.testing import encode_image, parity, photo_crops
-from dask_clip.testing_families import (
+from dask_clip.testing.families import (
     FULL_SIZE,
     TOKENIZER_SENTENCES,
     write_open_clip_architecture_dir,

@@ -1,7 +1,7 @@
 """SigLIP and SigLIP 2 (fixed resolution) against their own reference pipelines: open_clip
 ``local-dir:`` folders (open_clip's transform, tokenizer and logits) and transformers ``SiglipModel``
 folders (``SiglipProcessor`` + ``SiglipModel``), with tiny seeded models
-(:mod:`dask_clip.testing_families`). Zero-shot probabilities are the sigmoid of the family's own
+(:mod:`dask_clip.testing.families`). Zero-shot probabilities are the sigmoid of the family's own
 logits; SigLIP 2's NaFlex folders are refused."""
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from PIL import Image
 from dask_clip import ImageEmbedder, ModelSpec
 from dask_clip.columns import embeddings_to_numpy
 from dask_clip.heads import AestheticHead, NSFWHead, zero_shot_heads
-from dask_clip.hf import _features
 from dask_clip.models.families import detect_model_dir
+from dask_clip.models.hf import _features
 from dask_clip.testing import encode_image, parity, photo_crops, write_aesthetic_weights, write_nsfw_weights
-from dask_clip.testing_families import write_open_clip_family_dir, write_transformers_siglip_dir
+from dask_clip.testing.families import write_open_clip_family_dir, write_transformers_siglip_dir
 
 LABELS = ("cat", "rocket", "cup of coffee")
 TEMPLATE = "a photo of a {}."

@@ -1,5 +1,5 @@
 """EVA-02 and MobileCLIP: open_clip ``local-dir:`` folders whose image tower is timm's (tiny seeded
-models, :mod:`dask_clip.testing_families`), against open_clip's own pipeline — images, captions
+models, :mod:`dask_clip.testing.families`), against open_clip's own pipeline — images, captions
 (open_clip's CLIP tokenizer) and zero-shot (a softmax: these are CLIP-loss models)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dask_clip.heads import zero_shot_heads
 from dask_clip.models import get_model
 from dask_clip.models.families import detect_model_dir
 from dask_clip.testing import parity
-from dask_clip.testing_families import write_open_clip_family_dir
+from dask_clip.testing.families import write_open_clip_family_dir
 
 LABELS = ("cat", "rocket", "cup of coffee")
 TEMPLATE = "a photo of a {}."

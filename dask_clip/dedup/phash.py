@@ -100,7 +100,7 @@ def _hash_partition(df: Any, *, image_column: str, kinds: tuple[str, ...], max_p
     """
     from .. import backends
     from ..columns import UINT64
-    from ..decode import decode_bytes
+    from ..image.decode import decode_bytes
 
     pixels, ok = [], []
     for data in backends.byte_rows(df[image_column]):

@@ -180,7 +180,7 @@ def _crop_share(
 def _phash(pixels: object) -> int:
     """pHash of one decoded uint8 (H, W, 3) image (GPU-decoded pixels are copied to the host:
     the hash's resize is Pillow's, for bits identical to ``imagehash``)."""
-    from .dedup.phash import phash_pixels
+    from ..dedup.phash import phash_pixels
 
     if isinstance(pixels, torch.Tensor):
         pixels = pixels.cpu().numpy()

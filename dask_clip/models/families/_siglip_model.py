@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelLoadError
-from ...hf import TransformersCLIP
-from ...preprocess import PreprocessConfig
+from ...image.preprocess import PreprocessConfig
+from ..hf import TransformersCLIP
 from ._transformers_files import ImageConfig
 
 __all__ = ["TransformersSiglip", "load_transformers_siglip"]
@@ -20,7 +20,7 @@ class TransformersSiglip(TransformersCLIP):
     ``logit_scale``/``logit_bias`` (the zero-shot heads score with its sigmoid).
 
     ``get_image_features``/``get_text_features`` have CLIP's signatures, so the methods are
-    :class:`~dask_clip.hf.TransformersCLIP`'s; the attribute keeps CLIP's name, ``clip``.
+    :class:`~dask_clip.models.hf.TransformersCLIP`'s; the attribute keeps CLIP's name, ``clip``.
     """
 
     @property

@@ -102,7 +102,7 @@ def _tokenizer_files(folder: Path) -> tuple[str, set[str]]:
 def describe(found: ModelDir) -> dict[str, Any]:
     """The folder's preprocessing, towers, tokenizer, zero-shot scoring and loader, for
     ``dask-clip info --model-dir``."""
-    from ...open_clip_import import folder_needs
+    from ..open_clip_import import folder_needs
 
     cfg = read_json(found.folder / "open_clip_config.json")
     model_cfg = cfg.get("model_cfg") or {}

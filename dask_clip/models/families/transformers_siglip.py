@@ -26,10 +26,10 @@ from .base import SENTENCEPIECE_PACKAGES, ModelDir, ModelFamily, check_no_remote
 if TYPE_CHECKING:
     import torch
 
-    from ...preprocess import PreprocessConfig
-    from ...spec import ModelSpec
-    from ...text import Tokenizer
+    from ...embed.text import Tokenizer
+    from ...image.preprocess import PreprocessConfig
     from ..loaded import LoadedModel
+    from ..spec import ModelSpec
 
 __all__ = ["FAMILY", "NAFLEX_MESSAGE", "TRANSFORMERS_SIGLIP"]
 
@@ -157,7 +157,7 @@ def tokenizer(model: LoadedModel) -> Tokenizer:
     """
     from transformers import AutoTokenizer
 
-    from ...text import Tokenizer
+    from ...embed.text import Tokenizer
 
     spec = model.spec
     assert spec is not None
