@@ -161,10 +161,13 @@ def test_open_clip_siglip_without_its_tokenizer_files_names_them(open_clip_sigli
     folder = tmp_path / "no-tokenizer"
     shutil.copytree(open_clip_siglip, folder)
     (folder / "tokenizer.json").unlink()
-    assert "no tokenizer.json or spiece.model" in detect_model_dir(folder).describe()["tokenizer"]
+    assert (
+        "no tokenizer.json, spiece.model, tokenizer.model or vocab.json + merges.txt"
+        in detect_model_dir(folder).describe()["tokenizer"]
+    )
     images_only = ImageEmbedder(model_dir=str(folder), device="cpu").embed_partition(frame[["image"]])
     assert images_only["embedding_error"].isna().all()  # the image tower needs no tokenizer
-    with pytest.raises(FileNotFoundError, match=r"names a Hugging Face tokenizer.*no tokenizer.json or spiece.model"):
+    with pytest.raises(FileNotFoundError, match=r"names a Hugging Face tokenizer.*no tokenizer.json, spiece.model"):
         ImageEmbedder(model_dir=str(folder), text_column="caption", device="cpu").embed_partition(frame)
 
 

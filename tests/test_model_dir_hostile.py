@@ -68,7 +68,7 @@ def open_clip_hf_tokenizer_dir(tmp_path, text_model_dir) -> tuple[Path, Path]:
     BPE as vocab.json + merges.txt) with code planted beside it."""
     folder = tmp_path / "open-clip-model"
     shutil.copytree(text_model_dir, folder)
-    from dask_clip.testing import _clip_bpe
+    from dask_clip.testing.models import _clip_bpe
 
     vocab, merges = _clip_bpe()
     (folder / "vocab.json").write_text(json.dumps(vocab))

@@ -88,15 +88,19 @@ _FAMILY_RULES: tuple[tuple[str, Callable[[dict[str, Any], str], bool]], ...] = (
 )
 
 
+TOKENIZER_FILES = "tokenizer.json, spiece.model, tokenizer.model or vocab.json + merges.txt"
+
+
 def _tokenizer_files(folder: Path) -> tuple[str, set[str]]:
     """An ``hf_tokenizer_name`` folder's tokenizer files in words, and the packages they need."""
     if (folder / "tokenizer.json").is_file():
         return "Hugging Face tokenizer.json in the folder", {"transformers"}
-    if (folder / "spiece.model").is_file():
-        return "sentencepiece spiece.model in the folder", {"transformers", *SENTENCEPIECE_PACKAGES}
-    return "missing: the config names a Hugging Face tokenizer, the folder has no tokenizer.json or spiece.model", {
-        "transformers"
-    }
+    for name in ("spiece.model", "tokenizer.model"):  # T5's / Gemma's sentencepiece file
+        if (folder / name).is_file():
+            return f"sentencepiece {name} in the folder", {"transformers", *SENTENCEPIECE_PACKAGES}
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():  # a BPE (CLIPTokenizer)
+        return "Hugging Face vocab.json + merges.txt in the folder", {"transformers"}
+    return f"missing: the config names a Hugging Face tokenizer, the folder has no {TOKENIZER_FILES}", {"transformers"}
 
 
 def describe(found: ModelDir) -> dict[str, Any]:
@@ -323,7 +327,7 @@ def _check_tokenizer_files(folder: Path) -> None:
     if files.startswith("missing"):
         raise FileNotFoundError(
             f"model_dir {str(folder)!r}: its config names a Hugging Face tokenizer, but the folder has no "
-            "tokenizer.json or spiece.model (copy the tokenizer files with the weights)"
+            f"{TOKENIZER_FILES} (copy the tokenizer files with the weights)"
         )
     missing = missing_packages(needs)
     if missing:
