@@ -135,6 +135,7 @@ def test_refuses_a_gpu_cluster_after_a_cuda_context(monkeypatch):
         cl.local_cluster()
 
 
+@pytest.mark.slow  # a fresh interpreter: what it imports is what is tested
 def test_importing_and_planning_touch_no_gpu():
     code = (
         "import sys, dask_clip, dask_clip.cli, dask_clip.runtime.cluster, dask_clip.worker_setup, dask_clip.io.read\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import dask_clip
 
 
@@ -14,6 +16,7 @@ def test_all_lists_exactly_the_public_names():
         assert getattr(dask_clip, name).__name__ == name
 
 
+@pytest.mark.slow  # a fresh interpreter: what it imports is what is tested
 def test_import_loads_neither_torch_nor_a_gpu_library():
     code = (
         "import sys, dask_clip, dask_clip.worker_setup; "
@@ -23,6 +26,7 @@ def test_import_loads_neither_torch_nor_a_gpu_library():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a fresh interpreter: what it imports is what is tested
 def test_planning_a_model_dir_job_on_the_client_imports_no_torch(model_dir, tmp_path):
     """The client reads, validates and plans; the workers import torch. Importing torch and
     open_clip on the client costs seconds of a short job's start."""

@@ -7,7 +7,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # a fresh interpreter: what it imports is what is tested
 def test_the_cli_and_the_demo_import_neither_testing_nor_torch():
     code = (
         "import sys\n"

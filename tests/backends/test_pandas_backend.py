@@ -60,6 +60,7 @@ def test_unsupported_objects_get_a_clear_error():
         backends.column_type([1, 2])
 
 
+@pytest.mark.slow  # a fresh interpreter: what it imports is what is tested
 def test_dispatch_on_pandas_imports_no_cudf():
     code = (
         "import sys, pandas as pd; from dask_clip import backends; "

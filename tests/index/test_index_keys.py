@@ -90,6 +90,7 @@ def test_memory_sizes():
             parse_memory(bad)
 
 
+@pytest.mark.slow  # a fresh interpreter: what it imports is what is tested
 def test_importing_the_package_loads_no_faiss_torch_or_web_framework():
     import subprocess
     import sys
