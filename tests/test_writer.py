@@ -200,11 +200,25 @@ def test_a_manifest_without_part_files_blocks_nothing(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / MANIFEST).write_text(
-        json.dumps({"npartitions": 9, "job": {"model": "old"}, "writer": "dask_clip.io.writer"})
+        json.dumps({"npartitions": 9, "job": {"model": "old"}, "writer": "dask_clip.writer"})
     )
     summary = write_parquet(ddf, out, job={"model": "new"})  # e.g. left by a run whose model failed to load
     assert summary.written == 2
     assert json.loads((out / MANIFEST).read_text())["job"] == {"model": "new"}
+
+
+def test_an_output_of_the_previous_release_resumes_and_can_be_overwritten(tmp_path):
+    """Its manifest, byte for byte as 0.1 wrote it (``"writer": "dask_clip.writer"``, no format
+    entry): a rerun resumes it, --overwrite replaces it (the layout move renamed modules, not this)."""
+    ddf = dd.from_pandas(embedding_frame(n=6), npartitions=2, sort=False)
+    out = tmp_path / "out"
+    write_parquet(ddf, out, job={"model": "m"})
+    manifest = {"job": {"model": "m"}, "npartitions": 2, "writer": "dask_clip.writer"}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (out / "part-00001.parquet").unlink()
+    assert write_parquet(ddf, out, job={"model": "m"}).written == 1  # resumed
+    assert write_parquet(ddf, out, job={"model": "other"}, overwrite=True).written == 2
+    assert pd.read_parquet(out)["key"].tolist() == embedding_frame(n=6)["key"].tolist()
 
 
 def test_the_manifest_is_written_by_the_first_partition_and_not_before(tmp_path):

@@ -40,9 +40,10 @@ __all__ = [
 ]
 
 MANIFEST = "_dask_clip.json"
-#: The manifest's ``writer`` entry (kept from when Parquet's writer was ``dask_clip.io.writer``:
-#: outputs written before still resume).
-WRITER = "dask_clip.io.writer"
+#: The manifest's ``writer`` entry: an identity on disk, not a module path. It stays what the
+#: first releases wrote (when Parquet's writer was the module ``dask_clip.writer``), so that
+#: outputs written before still resume and can be overwritten.
+WRITER = "dask_clip" + ".writer"  # (spelt in two parts: a module-path rewrite must not touch it)
 _GLOB = re.compile(r"[*?\[{]")
 
 
