@@ -199,9 +199,7 @@ def test_a_manifest_without_part_files_blocks_nothing(tmp_path):
     ddf = dd.from_pandas(embedding_frame(n=6), npartitions=2, sort=False)
     out = tmp_path / "out"
     out.mkdir()
-    (out / MANIFEST).write_text(
-        json.dumps({"npartitions": 9, "job": {"model": "old"}, "writer": "dask_clip.writer"})
-    )
+    (out / MANIFEST).write_text(json.dumps({"npartitions": 9, "job": {"model": "old"}, "writer": "dask_clip.writer"}))
     summary = write_parquet(ddf, out, job={"model": "new"})  # e.g. left by a run whose model failed to load
     assert summary.written == 2
     assert json.loads((out / MANIFEST).read_text())["job"] == {"model": "new"}
