@@ -3,8 +3,9 @@
 One task per input partition (``map_partitions``); the output is the small payload that the
 cluster shuffle moves: row id, cluster, rank key, caller's id and the embedding, for rows that
 have an embedding only. Rows without one never enter the shuffle; they get ``cluster = -1``
-when the results are joined back. Border-aware runs (:mod:`.border`) add one more payload row
-for every neighbouring cluster a row is a border row of, from the same similarity block.
+when the results are joined back. Border-aware runs (:mod:`.border`) also build a second,
+separate payload from the same similarity block: one row for every neighbouring cluster a row
+is a border row of, carrying the row's low-dimensional sketch instead of its embedding.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from .. import backends
 from ..validation import KEEP_RULES
 from . import _frame
 
-__all__ = ["assign_partition", "nearest_centroid", "nearest_centroid_and_border", "rank_keys"]
+__all__ = [
+    "assign_border_partition",
+    "assign_partition",
+    "nearest_centroid",
+    "nearest_centroid_and_border",
+    "rank_keys",
+]
 
 
 # Rows per matmul against the centroids: bounds the (rows, k) similarity block.
@@ -177,12 +184,11 @@ def assign_partition(
     which_to_keep: str,
     seed: int,
     device: str | None = None,
-    border_scale: float | None = None,
     cluster_parts: np.ndarray | None = None,
     block_rows: int = ASSIGN_BLOCK_ROWS,
     partition_info: dict | None = None,
 ) -> Any:
-    """The cluster-shuffle payload of one partition.
+    """The cluster-shuffle payload of one partition (plain SemDeDup, and the own rows of a border run).
 
     Parameters
     ----------
@@ -196,9 +202,6 @@ def assign_partition(
         Keep rule of :func:`rank_keys`.
     device
         torch device; ``None``: CPU for pandas, CUDA for cuDF.
-    border_scale
-        Border margins' scale (:func:`.border.margin_scale`); ``None``: plain SemDeDup, no
-        border rows.
     cluster_parts
         int64 ``(k,)`` output partition of each cluster (:func:`.budget.plan_shuffle`); adds the
         column ``_part`` that the shuffle routes by.
@@ -213,26 +216,112 @@ def assign_partition(
         Same backend, one row per row of ``df`` that has an embedding, columns ``_row`` (int64),
         ``cluster`` (int32), ``_rank`` (float64), ``_id`` (the id's dtype, nullable) and
         ``_emb`` (the unit-length embeddings, packed by :func:`dask_clip.backends.pack_rows`), with a
-        default index. With ``border_scale``, also ``_home`` (int32, the row's own cluster) and
-        ``_gap`` (float32, 0 for own rows), and one more row per border row: ``cluster`` is
-        then the neighbouring cluster, ``_gap`` the row's gap towards it.
+        default index.
     """
+    number = partition_info["number"] if partition_info is not None else 0
+    own, _ = _assign(
+        df,
+        centroids,
+        number=number,
+        embedding_column=embedding_column,
+        id_column=id_column,
+        which_to_keep=which_to_keep,
+        seed=seed,
+        device=device,
+        cluster_parts=cluster_parts,
+        block_rows=block_rows,
+    )
+    return own
+
+
+def assign_border_partition(
+    df: Any,
+    centroids: np.ndarray,
+    *,
+    number: int,
+    border_scale: float,
+    sketch_basis: np.ndarray,
+    embedding_column: str,
+    id_column: str | None,
+    which_to_keep: str,
+    seed: int,
+    device: str | None = None,
+    cluster_parts: np.ndarray | None = None,
+    block_rows: int = ASSIGN_BLOCK_ROWS,
+) -> tuple[Any, Any]:
+    """The two shuffle payloads of one partition in a border-aware run: own rows and border rows.
+
+    Parameters
+    ----------
+    df, centroids, embedding_column, id_column, which_to_keep, seed, device, cluster_parts, block_rows
+        As :func:`assign_partition`.
+    number
+        The partition's number (makes the row ids).
+    border_scale
+        Border margins' scale (:func:`.border.margin_scale`).
+    sketch_basis
+        float32 ``(d, r)`` orthonormal basis of :func:`.border.sketch`.
+
+    Returns
+    -------
+    own : DataFrame
+        :func:`assign_partition`'s payload, the same values.
+    border_rows : DataFrame
+        One row per (row, neighbouring cluster it is a border row of): ``_row`` (int64),
+        ``cluster`` (int32, the neighbouring cluster: what the shuffle routes by), ``_home``
+        (int32, the row's own cluster), ``_rank`` (float64) and the row's ``(r + 1)``-dim sketch
+        as float32 columns ``_s0 .. _s{r}`` (:data:`.border.SKETCH_PREFIX`): a border row
+        travels without its embedding (and ``_part`` with ``cluster_parts``).
+    """
+    own, guests = _assign(
+        df,
+        centroids,
+        number=number,
+        embedding_column=embedding_column,
+        id_column=id_column,
+        which_to_keep=which_to_keep,
+        seed=seed,
+        device=device,
+        cluster_parts=cluster_parts,
+        block_rows=block_rows,
+        border_scale=border_scale,
+        sketch_basis=sketch_basis,
+    )
+    return own, guests
+
+
+def _assign(
+    df: Any,
+    centroids: np.ndarray,
+    *,
+    number: int,
+    embedding_column: str,
+    id_column: str | None,
+    which_to_keep: str,
+    seed: int,
+    device: str | None,
+    cluster_parts: np.ndarray | None,
+    block_rows: int,
+    border_scale: float | None = None,
+    sketch_basis: np.ndarray | None = None,
+) -> tuple[Any, Any]:
+    """Own-row payload, and (``border_scale`` given) the border-row payload, of one partition."""
     import torch
 
-    number = partition_info["number"] if partition_info is not None else 0
+    from .border import SKETCH_PREFIX, sketch
+
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
     ids = backends.nullable(ids)
     x, valid = backends.embedding_matrix(df[embedding_column], device=device)
     border = border_scale is not None
+    g_rows = g_hosts = torch.empty(0, dtype=torch.int64)
     if x.shape[0]:
         x = torch.nn.functional.normalize(x, dim=1)
         c = torch.as_tensor(np.asarray(centroids, np.float32), device=x.device)
         if c.shape[1] != x.shape[1]:
             raise ValueError(f"embeddings have {x.shape[1]} dims, centroids {c.shape[1]}")
         if border_scale is not None:
-            labels, sims, (g_rows, g_hosts, g_gaps) = nearest_centroid_and_border(
-                x, c, border_scale, block_rows=block_rows
-            )
+            labels, sims, (g_rows, g_hosts, _) = nearest_centroid_and_border(x, c, border_scale, block_rows=block_rows)
         else:
             labels, sims = nearest_centroid(x, c, block_rows=block_rows)
         keys = rank_keys(sims, x, which_to_keep, seed)
@@ -241,33 +330,39 @@ def assign_partition(
         labels = torch.empty(0, dtype=torch.int32)
         sims = torch.empty(0, dtype=torch.float32)
         keys = torch.empty(0, dtype=torch.float64)
-        g_rows = g_hosts = torch.empty(0, dtype=torch.int64)
-        g_gaps = torch.empty(0, dtype=torch.float32)
     pos = torch.nonzero(valid.cpu()).flatten().numpy()
     rows = _frame.row_ids(len(df), number)[pos]
-    cluster = labels if not border else torch.cat([labels, g_hosts.to(labels.dtype)])
-    if not border:
-        columns = {
-            "_row": backends.new_column(df, rows, "int64"),
-            "cluster": backends.new_column(df, labels, "int32"),
-            "_rank": backends.new_column(df, keys, "float64"),
-            "_id": backends.take(ids, pos),
-            "_emb": backends.pack_rows(df, x, df[embedding_column], pos),
-        }
-    else:
-        # own rows first, then one row per (border row, neighbouring cluster)
-        local = torch.cat([torch.arange(labels.shape[0], device=labels.device), g_rows.to(labels.device)])
-        local_host = local.cpu().numpy()
-        columns = {
-            "_row": backends.new_column(df, rows[local_host], "int64"),
-            "cluster": backends.new_column(df, cluster, "int32"),
-            "_home": backends.new_column(df, labels[local], "int32"),
-            "_gap": backends.new_column(df, torch.cat([torch.zeros_like(sims), g_gaps]), "float32"),
-            "_rank": backends.new_column(df, keys[local], "float64"),
-            "_id": backends.take(ids, pos[local_host]),
-            "_emb": backends.pack_rows(df, x[local] if g_rows.numel() else x, df[embedding_column], pos[local_host]),
-        }
+    own = {
+        "_row": backends.new_column(df, rows, "int64"),
+        "cluster": backends.new_column(df, labels, "int32"),
+        "_rank": backends.new_column(df, keys, "float64"),
+        "_id": backends.take(ids, pos),
+        "_emb": backends.pack_rows(df, x, df[embedding_column], pos),
+    }
     if cluster_parts is not None:
-        parts = np.asarray(cluster_parts, dtype=np.int64)[_frame.to_host(cluster).astype(np.int64)]
-        columns["_part"] = backends.new_column(df, parts, "int64")
-    return backends.new_frame(df, columns)
+        parts = np.asarray(cluster_parts, dtype=np.int64)
+        own["_part"] = backends.new_column(df, parts[_frame.to_host(labels).astype(np.int64)], "int64")
+    if not border:
+        return backends.new_frame(df, own), None
+    # border rows: ids, ranks and sketches only (the exact check reads the embedding where it lives)
+    g_dev = g_rows.to(labels.device)
+    if sketch_basis is None:
+        raise ValueError("border rows need the sketch basis")
+    basis = torch.as_tensor(np.asarray(sketch_basis, np.float32), device=x.device)
+    width = basis.shape[1] + 1
+    # sketch every row once, then gather: a row is a border row of several clusters
+    sk = sketch(x, basis)[g_dev] if g_dev.numel() else torch.empty((0, width), dtype=torch.float32)
+    g_host = _frame.to_host(g_rows).astype(np.int64)
+    guests = {
+        "_row": backends.new_column(df, rows[g_host], "int64"),
+        "cluster": backends.new_column(df, g_hosts, "int32"),
+        "_home": backends.new_column(df, labels[g_dev], "int32"),
+        "_rank": backends.new_column(df, keys[g_dev], "float64"),
+    }
+    sk = sk.contiguous()
+    for j in range(width):
+        guests[f"{SKETCH_PREFIX}{j}"] = backends.new_column(df, sk[:, j], "float32")
+    if cluster_parts is not None:
+        parts = np.asarray(cluster_parts, dtype=np.int64)
+        guests["_part"] = backends.new_column(df, parts[_frame.to_host(g_hosts).astype(np.int64)], "int64")
+    return backends.new_frame(df, own), backends.new_frame(df, guests)

@@ -59,15 +59,15 @@ __all__ = [
     "MARGIN_CHUNK",
     "MARGIN_SLACK",
     "RESIDUAL_SLACK",
+    "SKETCH_PREFIX",
     "SKETCH_SLACK",
-    "cluster_cross_candidates",
     "duplicate_threshold",
     "half_margins",
     "margin_scale",
-    "merge_best",
     "pair_margins",
     "sketch",
     "sketch_basis",
+    "sketch_candidates",
     "sketch_dims",
     "split_border_rows",
 ]
@@ -222,38 +222,9 @@ def duplicate_threshold(eps: float) -> float:
     return float(t)
 
 
-def merge_best(best: Any, part: Any, idx: Any, val: Any, cand: Any) -> None:
-    """Fold candidates into running maxima, in place: larger value wins, then smaller partner.
-
-    Parameters
-    ----------
-    best
-        torch float32 ``(n,)``: current best similarity per row (``-inf`` where none).
-    part
-        torch int64 ``(n,)``: current partner of each row (any value where ``best`` is -inf).
-    idx
-        torch int64 ``(m,)``: the rows the candidates are for (repeats allowed).
-    val
-        torch float32 ``(m,)``: candidate similarities.
-    cand
-        torch int64 ``(m,)``: candidate partners; smaller means ranked earlier.
-    """
-    import torch
-
-    if idx.numel() == 0:
-        return
-    order = torch.argsort(cand, stable=True)
-    order = order[torch.argsort(-val[order], stable=True)]
-    order = order[torch.argsort(idx[order], stable=True)]
-    i, v, c = idx[order], val[order], cand[order]
-    first = torch.ones_like(i, dtype=torch.bool)
-    first[1:] = i[1:] != i[:-1]
-    i, v, c = i[first], v[first], c[first]
-    cur, cur_part = best[i], part[i]
-    better = (v > cur) | ((v == cur) & (c < cur_part))
-    best[i[better]] = v[better]
-    part[i[better]] = c[better]
-
+# Column prefix of the sketch of a border row in the shuffle payload (``_s0 .. _s{r}``):
+# plain float32 columns, which pandas and cuDF shuffle alike.
+SKETCH_PREFIX = "_s"
 
 # Slack of the sketch bound (float32 rounding of (r + 1)-dim dot products is ~1e-6).
 SKETCH_SLACK = 1e-4
@@ -334,100 +305,44 @@ def sketch(x: Any, basis: Any) -> Any:
     return torch.cat([z, resid[:, None]], dim=1)
 
 
-def cluster_cross_candidates(
-    own_x: Any,
-    guest_x: Any,
-    *,
-    guest_rows: Any = None,
-    own_pos: Any,
-    guest_pos: Any,
-    own_sketch: Any,
-    guest_sketch: Any,
-    threshold: float,
-    block_size: int,
-) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
-    """Cross-border duplicates between one cluster's own rows and its border rows.
+def sketch_candidates(own_sketch: Any, guest_sketch: Any, threshold: float, block_size: int) -> tuple[Any, Any]:
+    """The (border row, own row) pairs of one cluster whose sketch bound reaches ``threshold``.
 
-    Border rows in chunks of ``block_size`` against the own rows in ``block_size`` tiles: the
-    sketches (:func:`sketch`) bound every pair's similarity from above at ``(r + 1) / d`` of
-    the cost of a dot product, and only the pairs whose bound reaches ``threshold`` get one
-    (gathered, or one matmul where the tile is dense with them). Computing more pairs than
-    the bounds need changes nothing (only pairs at or above ``threshold`` count); the bound
-    only saves work.
+    :func:`sketch` bounds every pair's similarity from above (``s_a . s_b >= a . b``), so a pair
+    left out here has ``a . b < threshold - SKETCH_SLACK`` and cannot be a duplicate; the pairs
+    returned are only candidates, checked exactly where both embeddings are (the border row's
+    own cluster block, :func:`dask_clip.dedup.pairwise.verify_candidates`).
 
     Parameters
     ----------
-    own_x
-        torch float32 ``(n, d)``: the host cluster's own rows, unit length.
-    guest_x
-        torch float32 ``(m, d)``: its border rows, unit length; or, with ``guest_rows``, the
-        block's whole ``(N, d)`` matrix, of which only the rows of the pairs the sketches let
-        through are read (gathered and normalised then: the border rows of a crowded block are
-        several times its own rows, and a copy of them all cost more than the comparisons).
-    guest_rows
-        torch int64 ``(m,)``: the border rows' positions in ``guest_x``; None: ``guest_x`` is
-        the border rows themselves.
-    own_pos, guest_pos
-        torch int64 ``(n,)``, ``(m,)``: positions in the block's global rank order (smaller =
-        ranked earlier = kept first).
     own_sketch, guest_sketch
-        torch float32 ``(n, r + 1)``, ``(m, r + 1)``: :func:`sketch` of ``own_x`` / ``guest_x``.
+        torch float32 ``(n, r + 1)``, ``(m, r + 1)``: sketches of the cluster's own rows and of
+        its border rows.
     threshold
         float32 similarity from which a pair counts (:func:`duplicate_threshold`).
     block_size
-        Tile side.
+        Tile side: memory is ``block_size**2`` floats.
 
     Returns
     -------
-    (own_idx, own_val, own_partner), (guest_idx, guest_val, guest_partner)
-        Candidates for own rows (partner: a border row ranked ahead) and for border rows
-        (partner: an own row ranked ahead): indices into ``own_x`` / ``guest_x``,
-        similarities, partner positions.
+    guest_idx, own_idx : torch.Tensor
+        int64 ``(p,)``: indices into ``guest_sketch`` and ``own_sketch``.
     """
-
     import torch
 
-    dev = own_x.device
-    own_out: list[tuple[Any, Any, Any]] = []
-    guest_out: list[tuple[Any, Any, Any]] = []
-    n = own_x.shape[0]
-    m = guest_x.shape[0] if guest_rows is None else guest_rows.shape[0]
-
-    def guests(at: Any) -> Any:  # border rows by position among the border rows
-        if guest_rows is None:
-            return guest_x[at]
-        return torch.nn.functional.normalize(guest_x[guest_rows[at]], dim=1)
-
+    dev = own_sketch.device
+    out_g: list[Any] = []
+    out_o: list[Any] = []
+    n, m = own_sketch.shape[0], guest_sketch.shape[0]
+    floor = threshold - SKETCH_SLACK
     for gs in range(0, m, block_size):
-        ge = min(gs + block_size, m)
         for hs in range(0, n, block_size):
-            he = min(hs + block_size, n)
-            maybe = guest_sketch[gs:ge] @ own_sketch[hs:he].T >= threshold - SKETCH_SLACK  # upper bounds
+            maybe = guest_sketch[gs : gs + block_size] @ own_sketch[hs : hs + block_size].T >= floor
             r, c = torch_nonzero(maybe)
-            if r.numel() == 0:
-                continue
-            if 4 * r.numel() > maybe.numel():  # dense: one matmul is cheaper than gathers
-                v = (guests(slice(gs, ge)) @ own_x[hs:he].T)[r, c]
-            else:
-                v = (guests(gs + r) * own_x[hs + c]).sum(dim=1)
-            hit = v >= threshold
-            gi, hi, v = gs + r[hit], hs + c[hit], v[hit]
-            if gi.numel() == 0:
-                continue
-            gp, hp = guest_pos[gi], own_pos[hi]
-            g_first = gp < hp  # the border row is ranked ahead: the host row is flagged
-            own_out.append((hi[g_first], v[g_first], gp[g_first]))
-            guest_out.append((gi[~g_first], v[~g_first], hp[~g_first]))
-    return _cat(own_out, dev), _cat(guest_out, dev)
-
-
-def _cat(parts: list[tuple[Any, Any, Any]], dev: Any) -> tuple[Any, Any, Any]:
-    import torch
-
-    if not parts:
-        return (
-            torch.empty(0, dtype=torch.int64, device=dev),
-            torch.empty(0, dtype=torch.float32, device=dev),
-            torch.empty(0, dtype=torch.int64, device=dev),
-        )
-    return tuple(torch.cat([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+            if r.numel():
+                out_g.append(r + gs)
+                out_o.append(c + hs)
+    if not out_g:
+        empty = torch.empty(0, dtype=torch.int64, device=dev)
+        return empty, empty
+    return torch.cat(out_g), torch.cat(out_o)

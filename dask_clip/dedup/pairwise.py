@@ -3,8 +3,10 @@
 The work is done in ``(block_size, block_size)`` tiles of the lower triangle, so a cluster of
 ``n`` rows costs ``n**2 / 2`` dot products but never more than one tile of memory: a cluster of
 300k rows (SemDeDup's largest on LAION) needs 4 MiB of similarities at a time, not 360 GB.
-In border-aware runs the cluster's block also holds border rows of neighbouring clusters
-(:mod:`.border`); they are compared with the cluster's own rows only, within the bound.
+In border-aware runs the cluster's block also receives the sketches of border rows of
+neighbouring clusters (:mod:`.border`): :func:`border_block` tests them against the cluster's own
+rows with the sketch bound, and :func:`verify_candidates` computes the exact similarity of the
+pairs it lets through, in the border row's own cluster block, where its embedding is.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import numpy as np
 from .. import backends
 from . import _frame, border, budget
 
-__all__ = ["BORDER_RESULT_COLUMNS", "PAIRWISE_BLOCK_SIZE", "dedup_partition", "max_similarity_to_earlier"]
+__all__ = [
+    "BORDER_RESULT_COLUMNS",
+    "PAIRWISE_BLOCK_SIZE",
+    "border_block",
+    "dedup_partition",
+    "max_similarity_to_earlier",
+    "verify_candidates",
+]
 
 # Extra result columns of border-aware runs: the partner's rank key and row id, so that the
 # results one row gets from several cluster blocks are reduced by the same global order.
@@ -76,11 +85,7 @@ def dedup_partition(
     *,
     block_size: int = PAIRWISE_BLOCK_SIZE,
     device: str | None = None,
-    centroids: np.ndarray | None = None,
-    border_scale: float | None = None,
-    eps: float | None = None,
     max_memory: int | None = None,
-    sketch_basis: np.ndarray | None = None,
 ) -> Any:
     """Within-cluster max similarity for every row of a partition holding whole clusters.
 
@@ -88,32 +93,22 @@ def dedup_partition(
     ----------
     df
         pandas or cuDF partition from :func:`dask_clip.dedup.assign.assign_partition` after the
-        shuffle on ``cluster``: columns ``_row``, ``cluster``, ``_rank``, ``_id`` and ``_emb``
-        (and ``_home``, ``_gap`` in border-aware runs); every row of a cluster is in this
-        partition.
+        shuffle on ``cluster``: columns ``_row``, ``cluster``, ``_rank``, ``_id`` and ``_emb``;
+        every row of a cluster is in this partition.
     block_size
         Tile side of :func:`max_similarity_to_earlier`.
     device
         torch device; ``None``: CPU for pandas, CUDA for cuDF.
-    centroids, border_scale, eps
-        Border-aware runs only: float32 ``(k, d)`` centroids, the margins' scale
-        (:func:`.border.margin_scale`) and the dedup threshold.
     max_memory
         Budget in bytes: a cluster whose rows exceed its share raises
         :class:`~dask_clip.dedup.budget.ClusterTooLargeError`.
-    sketch_basis
-        Border-aware runs: float32 ``(d, r)`` basis of :func:`.border.sketch`; ``None``:
-        :func:`.border.sketch_basis` of ``centroids`` (computed here, once per call).
 
     Returns
     -------
     DataFrame
         Same backend, columns ``_row`` (int64), ``cluster`` (int32), ``max_similarity``
         (float32, NaN for the first row of its cluster) and ``duplicate_of`` (the id of the row
-        attaining it, null for the first row); one row per row of ``df``. Border-aware: one row
-        per own row and one per border row that found a duplicate ranked ahead of it in this
-        cluster, ``cluster`` being the row's own cluster, plus ``_pkey`` (float64) and ``_prow``
-        (int64), the partner's rank key and row id (NaN and -1 where none).
+        attaining it, null for the first row); one row per row of ``df``.
 
     Notes
     -----
@@ -122,26 +117,43 @@ def dedup_partition(
     """
     import torch
 
+    _, max_sim, partner, _ = _within(df, block_size=block_size, device=device, max_memory=max_memory)
+    has = (partner >= 0).cpu().numpy()
+    partner_ids = backends.take(df["_id"], np.where(has, _frame.to_host(partner), 0))
+    return backends.new_frame(
+        df,
+        {
+            "_row": df["_row"].reset_index(drop=True),
+            "cluster": df["cluster"].reset_index(drop=True),
+            "max_similarity": backends.new_column(df, max_sim, "float32"),
+            "duplicate_of": partner_ids.where(backends.new_column(df, torch.from_numpy(has))),
+        },
+    )
+
+
+def _within(df: Any, *, block_size: int, device: str | None, max_memory: int | None) -> tuple[Any, Any, Any, Any]:
+    """The plain step on one partition of own rows.
+
+    Returns
+    -------
+    x
+        torch float32 ``(n, d)``: the rows, normalised (as compared).
+    max_sim, partner
+        float32 / int64 ``(n,)``: :func:`max_similarity_to_earlier` per row in ``df`` order,
+        ``partner`` a position in ``df`` (-1 where none).
+    order
+        int64 ``(n,)``: the positions sorted by ``(cluster, _rank, _row)``.
+    """
+    import torch
+
     x, _ = backends.embedding_matrix(df["_emb"], device=device)
     if x.shape[0] != len(df):
         raise ValueError("the cluster shuffle received rows without an embedding")
-    if "_home" in df.columns:
-        if centroids is None or border_scale is None or eps is None:
-            raise ValueError("border rows need centroids, border_scale and eps")
-        return _border_partition(
-            df,
-            x,
-            block_size=block_size,
-            centroids=centroids,
-            border_scale=border_scale,
-            eps=eps,
-            max_memory=max_memory,
-            sketch_basis=sketch_basis,
-        )
     dev = x.device
     n = len(df)
     max_sim = torch.full((n,), float("nan"), dtype=torch.float32, device=dev)
     partner = torch.full((n,), -1, dtype=torch.int64, device=dev)
+    order = torch.zeros(0, dtype=torch.int64, device=dev)
     if n:
         x = torch.nn.functional.normalize(x, dim=1)
         cluster = backends.numeric_tensor(df["cluster"], dev)
@@ -159,117 +171,237 @@ def dedup_partition(
             max_sim[rows] = sims
             partner[rows] = torch.where(arg >= 0, order[(start + arg).clamp(min=start)], arg)
             start += size
-    has = (partner >= 0).cpu().numpy()
-    partner_ids = backends.take(df["_id"], np.where(has, _frame.to_host(partner), 0))
-    return backends.new_frame(
+    return x, max_sim, partner, order
+
+
+def border_block(
+    df: Any,
+    guests: Any,
+    *,
+    eps: float,
+    sketch_basis: np.ndarray,
+    block_size: int = PAIRWISE_BLOCK_SIZE,
+    device: str | None = None,
+    max_memory: int | None = None,
+    cluster_parts: np.ndarray | None = None,
+) -> tuple[Any, Any]:
+    """Border-aware step on one shuffled partition: within-cluster results and cross-border candidates.
+
+    Parameters
+    ----------
+    df
+        The own rows of the partition's clusters (:func:`dedup_partition`'s input).
+    guests
+        The border rows of the same clusters (:func:`.assign.assign_border_partition`'s second
+        payload after the same shuffle): ``cluster`` is the cluster they visit, ``_home`` their
+        own, and ``_s0 ..`` their sketch.
+    eps
+        The dedup threshold.
+    sketch_basis
+        float32 ``(d, r)``, the basis the border rows' sketches were taken with.
+    block_size, device, max_memory
+        As :func:`dedup_partition`.
+    cluster_parts
+        int64 ``(k,)`` output partition of each cluster, when the shuffle routes by ``_part``.
+
+    Returns
+    -------
+    results : DataFrame
+        :func:`dedup_partition`'s columns for every own row, plus ``_pkey`` (float64) and
+        ``_prow`` (int64), the partner's rank key and row id (NaN and -1 where none).
+    candidates : DataFrame
+        One row per (border row, own row) pair that the sketch bound (:mod:`.border`) does not
+        rule out: ``cluster`` (int32, the border row's own cluster, where the candidate goes
+        next), ``_grow`` (int64, the border row), and the own row's ``_row``, ``_host`` (its
+        cluster), ``_rank``, ``_id`` and ``_emb`` (its embedding); ``_part`` with
+        ``cluster_parts``.
+    """
+    import torch
+
+    x, max_sim, partner, order = _within(df, block_size=block_size, device=device, max_memory=max_memory)
+    dev = x.device
+    n = len(df)
+    row = backends.numeric_tensor(df["_row"], dev).to(torch.int64) if n else torch.zeros(0, dtype=torch.int64)
+    rank = backends.numeric_tensor(df["_rank"], dev).to(torch.float64) if n else torch.zeros(0, dtype=torch.float64)
+    matched = partner >= 0
+    p = partner.clamp(min=0)
+    has = matched.cpu().numpy()
+    results = backends.new_frame(
         df,
         {
             "_row": df["_row"].reset_index(drop=True),
             "cluster": df["cluster"].reset_index(drop=True),
             "max_similarity": backends.new_column(df, max_sim, "float32"),
-            "duplicate_of": partner_ids.where(backends.new_column(df, torch.from_numpy(has))),
+            "duplicate_of": backends.take(df["_id"], np.where(has, _frame.to_host(partner), 0)).where(
+                backends.new_column(df, torch.from_numpy(has))
+            ),
+            "_pkey": backends.new_column(df, torch.where(matched, rank[p] if n else rank, float("nan")), "float64"),
+            "_prow": backends.new_column(df, torch.where(matched, row[p] if n else row, -1), "int64"),
         },
+    )
+    own_idx, guest_idx = _cross_candidates(df, guests, x, order, eps, sketch_basis, block_size, dev)
+    own_host = _frame.to_host(own_idx).astype(np.int64)
+    home = backends.numeric_tensor(guests["_home"], dev).to(torch.int32) if len(guests) else None
+    g_home = home[guest_idx] if home is not None else torch.zeros(0, dtype=torch.int32, device=dev)
+    g_row = (
+        backends.numeric_tensor(guests["_row"], dev).to(torch.int64)[guest_idx]
+        if len(guests)
+        else torch.zeros(0, dtype=torch.int64, device=dev)
+    )
+    x_own = x[own_idx] if n else x
+    cand = {
+        "cluster": backends.new_column(df, g_home, "int32"),
+        "_grow": backends.new_column(df, g_row, "int64"),
+        "_row": backends.take(df["_row"], own_host),
+        "_host": backends.take(df["cluster"], own_host),
+        "_rank": backends.take(df["_rank"], own_host),
+        "_id": backends.take(df["_id"], own_host),
+        "_emb": backends.pack_rows(df, x_own, df["_emb"], own_host),
+    }
+    if cluster_parts is not None:
+        parts = np.asarray(cluster_parts, dtype=np.int64)[_frame.to_host(g_home).astype(np.int64)]
+        cand["_part"] = backends.new_column(df, parts, "int64")
+    return results, backends.new_frame(df, cand)
+
+
+def _cross_candidates(
+    df: Any, guests: Any, x: Any, order: Any, eps: float, basis: np.ndarray, block_size: int, dev: Any
+) -> tuple[Any, Any]:
+    """(own row, border row) position pairs of the partition that the sketch bound lets through."""
+    import torch
+
+    empty = torch.zeros(0, dtype=torch.int64, device=dev)
+    if len(df) == 0 or len(guests) == 0:
+        return empty, empty
+    q = torch.as_tensor(np.asarray(basis, np.float32), device=dev)
+    width = q.shape[1] + 1
+    g_sk = torch.stack(
+        [backends.numeric_tensor(guests[f"{border.SKETCH_PREFIX}{j}"], dev).to(torch.float32) for j in range(width)],
+        dim=1,
+    )
+    o_sk = border.sketch(x, q)
+    host = backends.numeric_tensor(guests["cluster"], dev).to(torch.int64)
+    g_order = torch.argsort(host, stable=True)
+    g_values, g_counts = torch.unique_consecutive(host[g_order], return_counts=True)
+    own_cluster = backends.numeric_tensor(df["cluster"], dev).to(torch.int64)[order]
+    o_values, o_counts = torch.unique_consecutive(own_cluster, return_counts=True)
+    o_start = dict(zip(o_values.tolist(), (torch.cumsum(o_counts, 0) - o_counts).tolist()))
+    o_size = dict(zip(o_values.tolist(), o_counts.tolist()))
+    threshold = border.duplicate_threshold(eps)
+    out_o, out_g = [], []
+    start = 0
+    for c, size in zip(g_values.tolist(), g_counts.tolist()):
+        g = g_order[start : start + size]
+        start += size
+        if c not in o_start:
+            continue  # border rows of a cluster no row is nearest to: nothing to compare with
+        o = order[o_start[c] : o_start[c] + o_size[c]]
+        gi, oi = border.sketch_candidates(o_sk[o], g_sk[g], threshold, block_size)
+        out_o.append(o[oi])
+        out_g.append(g[gi])
+    if not out_o:
+        return empty, empty
+    return torch.cat(out_o), torch.cat(out_g)
+
+
+def verify_candidates(df: Any, candidates: Any, *, eps: float, device: str | None = None) -> Any:
+    """The exact check of :func:`border_block`'s candidates, in the border rows' own cluster block.
+
+    Parameters
+    ----------
+    df
+        The own rows of a shuffled partition (the same partition number the candidates were
+        routed to: both shuffles route by cluster, so it holds every candidate's border row).
+    candidates
+        :func:`border_block`'s candidates for this partition.
+    eps
+        The dedup threshold.
+    device
+        torch device; ``None``: CPU for pandas, CUDA for cuDF.
+
+    Returns
+    -------
+    DataFrame
+        :func:`border_block`'s result columns, one row per pair within eps: the row ranked later
+        (by ``(_rank, _row)``, the global keep order) with the other as its partner.
+
+    Raises
+    ------
+    RuntimeError
+        A candidate's border row is not in ``df`` (the two shuffles routed differently).
+    """
+    import torch
+
+    m = len(candidates)
+    if m == 0 or len(df) == 0:
+        if m:
+            raise RuntimeError("cross-border candidates reached a partition without their rows")
+        return _cross_results(df, candidates, None)
+    dev = torch.device(device) if device is not None else None
+    row = backends.numeric_tensor(df["_row"], dev).to(torch.int64)
+    dev = row.device
+    g_row = backends.numeric_tensor(candidates["_grow"], dev).to(torch.int64)
+    by_row = torch.argsort(row)
+    at = torch.searchsorted(row[by_row], g_row).clamp(max=len(df) - 1)
+    g_pos = by_row[at]
+    if not bool((row[g_pos] == g_row).all()):
+        raise RuntimeError("cross-border candidates reached a partition without their rows")
+    g_host = _frame.to_host(g_pos).astype(np.int64)
+    xg, _ = backends.embedding_matrix(backends.take(df["_emb"], g_host), device=dev)
+    xo, _ = backends.embedding_matrix(candidates["_emb"], device=dev)
+    if xg.shape[0] != m or xo.shape[0] != m:
+        raise ValueError("the cluster shuffle received rows without an embedding")
+    v = (torch.nn.functional.normalize(xg, dim=1) * torch.nn.functional.normalize(xo, dim=1)).sum(dim=1)
+    hit = torch.nonzero(v >= border.duplicate_threshold(eps)).flatten()
+    g_rank = backends.numeric_tensor(df["_rank"], dev).to(torch.float64)[g_pos]
+    o_rank = backends.numeric_tensor(candidates["_rank"], dev).to(torch.float64)
+    o_row = backends.numeric_tensor(candidates["_row"], dev).to(torch.int64)
+    g_first = (g_rank < o_rank) | ((g_rank == o_rank) & (g_row < o_row))
+    return _cross_results(
+        df,
+        candidates,
+        dict(hit=hit, v=v, g_pos=g_pos, g_first=g_first, g_rank=g_rank, o_rank=o_rank, g_row=g_row, o_row=o_row),
     )
 
 
-def _border_partition(
-    df: Any,
-    x: Any,
-    *,
-    block_size: int,
-    centroids: np.ndarray,
-    border_scale: float,
-    eps: float,
-    max_memory: int | None,
-    sketch_basis: np.ndarray | None = None,
-) -> Any:
-    """:func:`dedup_partition` of a partition with border rows (see :mod:`.border`)."""
+def _cross_results(df: Any, candidates: Any, f: dict | None) -> Any:
+    """The result frame of :func:`verify_candidates` (empty, with the right dtypes, for ``f=None``)."""
     import torch
 
-    dev = x.device
-    n = len(df)
-    d = x.shape[1]
-    best = torch.full((n,), float("-inf"), dtype=torch.float32, device=dev)
-    # partners as positions in the partition's global rank order (ties go to the smaller)
-    best_pos = torch.full((n,), -1, dtype=torch.int64, device=dev)
-    row = backends.numeric_tensor(df["_row"], dev).to(torch.int64)
-    rank = backends.numeric_tensor(df["_rank"], dev).to(torch.float64)
-    home = backends.numeric_tensor(df["_home"], dev).to(torch.int64)
-    if n:
-        # Rows come unit length from the assign step. The own rows are normalised again, per
-        # cluster, as the plain step normalises them (the same per-row operation: the same
-        # bits); border rows only where a pair needs their full vector (cluster_cross_candidates).
-        # Normalising or gathering every border row would copy several times the block.
-        host = backends.numeric_tensor(df["cluster"], dev).to(torch.int64)
-        own = home == host
-        by_rank = torch.argsort(row, stable=True)
-        by_rank = by_rank[torch.argsort(rank[by_rank], stable=True)]
-        gpos = torch.empty_like(by_rank)
-        gpos[by_rank] = torch.arange(n, device=dev)
-        # (host cluster, own rows first, rank order): each cluster's own rows are in the
-        # order of the plain step, so its within-cluster answer is the same
-        order = by_rank[torch.argsort((~own[by_rank]).to(torch.int8), stable=True)]
-        order = order[torch.argsort(host[order], stable=True)]
-        values, counts = torch.unique_consecutive(host[order], return_counts=True)
-        own_counts = torch.zeros_like(counts)
-        own_counts.index_add_(
-            0, torch.repeat_interleave(torch.arange(len(counts), device=dev), counts), own[order].to(counts.dtype)
+    if f is None:
+        hit = np.zeros(0, np.int64)
+        zeros_i = torch.zeros(0, dtype=torch.int64)
+        v = torch.zeros(0, dtype=torch.float32)
+        row, key, cluster = zeros_i, torch.zeros(0, dtype=torch.float64), zeros_i
+        ids = backends.take(df["_id"], hit)
+        return backends.new_frame(
+            df,
+            {
+                "_row": backends.new_column(df, row, "int64"),
+                "cluster": backends.new_column(df, cluster, "int32"),
+                "max_similarity": backends.new_column(df, v, "float32"),
+                "duplicate_of": ids,
+                "_pkey": backends.new_column(df, key, "float64"),
+                "_prow": backends.new_column(df, row, "int64"),
+            },
         )
-        threshold = border.duplicate_threshold(eps)
-        basis = sketch_basis if sketch_basis is not None else border.sketch_basis(centroids)
-        sk = border.sketch(x, torch.as_tensor(np.asarray(basis, np.float32), device=dev))
-        found: list[tuple[Any, Any, Any]] = []
-        start = 0
-        for c, size, n_own in zip(values.tolist(), counts.tolist(), own_counts.tolist()):
-            seg = order[start : start + size]
-            start += size
-            budget.check_block(c, n_own, size - n_own, d, max_memory)
-            o, g = seg[:n_own], seg[n_own:]
-            if n_own == 0:
-                continue  # border rows only: nothing of this partition's clusters to compare with
-            xo = torch.nn.functional.normalize(x[o], dim=1)
-            sims, arg = max_similarity_to_earlier(xo, block_size=block_size)
-            has = arg >= 0
-            best[o[has]] = sims[has]
-            best_pos[o[has]] = gpos[o[arg[has]]]
-            if g.numel() == 0:
-                continue
-            (oi, ov, op), (gi, gv, gp) = border.cluster_cross_candidates(
-                xo,
-                x,
-                guest_rows=g,
-                own_pos=gpos[o],
-                guest_pos=gpos[g],
-                own_sketch=sk[o],
-                guest_sketch=sk[g],
-                threshold=threshold,
-                block_size=block_size,
-            )
-            found.append((torch.cat([o[oi], g[gi]]), torch.cat([ov, gv]), torch.cat([op, gp])))
-        if found:  # cross-border duplicates: one merge for the whole partition
-            border.merge_best(best, best_pos, *(torch.cat([f[j] for f in found]) for j in range(3)))
-        keep = own | (best > float("-inf"))
-    else:
-        keep = torch.zeros(0, dtype=torch.bool, device=dev)
-        by_rank = torch.zeros(0, dtype=torch.int64, device=dev)
-    idx = torch.nonzero(keep).flatten()
-    matched = best_pos[idx] >= 0
-    partner = torch.where(matched, by_rank[best_pos[idx].clamp(min=0)] if n else best_pos[idx], -1)
-    has = matched.cpu().numpy()
-    partner_host = np.where(has, _frame.to_host(partner), 0)
-    idx_host = _frame.to_host(idx)
-    value = best[idx]
-    value = torch.where(matched, value, torch.full_like(value, float("nan")))
+    hit = f["hit"]
+    h = _frame.to_host(hit).astype(np.int64)
+    first = f["g_first"][hit]  # the border row is ranked ahead: the own row is flagged
+    g_pos = _frame.to_host(f["g_pos"][hit]).astype(np.int64)
+    first_host = first.cpu().numpy()
+    g_home = backends.numeric_tensor(candidates["cluster"], hit.device).to(torch.int64)[hit]
+    o_host = backends.numeric_tensor(candidates["_host"], hit.device).to(torch.int64)[hit]
+    g_ids = backends.take(df["_id"], g_pos)
+    o_ids = backends.take(candidates["_id"], h)
     return backends.new_frame(
         df,
         {
-            "_row": backends.take(df["_row"], idx_host),
-            "cluster": backends.new_column(df, home[idx], "int32"),
-            "max_similarity": backends.new_column(df, value, "float32"),
-            "duplicate_of": backends.take(df["_id"], partner_host).where(
-                backends.new_column(df, torch.from_numpy(has))
-            ),
-            "_pkey": backends.new_column(df, torch.where(matched, rank[partner.clamp(min=0)], float("nan")), "float64"),
-            "_prow": backends.new_column(df, torch.where(matched, row[partner.clamp(min=0)], -1), "int64"),
+            "_row": backends.new_column(df, torch.where(first, f["o_row"][hit], f["g_row"][hit]), "int64"),
+            "cluster": backends.new_column(df, torch.where(first, o_host, g_home), "int32"),
+            "max_similarity": backends.new_column(df, f["v"][hit], "float32"),
+            "duplicate_of": g_ids.where(backends.new_column(df, torch.from_numpy(first_host)), o_ids),
+            "_pkey": backends.new_column(df, torch.where(first, f["g_rank"][hit], f["o_rank"][hit]), "float64"),
+            "_prow": backends.new_column(df, torch.where(first, f["g_row"][hit], f["o_row"][hit]), "int64"),
         },
     )

@@ -431,26 +431,14 @@ def cluster_results(plan: DedupPlan) -> Any:
     """
     import dask
 
+    if plan.border_aware:
+        return _join.route(plan.ddf, border_results(plan), shuffle_method=plan.shuffle_method)
     ddf = plan.ddf
     centroids = plan.centroids
-    assign_kw: dict[str, Any] = dict(
-        embedding_column=plan.embedding_column,
-        device=plan.device,
-        id_column=plan.id_column,
-        which_to_keep=plan.which_to_keep,
-        seed=plan.seed,
-    )
-    if plan.border_aware:
-        assign_kw["border_scale"] = plan.border_scale
+    assign_kw = _assign_kw(plan)
     if plan.shuffle_plan is not None:
         assign_kw["cluster_parts"] = dask.delayed(plan.shuffle_plan.part_of_cluster, traverse=False)
-    if plan.assign_block_rows != assign.ASSIGN_BLOCK_ROWS:
-        assign_kw["block_rows"] = plan.assign_block_rows
-    meta_kw = {
-        **assign_kw,
-        "border_scale": plan.border_scale,
-        "cluster_parts": None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster,
-    }
+    meta_kw = {**assign_kw, "cluster_parts": None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster}
     payload = ddf.map_partitions(
         assign.assign_partition,
         # one graph key for the centroids instead of a copy inside every task
@@ -460,32 +448,95 @@ def cluster_results(plan: DedupPlan) -> Any:
         enforce_metadata=False,
         token="semdedup_assign",  # the task name on the dashboard
     )
-    if plan.shuffle_plan is None:
-        clustered = payload.shuffle(on="cluster", npartitions=plan.npartitions, shuffle_method=plan.shuffle_method)
-    else:  # clusters packed into partitions of bounded size: route by partition number
-        p = plan.shuffle_plan.npartitions
-        clustered = payload.set_index("_part", divisions=[*range(p), p], shuffle_method=plan.shuffle_method)
+    clustered = _cluster_shuffle(plan, payload)
     step: dict[str, Any] = dict(device=plan.device, block_size=plan.block_size)
     if plan.max_memory is not None:
         step["max_memory"] = plan.max_memory
-    meta_step = dict(step)
-    if plan.border_aware:
-        step.update(
-            centroids=dask.delayed(centroids, traverse=False),
-            border_scale=plan.border_scale,
-            eps=plan.eps,
-            # computed once here, not in every task (k may be 50,000)
-            sketch_basis=dask.delayed(border.sketch_basis(centroids), traverse=False),
-        )
-        meta_step.update(centroids=centroids, border_scale=plan.border_scale, eps=plan.eps)
     scored = clustered.map_partitions(
         pairwise.dedup_partition,
         **step,
-        meta=pairwise.dedup_partition(clustered._meta, **meta_step),
+        meta=pairwise.dedup_partition(clustered._meta, **step),
         enforce_metadata=False,
         token="semdedup_pairs",
     )
     return _join.route(ddf, scored, shuffle_method=plan.shuffle_method)
+
+
+def _assign_kw(plan: DedupPlan) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(
+        embedding_column=plan.embedding_column,
+        device=plan.device,
+        id_column=plan.id_column,
+        which_to_keep=plan.which_to_keep,
+        seed=plan.seed,
+    )
+    if plan.assign_block_rows != assign.ASSIGN_BLOCK_ROWS:
+        kw["block_rows"] = plan.assign_block_rows
+    return kw
+
+
+def _cluster_shuffle(plan: DedupPlan, frame: Any) -> Any:
+    """``frame`` shuffled on ``cluster``: partition ``i`` of every frame shuffled so holds the same clusters.
+
+    Dask's hash partitioning depends only on the ``cluster`` values (int32 in every payload)
+    and the partition count; with a shuffle plan, the ``_part`` column routes explicitly.
+    """
+    if plan.shuffle_plan is None:
+        return frame.shuffle(on="cluster", npartitions=plan.npartitions, shuffle_method=plan.shuffle_method)
+    p = plan.shuffle_plan.npartitions
+    return frame.set_index("_part", divisions=[*range(p), p], shuffle_method=plan.shuffle_method)
+
+
+def border_results(plan: DedupPlan) -> Any:
+    """Border-aware per-row results (not yet routed): within-cluster and cross-border, lazily.
+
+    Three shuffles on ``cluster``, zipped partition by partition (each routes cluster ``c`` to
+    the same partition number): the own rows with their embeddings (the plain payload), the
+    border rows with their ``(r + 1)``-dim sketches only (:mod:`.border`), and the candidate
+    pairs the sketch bound lets through, each carrying the own row's embedding to the border
+    row's own cluster, where :func:`.pairwise.verify_candidates` computes the exact similarity.
+    """
+    import dask
+    import dask.dataframe as dd
+
+    ddf = plan.ddf
+    centroids = plan.centroids
+    basis = border.sketch_basis(centroids)  # computed once here, not in every task (k may be 50,000)
+    parts = None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster
+    kw = {**_assign_kw(plan), "border_scale": plan.border_scale}
+    own_meta, guest_meta = assign.assign_border_partition(
+        ddf._meta, centroids, number=0, sketch_basis=basis, cluster_parts=parts, **kw
+    )
+    c_key = dask.delayed(centroids, traverse=False)
+    b_key = dask.delayed(basis, traverse=False)
+    p_key = None if parts is None else dask.delayed(parts, traverse=False)
+    assign_task = dask.delayed(assign.assign_border_partition, nout=2, pure=True)
+    split = [
+        assign_task(part, c_key, number=i, sketch_basis=b_key, cluster_parts=p_key, **kw)
+        for i, part in enumerate(ddf.to_delayed())
+    ]
+    own = dd.from_delayed([s[0] for s in split], meta=own_meta, verify_meta=False)
+    guests = dd.from_delayed([s[1] for s in split], meta=guest_meta, verify_meta=False)
+    own_c = _cluster_shuffle(plan, own)
+    guests_c = _cluster_shuffle(plan, guests)
+    step: dict[str, Any] = dict(
+        device=plan.device, block_size=plan.block_size, eps=plan.eps, max_memory=plan.max_memory
+    )
+    res_meta, cand_meta = pairwise.border_block(
+        own_c._meta, guests_c._meta, sketch_basis=basis, cluster_parts=parts, **step
+    )
+    block_task = dask.delayed(pairwise.border_block, nout=2, pure=True)
+    own_parts = own_c.to_delayed()
+    blocks = [
+        block_task(o, g, sketch_basis=b_key, cluster_parts=p_key, **step)
+        for o, g in zip(own_parts, guests_c.to_delayed())
+    ]
+    within = dd.from_delayed([b[0] for b in blocks], meta=res_meta, verify_meta=False)
+    cands = _cluster_shuffle(plan, dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False))
+    verify_task = dask.delayed(pairwise.verify_candidates, pure=True)
+    verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed())]
+    cross = dd.from_delayed(verified, meta=res_meta, verify_meta=False)
+    return dd.concat([within, cross])
 
 
 def attach_results(plan: DedupPlan, routed: Any) -> Any:

@@ -106,9 +106,10 @@ def test_cluster_too_large_for_the_budget(dedup_client, border_parquet):
     # early, on the client: the k-means sample already shows a cluster of ~1,600 rows
     with pytest.raises(ClusterTooLargeError, match=r"cluster \d+ holds .*estimate.*--max-memory"):
         semantic_dedup(ddf, n_clusters=2, max_iter=10, max_memory="1MiB")
-    # in the task: a 60-row sample cannot tell, the pairwise step counts and refuses
-    c = kmeans.fit_centroids(bs.x, 2, max_iter=10)
-    out = semantic_dedup(ddf, centroids=c, max_train_rows=60, max_memory="1MiB")
+    # in the task: a 20-row sample cannot tell, the pairwise step counts and refuses
+    # (one cluster: border rows reach a block as sketches, so its own rows must exceed the budget)
+    c = kmeans.fit_centroids(bs.x, 1, max_iter=10)
+    out = semantic_dedup(ddf, centroids=c, max_train_rows=20, max_memory="1MiB")
     with pytest.raises(ClusterTooLargeError, match=r"cluster \d+ holds .*counted.*raise n_clusters") as err:
         out.compute()
     assert err.value.rows > 1000 and err.value.needed > 2**20
