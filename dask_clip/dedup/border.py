@@ -337,11 +337,14 @@ def sketch_candidates(own_sketch: Any, guest_sketch: Any, threshold: float, bloc
     floor = threshold - SKETCH_SLACK
     for gs in range(0, m, block_size):
         for hs in range(0, n, block_size):
-            maybe = guest_sketch[gs : gs + block_size] @ own_sketch[hs : hs + block_size].T >= floor
-            r, c = torch_nonzero(maybe)
-            if r.numel():
-                out_g.append(r + gs)
-                out_o.append(c + hs)
+            bound = guest_sketch[gs : gs + block_size] @ own_sketch[hs : hs + block_size].T
+            # most border rows reach no own row: find the pairs only in the rows that do
+            rows = torch.nonzero(bound.amax(dim=1) >= floor).flatten()
+            if rows.numel() == 0:
+                continue
+            r, c = torch_nonzero(bound[rows] >= floor)
+            out_g.append(rows[r] + gs)
+            out_o.append(c + hs)
     if not out_g:
         empty = torch.empty(0, dtype=torch.int64, device=dev)
         return empty, empty
