@@ -248,6 +248,7 @@ def assign_border_partition(
     device: str | None = None,
     cluster_parts: np.ndarray | None = None,
     block_rows: int = ASSIGN_BLOCK_ROWS,
+    with_embeddings: bool = False,
 ) -> tuple[Any, Any]:
     """The two shuffle payloads of one partition in a border-aware run: own rows and border rows.
 
@@ -261,6 +262,10 @@ def assign_border_partition(
         Border margins' scale (:func:`.border.margin_scale`).
     sketch_basis
         float32 ``(d, r)`` orthonormal basis of :func:`.border.sketch`.
+    with_embeddings
+        Border rows also carry ``_id`` and ``_emb`` (their embedding), for data where the sketch
+        bound prunes too little (:func:`.border.sketch_pays_off`): the host block then checks
+        the pairs itself.
 
     Returns
     -------
@@ -271,7 +276,8 @@ def assign_border_partition(
         ``cluster`` (int32, the neighbouring cluster: what the shuffle routes by), ``_home``
         (int32, the row's own cluster), ``_rank`` (float64) and the row's ``(r + 1)``-dim sketch
         as float32 columns ``_s0 .. _s{r}`` (:data:`.border.SKETCH_PREFIX`): a border row
-        travels without its embedding (and ``_part`` with ``cluster_parts``).
+        travels without its embedding (and ``_part`` with ``cluster_parts``; ``_id`` and ``_emb``
+        with ``with_embeddings``).
     """
     own, guests = _assign(
         df,
@@ -286,6 +292,7 @@ def assign_border_partition(
         block_rows=block_rows,
         border_scale=border_scale,
         sketch_basis=sketch_basis,
+        with_embeddings=with_embeddings,
     )
     return own, guests
 
@@ -304,6 +311,7 @@ def _assign(
     block_rows: int,
     border_scale: float | None = None,
     sketch_basis: np.ndarray | None = None,
+    with_embeddings: bool = False,
 ) -> tuple[Any, Any]:
     """Own-row payload, and (``border_scale`` given) the border-row payload, of one partition."""
     import torch
@@ -362,6 +370,9 @@ def _assign(
     sk = sk.contiguous()
     for j in range(width):
         guests[f"{SKETCH_PREFIX}{j}"] = backends.new_column(df, sk[:, j], "float32")
+    if with_embeddings:
+        guests["_id"] = backends.take(ids, pos[g_host])
+        guests["_emb"] = backends.pack_rows(df, x[g_dev], df[embedding_column], pos[g_host])
     if cluster_parts is not None:
         parts = np.asarray(cluster_parts, dtype=np.int64)
         guests["_part"] = backends.new_column(df, parts[_frame.to_host(g_hosts).astype(np.int64)], "int64")

@@ -17,22 +17,36 @@ so ``min(g_a, g_b) <= h_AB = delta * |c_A - c_B| / 2``, and the other gap is at 
 
 - a row ``a`` of cluster A is a **border row** of every cluster B with ``g_a(B) <= h_AB`` (all
   such B, not only the second-nearest: the partner may sit in the third-nearest cluster);
-- in cluster B's block, a border row ``a`` from A is compared with the rows ``b`` of B (only
-  those with ``g_b(A) <= 2 h_AB - g_a(B)`` can pair with it).
+- in cluster B's block, a border row ``a`` from A is tested against the rows ``b`` of B (only
+  those with ``g_b(A) <= 2 h_AB - g_a(B)`` can pair with it; the sketch bound below does the
+  pruning).
 
-Every pair with cosine >= 1 - eps is then compared exactly once or twice, whatever the
-centroids: in its common cluster, or in the cluster of whichever row has the smaller gap.
+Every pair with cosine >= 1 - eps then meets in one cluster's block at least: its common
+cluster, or the cluster of whichever row has the smaller gap, whatever the centroids.
 
-Inside a block the comparisons are pruned by a second bound, not by the gaps: with ``Q`` an
-orthonormal ``(d, r)`` basis (the centroids' top principal directions, :func:`sketch_basis`),
-``z = x Q`` and the residual ``e = x - z Q^T``, ``a.b = z_a.z_b + e_a.e_b <= z_a.z_b + |e_a||e_b|``
-(Cauchy-Schwarz), so the ``(r + 1)``-dim sketches ``s = [z, |e|]`` give ``s_a.s_b >= a.b``. A
-pair whose sketches fall below the threshold (less :data:`SKETCH_SLACK`) cannot be a
-duplicate and gets no ``d``-dim dot product; the rest get one. (The sketches are taken of the
-rows as the assign step normalised them; the vectors compared are normalised once more, as
-the plain step does: a change of ~1e-7, far inside the slack.) Neither bound can lose a pair;
-they only decide how much is computed. With
-``border_margin = f < 1`` the margins shrink by ``f`` and the same argument holds for
+What travels, and the second bound
+----------------------------------
+A border row is not shipped with its embedding: it travels as its ``(r + 1)``-dim *sketch*
+only. With ``Q`` an orthonormal ``(d, r)`` basis (the centroids' top principal directions,
+:func:`sketch_basis`), ``z = x Q`` and the residual ``e = x - z Q^T`` (orthogonal to ``Q``),
+``a.b = z_a.z_b + e_a.e_b <= z_a.z_b + |e_a||e_b|`` (Cauchy-Schwarz), so the sketches
+``s = [z, |e|]`` satisfy ``s_a.s_b >= a.b`` for every pair. In cluster B's block each border
+row's sketch is tested against the sketches of B's own rows (:func:`sketch_candidates`): a pair
+with ``s_a.s_b < t - SKETCH_SLACK`` has ``a.b < t`` and cannot be a duplicate. The pairs left
+are *candidates*: each is sent, with the own row's embedding, to the border row's own cluster
+block (one more shuffle on ``cluster``, small, routed exactly as the first: Dask hashes the
+cluster values, or routes by the ``_part`` column of a shuffle plan, so a cluster lands in the
+same partition number in every shuffle; :func:`dask_clip.dedup.pairwise.verify_candidates`
+raises if a candidate's border row is not there). There both embeddings are at hand and the
+exact similarity decides. So: the gap bound brings every pair within eps into some block, the
+sketch bound keeps it as a candidate, the routing brings both vectors together, and the exact
+check counts it when ``>= t``. No bound can lose a pair; they only decide how much is computed
+and moved. (The border rows' sketches are taken of the rows as the assign step normalised
+them, the own rows' sketches and the exact check of rows normalised once more, as the plain
+step does: a change of ~1e-7, far inside :data:`SKETCH_SLACK`; :data:`RESIDUAL_SLACK` makes
+``|e|`` err upwards.)
+
+With ``border_margin = f < 1`` the margins shrink by ``f`` and the same argument holds for
 ``delta' = f * delta``: every pair with cosine >= ``1 - f**2 * eps`` is guaranteed, pairs
 between ``1 - eps`` and that are found unless their difference points along the centroids'
 difference. :data:`MARGIN_SLACK` absorbs float32 rounding of the similarities.
@@ -55,12 +69,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CANDIDATES_PER_BORDER_ROW",
+    "ESTIMATE_ROWS_PER_CENTROID",
     "LABEL_BLOCK_ENTRIES",
     "MARGIN_CHUNK",
     "MARGIN_SLACK",
     "RESIDUAL_SLACK",
     "SKETCH_PREFIX",
     "SKETCH_SLACK",
+    "candidates_per_border_row",
     "duplicate_threshold",
     "half_margins",
     "margin_scale",
@@ -69,6 +86,7 @@ __all__ = [
     "sketch_basis",
     "sketch_candidates",
     "sketch_dims",
+    "sketch_pays_off",
     "split_border_rows",
 ]
 
@@ -349,3 +367,76 @@ def sketch_candidates(own_sketch: Any, guest_sketch: Any, threshold: float, bloc
         empty = torch.empty(0, dtype=torch.int64, device=dev)
         return empty, empty
     return torch.cat(out_g), torch.cat(out_o)
+
+
+# Border rows ship as sketches only while the sketch bound leaves fewer candidate pairs than
+# this per border row: a candidate carries one embedding, as a border row shipped whole would.
+CANDIDATES_PER_BORDER_ROW = 0.5
+
+# Sampled rows per centroid for that estimate when the centroids are given (no k-means sample).
+ESTIMATE_ROWS_PER_CENTROID = 16
+
+# Held-out rows whose border rows the estimate of :func:`candidates_per_border_row` tests.
+ESTIMATE_ROWS = 1024
+
+
+def candidates_per_border_row(
+    rows: np.ndarray,
+    own_rows: np.ndarray,
+    centroids: np.ndarray,
+    scale: float,
+    basis: np.ndarray,
+    threshold: float,
+    *,
+    own_weight: float,
+    max_rows: int = ESTIMATE_ROWS,
+) -> float:
+    """Estimated candidate pairs (:func:`sketch_candidates`) per border row, from a sample.
+
+    The border rows of up to ``max_rows`` of ``rows`` are tested against the rows of
+    ``own_rows`` nearest to each host cluster; each pass counts ``own_weight`` times (the input
+    rows one row of ``own_rows`` stands for).
+
+    Parameters
+    ----------
+    rows
+        float32 ``(m, d)``: rows whose border rows are tested (held-out sample rows).
+    own_rows
+        float32 ``(n, d)``: rows standing for the clusters' own rows (the training sample).
+    centroids, scale, basis, threshold
+        As in the run: unit centroids ``(k, d)``, :func:`margin_scale`, :func:`sketch_basis`,
+        :func:`duplicate_threshold`.
+    own_weight
+        Input rows per row of ``own_rows``.
+    """
+    import torch
+
+    from .assign import nearest_centroid, nearest_centroid_and_border
+
+    c = torch.as_tensor(np.asarray(centroids, np.float32))
+    q = torch.as_tensor(np.asarray(basis, np.float32))
+    x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(rows[:max_rows], np.float32)), dim=1)
+    o = torch.nn.functional.normalize(torch.as_tensor(np.asarray(own_rows, np.float32)), dim=1)
+    _, _, (r, h, _) = nearest_centroid_and_border(x, c, scale)
+    if r.numel() == 0 or o.shape[0] == 0:
+        return 0.0
+    labels, _ = nearest_centroid(o, c)
+    by_label = torch.argsort(labels.to(torch.int64), stable=True)
+    bounds = torch.searchsorted(labels.to(torch.int64)[by_label], torch.arange(c.shape[0] + 1)).tolist()
+    sx, so = sketch(x, q), sketch(o, q)
+    by_host = torch.argsort(h, stable=True)
+    hosts, counts = torch.unique_consecutive(h[by_host], return_counts=True)
+    passed, start = 0, 0
+    for host, size in zip(hosts.tolist(), counts.tolist()):
+        g = r[by_host[start : start + size]]
+        start += size
+        own = by_label[bounds[host] : bounds[host + 1]]
+        if own.numel():
+            passed += int((sx[g] @ so[own].T >= threshold - SKETCH_SLACK).sum())
+    return passed * own_weight / r.numel()
+
+
+def sketch_pays_off(estimate: float) -> bool:
+    """Ship border rows as sketches (True) or with their embeddings (False), from the estimate
+    of :func:`candidates_per_border_row`: both ways are exact, they differ in bytes moved."""
+    return estimate <= CANDIDATES_PER_BORDER_ROW

@@ -210,7 +210,9 @@ def border_block(
         :func:`dedup_partition`'s columns for every own row, plus ``_pkey`` (float64) and
         ``_prow`` (int64), the partner's rank key and row id (NaN and -1 where none).
     candidates : DataFrame
-        One row per (border row, own row) pair that the sketch bound (:mod:`.border`) does not
+        Where ``guests`` carry their embeddings (``_emb``, ``_id``): the cross-border results,
+        checked here, with the columns of ``results``. Otherwise:
+        one row per (border row, own row) pair that the sketch bound (:mod:`.border`) does not
         rule out: ``cluster`` (int32, the border row's own cluster, where the candidate goes
         next), ``_grow`` (int64, the border row), and the own row's ``_row``, ``_host`` (its
         cluster), ``_rank``, ``_id`` and ``_emb`` (its embedding); ``_part`` with
@@ -240,6 +242,8 @@ def border_block(
         },
     )
     own_idx, guest_idx = _cross_candidates(df, guests, x, order, eps, sketch_basis, block_size, dev)
+    if "_emb" in guests.columns:  # border rows came with their embeddings: check the pairs here
+        return results, _local_pairs(df, guests, x, own_idx, guest_idx, eps, dev)
     own_host = _frame.to_host(own_idx).astype(np.int64)
     home = backends.numeric_tensor(guests["_home"], dev).to(torch.int32) if len(guests) else None
     g_home = home[guest_idx] if home is not None else torch.zeros(0, dtype=torch.int32, device=dev)
@@ -262,6 +266,42 @@ def border_block(
         parts = np.asarray(cluster_parts, dtype=np.int64)[_frame.to_host(g_home).astype(np.int64)]
         cand["_part"] = backends.new_column(df, parts, "int64")
     return results, backends.new_frame(df, cand)
+
+
+def _local_pairs(df: Any, guests: Any, x: Any, own_idx: Any, guest_idx: Any, eps: float, dev: Any) -> Any:
+    """The exact check of the candidates in the host block, where border rows carry embeddings."""
+    import torch
+
+    n_g = len(guests)
+    if n_g:
+        xg, _ = backends.embedding_matrix(guests["_emb"], device=dev)
+        if xg.shape[0] != n_g:
+            raise ValueError("the cluster shuffle received rows without an embedding")
+        xg = torch.nn.functional.normalize(xg[guest_idx], dim=1)
+        v = (xg * x[own_idx]).sum(dim=1)
+    else:
+        v = torch.zeros(0, dtype=torch.float32, device=dev)
+
+    def col(frame: Any, name: str, dtype: Any) -> Any:
+        if len(frame) == 0:
+            return torch.zeros(0, dtype=dtype, device=dev)
+        return backends.numeric_tensor(frame[name], dev).to(dtype)
+
+    return _pair_results(
+        df,
+        v=v,
+        threshold=border.duplicate_threshold(eps),
+        g_ids=guests["_id"],
+        g_at=guest_idx,
+        o_ids=df["_id"],
+        o_at=own_idx,
+        g_rank=col(guests, "_rank", torch.float64)[guest_idx],
+        o_rank=col(df, "_rank", torch.float64)[own_idx],
+        g_row=col(guests, "_row", torch.int64)[guest_idx],
+        o_row=col(df, "_row", torch.int64)[own_idx],
+        g_cluster=col(guests, "_home", torch.int64)[guest_idx],
+        o_cluster=col(df, "cluster", torch.int64)[own_idx],
+    )
 
 
 def _cross_candidates(
@@ -333,10 +373,25 @@ def verify_candidates(df: Any, candidates: Any, *, eps: float, device: str | Non
     import torch
 
     m = len(candidates)
-    if m == 0 or len(df) == 0:
-        if m:
-            raise RuntimeError("cross-border candidates reached a partition without their rows")
-        return _cross_results(df, candidates, None)
+    if m and len(df) == 0:
+        raise RuntimeError("cross-border candidates reached a partition without their rows")
+    if m == 0:
+        e_i, e_f = torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64)
+        return _pair_results(
+            df,
+            v=torch.zeros(0, dtype=torch.float32),
+            threshold=0.0,
+            g_ids=df["_id"],
+            g_at=e_i,
+            o_ids=df["_id"],
+            o_at=e_i,
+            g_rank=e_f,
+            o_rank=e_f,
+            g_row=e_i,
+            o_row=e_i,
+            g_cluster=e_i,
+            o_cluster=e_i,
+        )
     dev = torch.device(device) if device is not None else None
     row = backends.numeric_tensor(df["_row"], dev).to(torch.int64)
     dev = row.device
@@ -352,56 +407,60 @@ def verify_candidates(df: Any, candidates: Any, *, eps: float, device: str | Non
     if xg.shape[0] != m or xo.shape[0] != m:
         raise ValueError("the cluster shuffle received rows without an embedding")
     v = (torch.nn.functional.normalize(xg, dim=1) * torch.nn.functional.normalize(xo, dim=1)).sum(dim=1)
-    hit = torch.nonzero(v >= border.duplicate_threshold(eps)).flatten()
     g_rank = backends.numeric_tensor(df["_rank"], dev).to(torch.float64)[g_pos]
-    o_rank = backends.numeric_tensor(candidates["_rank"], dev).to(torch.float64)
-    o_row = backends.numeric_tensor(candidates["_row"], dev).to(torch.int64)
-    g_first = (g_rank < o_rank) | ((g_rank == o_rank) & (g_row < o_row))
-    return _cross_results(
+    return _pair_results(
         df,
-        candidates,
-        dict(hit=hit, v=v, g_pos=g_pos, g_first=g_first, g_rank=g_rank, o_rank=o_rank, g_row=g_row, o_row=o_row),
+        v=v,
+        threshold=border.duplicate_threshold(eps),
+        g_ids=df["_id"],
+        g_at=g_pos,
+        o_ids=candidates["_id"],
+        o_at=torch.arange(m, device=dev),
+        g_rank=g_rank,
+        o_rank=backends.numeric_tensor(candidates["_rank"], dev).to(torch.float64),
+        g_row=g_row,
+        o_row=backends.numeric_tensor(candidates["_row"], dev).to(torch.int64),
+        g_cluster=backends.numeric_tensor(candidates["cluster"], dev).to(torch.int64),
+        o_cluster=backends.numeric_tensor(candidates["_host"], dev).to(torch.int64),
     )
 
 
-def _cross_results(df: Any, candidates: Any, f: dict | None) -> Any:
-    """The result frame of :func:`verify_candidates` (empty, with the right dtypes, for ``f=None``)."""
+def _pair_results(
+    like: Any,
+    *,
+    v: Any,
+    threshold: float,
+    g_ids: Any,
+    g_at: Any,
+    o_ids: Any,
+    o_at: Any,
+    g_rank: Any,
+    o_rank: Any,
+    g_row: Any,
+    o_row: Any,
+    g_cluster: Any,
+    o_cluster: Any,
+) -> Any:
+    """Result rows of the (border row, own row) pairs with ``v >= threshold``.
+
+    Of each such pair the row ranked later by ``(_rank, _row)`` gets a result naming the other.
+    ``v`` and the other tensors are per pair; ``g_ids`` / ``o_ids`` are id columns read at
+    positions ``g_at`` / ``o_at``. Returns :func:`border_block`'s result columns.
+    """
     import torch
 
-    if f is None:
-        hit = np.zeros(0, np.int64)
-        zeros_i = torch.zeros(0, dtype=torch.int64)
-        v = torch.zeros(0, dtype=torch.float32)
-        row, key, cluster = zeros_i, torch.zeros(0, dtype=torch.float64), zeros_i
-        ids = backends.take(df["_id"], hit)
-        return backends.new_frame(
-            df,
-            {
-                "_row": backends.new_column(df, row, "int64"),
-                "cluster": backends.new_column(df, cluster, "int32"),
-                "max_similarity": backends.new_column(df, v, "float32"),
-                "duplicate_of": ids,
-                "_pkey": backends.new_column(df, key, "float64"),
-                "_prow": backends.new_column(df, row, "int64"),
-            },
-        )
-    hit = f["hit"]
-    h = _frame.to_host(hit).astype(np.int64)
-    first = f["g_first"][hit]  # the border row is ranked ahead: the own row is flagged
-    g_pos = _frame.to_host(f["g_pos"][hit]).astype(np.int64)
-    first_host = first.cpu().numpy()
-    g_home = backends.numeric_tensor(candidates["cluster"], hit.device).to(torch.int64)[hit]
-    o_host = backends.numeric_tensor(candidates["_host"], hit.device).to(torch.int64)[hit]
-    g_ids = backends.take(df["_id"], g_pos)
-    o_ids = backends.take(candidates["_id"], h)
+    hit = torch.nonzero(v >= threshold).flatten()
+    first = ((g_rank < o_rank) | ((g_rank == o_rank) & (g_row < o_row)))[hit]  # own row flagged
+    g_names = backends.take(g_ids, _frame.to_host(g_at[hit]).astype(np.int64))
+    o_names = backends.take(o_ids, _frame.to_host(o_at[hit]).astype(np.int64))
     return backends.new_frame(
-        df,
+        like,
         {
-            "_row": backends.new_column(df, torch.where(first, f["o_row"][hit], f["g_row"][hit]), "int64"),
-            "cluster": backends.new_column(df, torch.where(first, o_host, g_home), "int32"),
-            "max_similarity": backends.new_column(df, f["v"][hit], "float32"),
-            "duplicate_of": g_ids.where(backends.new_column(df, torch.from_numpy(first_host)), o_ids),
-            "_pkey": backends.new_column(df, torch.where(first, f["g_rank"][hit], f["o_rank"][hit]), "float64"),
-            "_prow": backends.new_column(df, torch.where(first, f["g_row"][hit], f["o_row"][hit]), "int64"),
+            "_row": backends.new_column(like, torch.where(first, o_row[hit], g_row[hit]), "int64"),
+            "cluster": backends.new_column(like, torch.where(first, o_cluster[hit], g_cluster[hit]), "int32"),
+            "max_similarity": backends.new_column(like, v[hit], "float32"),
+            "duplicate_of": g_names.where(backends.new_column(like, first.cpu()), o_names),
+            "_pkey": backends.new_column(like, torch.where(first, g_rank[hit], o_rank[hit]), "float64"),
+            "_prow": backends.new_column(like, torch.where(first, g_row[hit], o_row[hit]), "int64"),
         },
     )

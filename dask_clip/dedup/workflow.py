@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 # Fraction of the guaranteed border margin (see dedup/border.py): 1.0 finds every pair within eps.
 DEFAULT_BORDER_MARGIN = 1.0
-# Warn when the k-means sample shows more border rows than rows: the shuffle would more than double.
+# Warn when the k-means sample shows more border rows than rows: the cross-border tests then
+# outnumber the plain step's (each border row meets a whole neighbouring cluster).
 BORDER_ROWS_WARNING = 1.0
 
 OUTPUT_COLUMNS = ("cluster", "max_similarity", "duplicate", "duplicate_of")
@@ -215,6 +216,8 @@ class DedupPlan:
     max_memory: int | None = None
     shuffle_plan: budget.ShufflePlan | None = None
     assign_block_rows: int = assign.ASSIGN_BLOCK_ROWS
+    sketch_basis: np.ndarray | None = None
+    border_embeddings: bool = False
     info: dict = field(default_factory=dict)
 
     @property
@@ -312,6 +315,7 @@ def prepare(
     )
     if border_aware:
         plan.border_scale = border.margin_scale(eps, border_margin)
+        plan.sketch_basis = border.sketch_basis(centroids)  # once here, not in every task (k may be 50,000)
     if border_aware or max_memory is not None:
         plan.assign_block_rows = budget.assign_block_rows(max_memory, k, assign.ASSIGN_BLOCK_ROWS)
     if sample is not None:
@@ -322,15 +326,30 @@ def prepare(
         per_row = float(guests.sum() / max(own.sum(), 1))
         plan.info["estimated_border_rows_per_row"] = per_row
         if border_aware and per_row > BORDER_ROWS_WARNING:
+            width = border.sketch_dims(centroids.shape[1]) + 1
             warnings.warn(
                 f"border-aware dedup: about {per_row:.2f} border rows per row (estimated from the k-means "
-                f"sample), so the cluster shuffle moves {1 + per_row:.1f}x the embeddings and its disk "
-                "space. Centroids with fewer rows near their borders cost less (raise max_train_rows or "
+                f"sample), each shipped to its neighbouring clusters as a {width}-value "
+                "sketch and tested against their rows there: the cross-border step costs more than the "
+                "plain one. Centroids with fewer rows near their borders cost less (raise max_train_rows or "
                 f"max_iter); border_margin={border_margin:g} -> 0.5 guarantees pairs within eps/4 for less; "
                 "border_aware=False is plain SemDeDup.",
                 UserWarning,
                 stacklevel=3,
             )
+        if plan.border_scale is not None and plan.sketch_basis is not None:
+            # sketches only where the sketch bound prunes: else the candidates would outweigh them
+            cands = border.candidates_per_border_row(
+                sample.held_out if sample.held_out.shape[0] else sample.x,
+                sample.x,
+                centroids,
+                plan.border_scale,
+                plan.sketch_basis,
+                border.duplicate_threshold(eps),
+                own_weight=sample.scale,
+            )
+            plan.border_embeddings = not border.sketch_pays_off(cands)
+            plan.info["estimated_candidates_per_border_row"] = cands
         if border_aware and max_memory is not None:
             check_border_payload(plan, sample, per_row, max_memory)
         if max_memory is not None:
@@ -349,7 +368,40 @@ def prepare(
                 budget.format_bytes(max_memory / budget.PAIRWISE_COPIES),
                 per_row,
             )
+    elif border_aware and plan.sketch_basis is not None:  # centroids given: estimate on one partition
+        plan.border_embeddings = not border.sketch_pays_off(first_partition_estimate(plan))
     return plan
+
+
+def first_partition_estimate(plan: DedupPlan) -> float:
+    """:func:`.border.candidates_per_border_row` on the first partition (no k-means sample drawn).
+
+    One partition's embedding column is read: a cheap look at the data when the centroids
+    are given. The estimate only chooses how border rows travel; either way is exact.
+    """
+    ddf = plan.ddf
+    part = ddf.partitions[0][[plan.embedding_column]].compute()
+    k = plan.centroids.shape[0]
+    rng = np.random.default_rng(plan.seed)
+    pick = np.sort(rng.permutation(len(part))[: border.ESTIMATE_ROWS + border.ESTIMATE_ROWS_PER_CENTROID * k])
+    x, _ = backends.embedding_matrix(backends.take_rows(part, pick)[plan.embedding_column], device="cpu")
+    if x.shape[0] == 0 or x.shape[1] != plan.centroids.shape[1]:
+        return 0.0
+    if plan.border_scale is None or plan.sketch_basis is None:
+        return 0.0
+    x = x.numpy()[rng.permutation(x.shape[0])]
+    own = x[border.ESTIMATE_ROWS :] if x.shape[0] > 2 * border.ESTIMATE_ROWS else x
+    estimate = border.candidates_per_border_row(
+        x[: border.ESTIMATE_ROWS],
+        own,
+        plan.centroids,
+        plan.border_scale,
+        plan.sketch_basis,
+        border.duplicate_threshold(plan.eps),
+        own_weight=len(part) * ddf.npartitions / max(len(own), 1),
+    )
+    plan.info["estimated_candidates_per_border_row"] = estimate
+    return estimate
 
 
 def check_border_payload(plan: DedupPlan, sample: kmeans.Sample, per_row: float, max_memory: int) -> None:
@@ -501,9 +553,9 @@ def border_results(plan: DedupPlan) -> Any:
 
     ddf = plan.ddf
     centroids = plan.centroids
-    basis = border.sketch_basis(centroids)  # computed once here, not in every task (k may be 50,000)
+    basis = plan.sketch_basis if plan.sketch_basis is not None else border.sketch_basis(centroids)
     parts = None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster
-    kw = {**_assign_kw(plan), "border_scale": plan.border_scale}
+    kw = {**_assign_kw(plan), "border_scale": plan.border_scale, "with_embeddings": plan.border_embeddings}
     own_meta, guest_meta = assign.assign_border_partition(
         ddf._meta, centroids, number=0, sketch_basis=basis, cluster_parts=parts, **kw
     )
@@ -532,6 +584,8 @@ def border_results(plan: DedupPlan) -> Any:
         for o, g in zip(own_parts, guests_c.to_delayed())
     ]
     within = dd.from_delayed([b[0] for b in blocks], meta=res_meta, verify_meta=False)
+    if plan.border_embeddings:  # border rows came whole: the blocks checked their pairs
+        return dd.concat([within, dd.from_delayed([b[1] for b in blocks], meta=res_meta, verify_meta=False)])
     cands = _cluster_shuffle(plan, dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False))
     verify_task = dask.delayed(pairwise.verify_candidates, pure=True)
     verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed())]

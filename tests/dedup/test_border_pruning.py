@@ -25,6 +25,7 @@ from dask_clip.dedup import border, semantic_dedup
 from dask_clip.dedup.assign import nearest_centroid, nearest_centroid_and_border
 from dask_clip.dedup.kmeans import normalize_rows
 from dask_clip.dedup.pairwise import verify_candidates
+from dask_clip.dedup.workflow import prepare
 
 D = 64  # sketch_dims(64) = 16 < d: the sketch bound is loose enough to matter
 EPS0 = 0.02  # the planted pairs' distance; runs use eps = EPS0 + NUDGE
@@ -270,3 +271,41 @@ def test_verify_refuses_candidates_routed_to_the_wrong_block():
     wrong = own[own["cluster"] != cand["cluster"].iloc[0]]
     with pytest.raises(RuntimeError, match="without their rows"):
         verify_candidates(wrong, cand, eps=0.5)
+
+
+def test_border_rows_travel_whole_where_the_sketch_cannot_prune(helpers):
+    """Tight groups in directions the sketch basis misses: the sketch bound passes most pairs, so border rows carry their embeddings
+    (candidates would outweigh them) and the host block checks the pairs; same answer as brute force."""
+    rng = np.random.default_rng(3)
+    c = unit(rng.standard_normal((6, D))).astype(np.float32)
+    centres = unit(rng.standard_normal((40, D)))  # tight groups the 6 centroids' basis does not see
+    x = unit(centres[rng.integers(0, 40, 1500)] + 0.35 * unit(rng.standard_normal((1500, D))))
+    a = rng.choice(1500, 60, replace=False)
+    x = np.concatenate([x, unit(x[a] + 0.08 * unit(rng.standard_normal((60, D))))]).astype(np.float32)
+    eps = 0.05
+    ddf = dd.from_pandas(frame(x), npartitions=3, sort=False)
+    with dask.config.set(THREADS):
+        plan = prepare(ddf, centroids=c, eps=eps, id_column="name")
+    assert plan.border_embeddings, plan.info
+    out = run(x, c, eps, 3)
+    labels = out["cluster"].to_numpy()
+    best, partner = helpers.global_brute_force(x, np.ones(len(x), bool), hard_keys(x, c))
+    assert not (np.abs(best - (1 - eps)) < 1e-6).any()
+    assert (truth_split := (best >= 1 - eps) & (labels != labels[np.maximum(partner, 0)])).sum() >= 5, truth_split.sum()
+    truth = best >= 1 - eps
+    flagged = out["duplicate"].to_numpy()
+    assert truth.sum() >= 30
+    assert np.array_equal(flagged, truth)
+    np.testing.assert_allclose(out["max_similarity"].to_numpy()[flagged], best[flagged], atol=2e-6)
+
+
+def test_both_ways_of_shipping_border_rows_agree(adversarial, monkeypatch):
+    """The same run with border rows as sketches and, forced, with their embeddings."""
+    x, c, _ = adversarial
+    sketched = run(x, c, EPS0 + NUDGE, 3)
+    monkeypatch.setattr(border, "CANDIDATES_PER_BORDER_ROW", -1.0)  # never worth sketching
+    ddf = dd.from_pandas(frame(x), npartitions=3, sort=False)
+    with dask.config.set(THREADS):
+        assert prepare(ddf, centroids=c, eps=EPS0 + NUDGE).border_embeddings
+    whole = run(x, c, EPS0 + NUDGE, 3)
+    pd.testing.assert_frame_equal(sketched, whole)
