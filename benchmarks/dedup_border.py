@@ -179,6 +179,7 @@ def run_set(name: str, eps: float, repeats: int, seed: int, margin: float = 1.0,
                 flags[mode] = out["duplicate"].to_numpy()
                 cluster = out["cluster"].to_numpy()
     rec = {"set": name, "eps": eps, "border_margin": margin, "rows": len(x), "dim": x.shape[1], "k": k, **info}
+    rec["load_average_1min_after"] = round(os.getloadavg()[0], 2)  # a shared machine: read ratios with it
     rec["kmeans_seconds"] = kmeans_s
     check = truth if truth is not None else pairs
     split = cluster[check[:, 0]] != cluster[check[:, 1]]

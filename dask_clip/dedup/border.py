@@ -79,6 +79,7 @@ __all__ = [
     "SKETCH_SLACK",
     "candidates_per_border_row",
     "duplicate_threshold",
+    "exact_pairs",
     "half_margins",
     "margin_scale",
     "pair_margins",
@@ -367,6 +368,69 @@ def sketch_candidates(own_sketch: Any, guest_sketch: Any, threshold: float, bloc
         empty = torch.empty(0, dtype=torch.int64, device=dev)
         return empty, empty
     return torch.cat(out_g), torch.cat(out_o)
+
+
+def exact_pairs(
+    own_x: Any,
+    own_sketch: Any,
+    guest_x: Any,
+    guest_rows: Any,
+    guest_sketch: Any,
+    threshold: float,
+    block_size: int,
+) -> tuple[Any, Any, Any]:
+    """The (border row, own row) pairs of one cluster with similarity ``>= threshold``, exactly.
+
+    For border rows that travelled with their embeddings (:func:`sketch_pays_off` said no).
+    In ``block_size`` tiles: the sketch bound first; a tile where many pairs pass gets one
+    matmul, the others a dot product per passing pair. Memory stays one tile whatever the
+    number of pairs that pass.
+
+    Parameters
+    ----------
+    own_x, own_sketch
+        torch float32 ``(n, d)`` unit rows of the cluster and their sketches ``(n, r + 1)``.
+    guest_x
+        torch float32 ``(N, d)``: the block's border rows' embeddings (normalised here, per
+        tile, only where read).
+    guest_rows
+        int64 ``(m,)``: the cluster's border rows, positions in ``guest_x``.
+    guest_sketch
+        float32 ``(m, r + 1)``: their sketches.
+    threshold, block_size
+        As :func:`sketch_candidates`.
+
+    Returns
+    -------
+    guest_idx, own_idx, similarity
+        int64 / int64 / float32 ``(p,)``: indices into ``guest_rows`` and ``own_x``.
+    """
+    import torch
+
+    norm = torch.nn.functional.normalize
+    out: list[tuple[Any, Any, Any]] = []
+    n, m = own_x.shape[0], guest_rows.shape[0]
+    floor = threshold - SKETCH_SLACK
+    for gs in range(0, m, block_size):
+        ge = min(gs + block_size, m)
+        for hs in range(0, n, block_size):
+            he = min(hs + block_size, n)
+            maybe = guest_sketch[gs:ge] @ own_sketch[hs:he].T >= floor
+            r, c = torch_nonzero(maybe)
+            if r.numel() == 0:
+                continue
+            if 4 * r.numel() > maybe.numel():  # dense: one matmul is cheaper than gathers
+                v = (norm(guest_x[guest_rows[gs:ge]], dim=1) @ own_x[hs:he].T)[r, c]
+            else:
+                v = (norm(guest_x[guest_rows[gs + r]], dim=1) * own_x[hs + c]).sum(dim=1)
+            hit = v >= threshold
+            if bool(hit.any()):
+                out.append((gs + r[hit], hs + c[hit], v[hit]))
+    if not out:
+        dev = own_x.device
+        e = torch.empty(0, dtype=torch.int64, device=dev)
+        return e, e, torch.empty(0, dtype=torch.float32, device=dev)
+    return tuple(torch.cat([o[j] for o in out]) for j in range(3))  # type: ignore[return-value]
 
 
 # Border rows ship as sketches only while the sketch bound leaves fewer candidate pairs than

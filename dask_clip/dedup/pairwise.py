@@ -241,9 +241,10 @@ def border_block(
             "_prow": backends.new_column(df, torch.where(matched, row[p] if n else row, -1), "int64"),
         },
     )
-    own_idx, guest_idx = _cross_candidates(df, guests, x, order, eps, sketch_basis, block_size, dev)
     if "_emb" in guests.columns:  # border rows came with their embeddings: check the pairs here
-        return results, _local_pairs(df, guests, x, own_idx, guest_idx, eps, dev)
+        own_idx, guest_idx, v = _cross_candidates(df, guests, x, order, eps, sketch_basis, block_size, dev, exact=True)
+        return results, _local_pairs(df, guests, own_idx, guest_idx, v, eps, dev)
+    own_idx, guest_idx, _ = _cross_candidates(df, guests, x, order, eps, sketch_basis, block_size, dev)
     own_host = _frame.to_host(own_idx).astype(np.int64)
     home = backends.numeric_tensor(guests["_home"], dev).to(torch.int32) if len(guests) else None
     g_home = home[guest_idx] if home is not None else torch.zeros(0, dtype=torch.int32, device=dev)
@@ -268,19 +269,9 @@ def border_block(
     return results, backends.new_frame(df, cand)
 
 
-def _local_pairs(df: Any, guests: Any, x: Any, own_idx: Any, guest_idx: Any, eps: float, dev: Any) -> Any:
-    """The exact check of the candidates in the host block, where border rows carry embeddings."""
+def _local_pairs(df: Any, guests: Any, own_idx: Any, guest_idx: Any, v: Any, eps: float, dev: Any) -> Any:
+    """Results of the pairs checked in the host block (border rows with embeddings)."""
     import torch
-
-    n_g = len(guests)
-    if n_g:
-        xg, _ = backends.embedding_matrix(guests["_emb"], device=dev)
-        if xg.shape[0] != n_g:
-            raise ValueError("the cluster shuffle received rows without an embedding")
-        xg = torch.nn.functional.normalize(xg[guest_idx], dim=1)
-        v = (xg * x[own_idx]).sum(dim=1)
-    else:
-        v = torch.zeros(0, dtype=torch.float32, device=dev)
 
     def col(frame: Any, name: str, dtype: Any) -> Any:
         if len(frame) == 0:
@@ -305,14 +296,33 @@ def _local_pairs(df: Any, guests: Any, x: Any, own_idx: Any, guest_idx: Any, eps
 
 
 def _cross_candidates(
-    df: Any, guests: Any, x: Any, order: Any, eps: float, basis: np.ndarray, block_size: int, dev: Any
-) -> tuple[Any, Any]:
-    """(own row, border row) position pairs of the partition that the sketch bound lets through."""
+    df: Any,
+    guests: Any,
+    x: Any,
+    order: Any,
+    eps: float,
+    basis: np.ndarray,
+    block_size: int,
+    dev: Any,
+    *,
+    exact: bool = False,
+) -> tuple[Any, Any, Any]:
+    """(own row, border row) position pairs of the partition that the sketch bound lets through.
+
+    With ``exact`` (border rows carry ``_emb``): only the pairs whose exact similarity reaches
+    the threshold, with it (:func:`.border.exact_pairs`); otherwise the similarity is None.
+    """
     import torch
 
     empty = torch.zeros(0, dtype=torch.int64, device=dev)
+    none_v = torch.zeros(0, dtype=torch.float32, device=dev) if exact else None
     if len(df) == 0 or len(guests) == 0:
-        return empty, empty
+        return empty, empty, none_v
+    guest_x = None
+    if exact:
+        guest_x, _ = backends.embedding_matrix(guests["_emb"], device=dev)
+        if guest_x.shape[0] != len(guests):
+            raise ValueError("the cluster shuffle received rows without an embedding")
     q = torch.as_tensor(np.asarray(basis, np.float32), device=dev)
     width = q.shape[1] + 1
     g_sk = torch.stack(
@@ -328,7 +338,7 @@ def _cross_candidates(
     o_start = dict(zip(o_values.tolist(), (torch.cumsum(o_counts, 0) - o_counts).tolist()))
     o_size = dict(zip(o_values.tolist(), o_counts.tolist()))
     threshold = border.duplicate_threshold(eps)
-    out_o, out_g = [], []
+    out_o, out_g, out_v = [], [], []
     start = 0
     for c, size in zip(g_values.tolist(), g_counts.tolist()):
         g = g_order[start : start + size]
@@ -336,12 +346,16 @@ def _cross_candidates(
         if c not in o_start:
             continue  # border rows of a cluster no row is nearest to: nothing to compare with
         o = order[o_start[c] : o_start[c] + o_size[c]]
-        gi, oi = border.sketch_candidates(o_sk[o], g_sk[g], threshold, block_size)
+        if guest_x is not None:
+            gi, oi, v = border.exact_pairs(x[o], o_sk[o], guest_x, g, g_sk[g], threshold, block_size)
+            out_v.append(v)
+        else:
+            gi, oi = border.sketch_candidates(o_sk[o], g_sk[g], threshold, block_size)
         out_o.append(o[oi])
         out_g.append(g[gi])
     if not out_o:
-        return empty, empty
-    return torch.cat(out_o), torch.cat(out_g)
+        return empty, empty, none_v
+    return torch.cat(out_o), torch.cat(out_g), (torch.cat(out_v) if exact else None)
 
 
 def verify_candidates(df: Any, candidates: Any, *, eps: float, device: str | None = None) -> Any:

@@ -527,16 +527,41 @@ def _assign_kw(plan: DedupPlan) -> dict[str, Any]:
     return kw
 
 
-def _cluster_shuffle(plan: DedupPlan, frame: Any) -> Any:
+def _cluster_shuffle(plan: DedupPlan, frame: Any, method: str | None = None) -> Any:
     """``frame`` shuffled on ``cluster``: partition ``i`` of every frame shuffled so holds the same clusters.
 
-    Dask's hash partitioning depends only on the ``cluster`` values (int32 in every payload)
-    and the partition count; with a shuffle plan, the ``_part`` column routes explicitly.
+    Dask's hash partitioning depends only on the ``cluster`` values (cast to float64 before
+    hashing, whatever the shuffle method) and the partition count; with a shuffle plan, the
+    ``_part`` column routes explicitly. ``method`` overrides ``plan.shuffle_method``.
     """
+    method = method or plan.shuffle_method
     if plan.shuffle_plan is None:
-        return frame.shuffle(on="cluster", npartitions=plan.npartitions, shuffle_method=plan.shuffle_method)
+        return frame.shuffle(on="cluster", npartitions=plan.npartitions, shuffle_method=method)
     p = plan.shuffle_plan.npartitions
-    return frame.set_index("_part", divisions=[*range(p), p], shuffle_method=plan.shuffle_method)
+    return frame.set_index("_part", divisions=[*range(p), p], shuffle_method=method)
+
+
+def _side_shuffle_method(plan: DedupPlan) -> str | None:
+    """Shuffle method of the border rows' sketches and the candidates.
+
+    Without a distributed client, Dask's default shuffle is on disk (partd), meant for data
+    larger than memory; these payloads are a fraction of the embeddings' (sketches of ``r + 1``
+    values, candidates only where the estimate allows few), so without a memory budget they
+    are shuffled in memory (``"tasks"``). Otherwise: the run's method.
+    """
+    if plan.shuffle_method is not None or plan.max_memory is not None:
+        return plan.shuffle_method
+    import dask
+
+    if dask.config.get("dataframe.shuffle.method", None) is not None:
+        return None
+    try:
+        from distributed import default_client
+
+        default_client()
+    except (ImportError, ValueError):
+        return "tasks"
+    return None
 
 
 def border_results(plan: DedupPlan) -> Any:
@@ -570,7 +595,8 @@ def border_results(plan: DedupPlan) -> Any:
     own = dd.from_delayed([s[0] for s in split], meta=own_meta, verify_meta=False)
     guests = dd.from_delayed([s[1] for s in split], meta=guest_meta, verify_meta=False)
     own_c = _cluster_shuffle(plan, own)
-    guests_c = _cluster_shuffle(plan, guests)
+    side = _side_shuffle_method(plan)
+    guests_c = _cluster_shuffle(plan, guests, side)
     step: dict[str, Any] = dict(
         device=plan.device, block_size=plan.block_size, eps=plan.eps, max_memory=plan.max_memory
     )
@@ -586,7 +612,8 @@ def border_results(plan: DedupPlan) -> Any:
     within = dd.from_delayed([b[0] for b in blocks], meta=res_meta, verify_meta=False)
     if plan.border_embeddings:  # border rows came whole: the blocks checked their pairs
         return dd.concat([within, dd.from_delayed([b[1] for b in blocks], meta=res_meta, verify_meta=False)])
-    cands = _cluster_shuffle(plan, dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False))
+    cands = dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False)
+    cands = _cluster_shuffle(plan, cands, side)
     verify_task = dask.delayed(pairwise.verify_candidates, pure=True)
     verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed())]
     cross = dd.from_delayed(verified, meta=res_meta, verify_meta=False)
