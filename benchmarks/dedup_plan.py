@@ -4,7 +4,9 @@ A synthetic set (``dedup_phash.synthetic``: procedural JPEGs of ``--sides`` px, 
 re-encoded, a resized and two cropped copies) plus 2 % byte-identical copies, with CLIP-like embeddings
 (``dedup_data.ClipLike``) in which every copy sits at cosine 0.995 of its original. The pHash
 column is precomputed (as ``embed --phash`` would); the plan and semantic alone run on Dask's
-threaded scheduler (2 threads), alternately, ``--repeats`` times (the minimum counts).
+threaded scheduler (2 threads), alternately, ``--repeats`` times (the minimum counts). Also
+pHash recall per copy kind and precision over all pairs at the plan's k (``dedup_phash.score``,
+brute force over the synthetic copies before the byte copies are planted).
 
 Usage::
 
@@ -34,6 +36,8 @@ def build(rows: int, seed: int = 0, sides: tuple[int, int] = (64, 128), processe
 
     built = synthetic(rows, seed, sides=sides, processes=processes, keep=True)
     blobs, source, kind, h = built["blobs"], built["source"], built["kind"], built["phash"]
+    # the synthetic copies as generated, before the byte copies below overwrite some rows
+    truth = (np.array(h, copy=True), np.array(source, copy=True), list(kind))
     rng = np.random.default_rng(seed)
     dup = rng.choice(len(blobs), int(0.02 * len(blobs)), replace=False)
     src = rng.integers(0, len(blobs), len(dup))
@@ -56,7 +60,7 @@ def build(rows: int, seed: int = 0, sides: tuple[int, int] = (64, 128), processe
             ),
         }
     )
-    return df
+    return df, truth
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     load = os.getloadavg()
     t0 = time.perf_counter()
-    df = build(a.rows, sides=tuple(a.sides), processes=a.processes)
+    df, truth = build(a.rows, sides=tuple(a.sides), processes=a.processes)
     build_s = time.perf_counter() - t0
     ddf = dd.from_pandas(df, npartitions=4, sort=False)
     kw = dict(id_column="id", k=6, eps=0.01, n_clusters=max(2, int(np.sqrt(len(df) / 2))), seed=0)
@@ -99,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
         "all_seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
         "steps": summaries,
     }
+    from dedup_phash import score
+
+    # pHash recall per copy kind and precision over all pairs at the plan's k (brute force)
+    rec["phash_at_k"] = [r for r in score(*truth) if r["k"] == kw["k"]]
     print(json.dumps(rec, indent=1))
     out = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
