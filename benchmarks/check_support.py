@@ -48,10 +48,11 @@ class Report:
     (None: not measured). A figure that was not measured is null, never estimated.
     """
 
-    def __init__(self, path: Path, total_budget: float) -> None:
+    def __init__(self, path: Path, total_budget: float, budget_scale: float = 1.0) -> None:
         self.path = path
         self.started = time.monotonic()
         self.total_budget = total_budget
+        self.budget_scale = budget_scale  # every step's budget times this (a loaded machine's dry run)
         self.data: dict[str, Any] = {"device": None, "steps": {}, "checks": {}}
         self._lock = threading.Lock()
 
@@ -81,6 +82,7 @@ class Report:
     @contextlib.contextmanager
     def step(self, name: str, budget: float, minimum: float = 5.0) -> Iterator[dict[str, Any] | None]:
         """A step with its own time budget; yields its record, or None when no time is left."""
+        budget *= self.budget_scale
         record: dict[str, Any] = {"status": "running", "budget_s": round(budget, 1)}
         self.data["steps"][name] = record
         budget = min(budget, self.left())

@@ -686,6 +686,12 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the JSON (default benchmarks/results; on a device loan: $OUT, which comes back)",
     )
     parser.add_argument("--budget", type=float, default=None, help="total seconds (default 450; dry run 120)")
+    parser.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="multiply every step's budget (the CPU dry run of the test suite, on a busy machine)",
+    )
     parser.add_argument("--skip-pytest", action="store_true")
     args = parser.parse_args(argv)
     if str(ROOT) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):  # workers import this module
@@ -697,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     total = args.budget or (120.0 if dry else 450.0)
     device = "cpu" if dry else "cuda"
     date = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    report = Report(args.out / f"gpu-{'cpu-dryrun' if dry else 'pending'}-{date}.json", total)
+    report = Report(args.out / f"gpu-{'cpu-dryrun' if dry else 'pending'}-{date}.json", total, args.budget_scale)
     report.data.update(date=date, dry_run=dry, command=" ".join(sys.argv))
     if not args.dry_run and dry:
         report.data["note"] = "no CUDA device: ran as --dry-run"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -234,7 +235,7 @@ def test_dedup_command_flags_the_planted_copy(embedded, tmp_path, client):
 
 
 @pytest.mark.slow
-def test_demo_with_random_weights_finds_the_planted_duplicates(tmp_path):
+def test_demo_with_random_weights_finds_the_planted_duplicates_with_each_step_of_the_plan(tmp_path):
     proc = subprocess.run(  # through the console script, as the README says
         [str(BIN / "dask-clip"), "demo", "--random-weights", "--output", str(tmp_path / "demo"), *LOCAL],
         capture_output=True,
@@ -253,6 +254,22 @@ def test_demo_with_random_weights_finds_the_planted_duplicates(tmp_path):
 
     sheet = Image.open(tmp_path / "demo" / "duplicates.png")  # the pairs, as pictures
     assert sheet.width > 300 and sheet.height > 8 * 160
+    # the exact -> phash -> semantic plan, from its per-step lines
+    step_line = re.compile(r"^\s+(\w+)\s+(\d+) rows in, (\d+) flagged in [\d.]+s; planted copies caught: (\d+)$")
+    steps = {m[1]: [int(v) for v in m.groups()[1:]] for m in map(step_line.match, proc.stdout.splitlines()) if m}
+    assert list(steps) == ["exact", "phash", "semantic"], proc.stdout
+    (exact_in, exact_dups, exact_caught), (phash_in, phash_dups, phash_caught), (semantic_in, _, semantic_caught) = (
+        steps.values()
+    )
+    # each step sees only what the earlier ones kept, and together they catch the planted copies
+    assert phash_in == exact_in - exact_dups and semantic_in == phash_in - phash_dups
+    assert phash_caught > 0
+    assert caught - 2 <= exact_caught + phash_caught + semantic_caught <= planted
+    assert f"planted copies caught by the plan: {exact_caught + phash_caught + semantic_caught} of 36" in proc.stdout
+    embedded = pd.read_parquet(tmp_path / "demo" / "embeddings", dtype_backend="pyarrow")
+    assert embedded["phash"].notna().sum() == 319 - 3  # hashed in the embedding's decode; 3 broken files
+    sheet = Image.open(tmp_path / "demo" / "duplicates-steps.png")
+    assert sheet.width > 300 and sheet.height > 3 * 160
 
 
 def test_demo_without_weights_says_what_to_do(capsys):

@@ -179,7 +179,10 @@ def test_gpu_check_dry_run_writes_measured_json(tmp_path, monkeypatch):
     """The GPU check's plumbing on CPU: tiny model, few images, LocalCluster."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     module = _gpu_check()
-    assert module.main(["--dry-run", "--skip-pytest", "--out", str(tmp_path), "--budget", "110"]) == 0
+    # Budgets stretched: the steps' own budgets are for a GPU machine, and this is a test of the
+    # plumbing, not of time (it failed once with the machine at load 11: determinism took 22 s).
+    args = ["--dry-run", "--skip-pytest", "--out", str(tmp_path), "--budget", "240", "--budget-scale", "6"]
+    assert module.main(args) == 0
     (path,) = tmp_path.glob("gpu-*.json")
     data = json.loads(path.read_text())
     assert data["device"] == "cpu" and data["dry_run"] is True
