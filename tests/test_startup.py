@@ -109,9 +109,9 @@ def _embed_on(cluster, model_dir: str, frame: pd.DataFrame) -> tuple[np.ndarray,
 
 @pytest.mark.slow  # two clusters of its own
 def test_forked_workers_embed_bit_for_bit_like_spawned_ones(model_dir, photo_jpegs):
-    from dask_clip import local_cluster
-
     import pyarrow as pa
+
+    from dask_clip import local_cluster
 
     frame = pd.DataFrame({"jpg": pd.array(photo_jpegs * 2, dtype=pd.ArrowDtype(pa.binary()))})
     options = {"kind": "cpu", "n_workers": 1, "dashboard_address": None}
