@@ -20,7 +20,9 @@ public functions. See ``docs/cli.md``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import gc
 import importlib
 import logging
 import sys
@@ -79,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Every failure ends in one line on stderr, ``dask-clip CMD: error: <what> — <what to do>``
     (:func:`~dask_clip.cli.failures.explain`); ``-v`` prints the traceback too.
     """
+    if argv is None:  # this process is the command: no collection of its objects at exit
+        # (finalising pandas, pyarrow and distributed otherwise takes 0.6-0.7 s on 2 cores)
+        atexit.register(gc.freeze)  # registered first, so it runs last
     from .failures import explain
     from .options import say
 

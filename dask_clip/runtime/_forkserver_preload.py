@@ -7,6 +7,7 @@ Nothing here may start a thread pool or touch CUDA: the server forks every worke
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -52,6 +53,9 @@ def _preload() -> None:
                 import_open_clip(needs=())
         except Exception as err:  # a worker imports it again and reports the problem there
             print(f"dask_clip fork server: importing {name} failed: {err!r}", file=sys.stderr)
+    # What Python's gc docs advise before forking: the workers' collections then never walk the
+    # imported modules' objects (nor write to their pages, which stay shared).
+    gc.freeze()
 
 
 _preload()
