@@ -140,7 +140,7 @@ def _processes_marked(marker: str) -> list[str]:
 
 
 @pytest.mark.slow  # the CLI as users run it, twice
-def test_the_cli_forks_its_workers_and_leaves_no_process_behind(tmp_path, model_dir):
+def test_the_cli_with_forked_workers_writes_what_spawned_ones_write_and_leaves_no_process(tmp_path, model_dir):
     shards = write_image_parquet(tmp_path / "shards", 2, 3)
     args = ["embed", str(shards), "--model-dir", model_dir, "--n-workers", "1", "--dashboard-address", "none"]
     outputs = {}
