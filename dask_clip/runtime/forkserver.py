@@ -17,7 +17,7 @@ its nanny has set its ``CUDA_VISIBLE_DEVICES``), and it sets the nanny's
 numeric libraries, as the nanny does before a spawn, so OpenBLAS starts no threads there.
 The workers then set torch's threads as before (:class:`~dask_clip.worker_setup.WorkerSetup`).
 
-``dask_clip.local-cluster.forkserver: false`` in Dask's config (``DASK_CLIP__LOCAL_CLUSTER__FORKSERVER=false``)
+``dask_clip.local-cluster.forkserver: false`` in Dask's config (or ``DASK_CLIP__LOCAL_CLUSTER__FORKSERVER=false``)
 turns this off: workers are spawned as distributed does by default. Clusters the CLI does not
 start (``--scheduler-file``, ``--scheduler-address``) are not touched.
 """
@@ -46,7 +46,7 @@ CONFIG_KEY = "local-cluster.forkserver"
 NANNY_HASH_SEED = "6640"
 #: the module the fork server imports; importing it imports :data:`WORKER_MODULES`
 PRELOAD_MODULE = "dask_clip.runtime._forkserver_preload"
-#: what a worker imports to embed, in order (distributed first: it sets the pre-spawn environment)
+#: what a worker imports to embed, in order (after the pre-spawn environment is set)
 WORKER_MODULES = (
     "distributed",
     "torch",
@@ -62,10 +62,13 @@ WORKER_MODULES = (
 
 
 def forkserver_enabled() -> bool:
-    """``dask_clip.local-cluster.forkserver`` is on, and this platform has a fork server."""
+    """``dask_clip.local-cluster.forkserver`` is on, on Linux (macOS's system libraries are not
+    safe to use after a fork without exec, which is why Python spawns there)."""
+    import sys
+
     from .. import config
 
-    return bool(config.get(CONFIG_KEY)) and "forkserver" in multiprocessing.get_all_start_methods()
+    return bool(config.get(CONFIG_KEY)) and sys.platform.startswith("linux")
 
 
 def start_forkserver() -> bool:
