@@ -318,7 +318,12 @@ def test_a_worker_killed_mid_task_is_one_line_and_a_rerun_resumes(tmp_path, mode
         )
     try:
         _wait_for_parts(out, 2, cli)
-        workers = [p for p in psutil.Process(cli.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+        # spawned by a nanny, or forked by the fork server of dask_clip.runtime.forkserver
+        workers = [
+            p
+            for p in psutil.Process(cli.pid).children(recursive=True)
+            if "spawn_main" in " ".join(p.cmdline()) or "forkserver" in " ".join(p.parent().cmdline())
+        ]
         assert workers
         for p in workers:
             p.kill()  # the worker process, mid-task; the nanny (in the CLI process) restarts it

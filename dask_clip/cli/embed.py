@@ -178,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
         # A few stat calls: a folder that cannot load (a FIFO as its weights, a config asking for
         # remote code) is refused before a cluster starts for it.
         embedder.spec.resolve_model_dir()
+    elif not (args.scheduler_file or args.scheduler_address):
+        from ..models.hub import check_hub_model_available
+
+        # The local workers share this machine's hub cache and network: an hf-hub: model that
+        # they could not fetch is refused here, before a cluster starts for it.
+        check_hub_model_available(embedder.spec)
 
     def prepare() -> Any:
         return prepare_embed(

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..errors import ModelLoadError
 from .families.base import check_no_remote_code
 
-__all__ = ["check_hub_config", "refuse_remote_code"]
+__all__ = ["check_hub_config", "check_hub_model_available", "refuse_remote_code"]
 
 
 def _unreadable(what: str, err: Exception) -> ModelLoadError:
@@ -102,7 +102,8 @@ def _check_hub_reachable(repo: str, what: str) -> None:
     be reached (instead of after huggingface_hub's minute of retries)."""
     from huggingface_hub import try_to_load_from_cache
 
-    if any(isinstance(try_to_load_from_cache(repo, name), str) for name in _OPEN_CLIP_FILES[1:]):
+    cache = _cache_dir()
+    if any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str) for name in _OPEN_CLIP_FILES[1:]):
         return  # cached weights: open_clip loads them (huggingface_hub falls back to the cache)
     reason = _hub_unreachable()
     if reason is not None:
@@ -111,6 +112,18 @@ def _check_hub_reachable(repo: str, what: str) -> None:
             f"machine with network access (`huggingface-cli download {repo} --local-dir DIR`), copy DIR here "
             "and pass model_dir=DIR (CLI: --model-dir DIR)"
         )
+
+
+def check_hub_model_available(spec: object) -> None:
+    """For an ``hf-hub:`` model (``spec.hub_id``): raise :class:`~dask_clip.errors.ModelLoadError`
+    now when its weights are neither in the local hub cache nor downloadable (offline, or the hub
+    unreachable). For a caller on the workers' machine (a local cluster's client): it then fails
+    in a second instead of after starting a cluster whose workers fail the same way. A no-op for
+    other models. No torch import.
+    """
+    repo = getattr(spec, "hub_id", None)
+    if repo is not None:
+        _check_hub_reachable(repo, repr(getattr(spec, "model", repo)))
 
 
 def check_hub_config(hub_id: str) -> None:

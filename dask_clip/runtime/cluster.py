@@ -15,9 +15,11 @@ Nothing here touches a GPU at import time.
 from __future__ import annotations
 
 import contextlib
+import glob
 import importlib.util
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -39,6 +41,7 @@ __all__ = [
     "cuda_context_exists",
     "gpu_count",
     "local_cluster",
+    "no_gpu_device_files",
     "plan_local_cluster",
     "stop_workers_now",
     "threads_per_gpu_worker",
@@ -76,12 +79,27 @@ def has_dask_cuda() -> bool:
     return dask_cuda_problem() is None
 
 
+def no_gpu_device_files() -> bool:
+    """True where no GPU can be visible to CUDA, seen without importing anything: Linux without
+    the device files of NVIDIA's driver (``/dev/nvidia0``...), WSL's (``/dev/dxg``) or ROCm's
+    (``/dev/kfd``), or macOS. Elsewhere (Windows) False: only torch can tell."""
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):
+        return not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg") or os.path.exists("/dev/kfd"))
+    return False
+
+
 def gpu_count() -> int:
     """GPUs visible to this process (``CUDA_VISIBLE_DEVICES`` honoured), without a CUDA context.
 
-    dask-cuda counts through NVML; otherwise torch's device count, which initialises the
-    driver but creates no context.
+    0 at once where the machine has no GPU device files (:func:`no_gpu_device_files`): counting
+    through torch would import it (2.5-6 s on 2 cores), in the process that starts the local
+    cluster, before any worker starts. Otherwise dask-cuda counts through NVML, or torch's device
+    count, which initialises the driver but creates no context.
     """
+    if no_gpu_device_files():
+        return 0
     if has_dask_cuda():
         try:
             from dask_cuda.utils import get_n_gpus
