@@ -70,14 +70,12 @@ import numpy as np
 
 __all__ = [
     "CANDIDATES_PER_BORDER_ROW",
-    "ESTIMATE_ROWS_PER_CENTROID",
     "LABEL_BLOCK_ENTRIES",
     "MARGIN_CHUNK",
     "MARGIN_SLACK",
     "RESIDUAL_SLACK",
     "SKETCH_PREFIX",
     "SKETCH_SLACK",
-    "candidates_per_border_row",
     "duplicate_threshold",
     "exact_pairs",
     "half_margins",
@@ -437,70 +435,8 @@ def exact_pairs(
 # this per border row: a candidate carries one embedding, as a border row shipped whole would.
 CANDIDATES_PER_BORDER_ROW = 0.5
 
-# Sampled rows per centroid for that estimate when the centroids are given (no k-means sample).
-ESTIMATE_ROWS_PER_CENTROID = 16
-
-# Held-out rows whose border rows the estimate of :func:`candidates_per_border_row` tests.
-ESTIMATE_ROWS = 1024
-
-
-def candidates_per_border_row(
-    rows: np.ndarray,
-    own_rows: np.ndarray,
-    centroids: np.ndarray,
-    scale: float,
-    basis: np.ndarray,
-    threshold: float,
-    *,
-    own_weight: float,
-    max_rows: int = ESTIMATE_ROWS,
-) -> float:
-    """Estimated candidate pairs (:func:`sketch_candidates`) per border row, from a sample.
-
-    The border rows of up to ``max_rows`` of ``rows`` are tested against the rows of
-    ``own_rows`` nearest to each host cluster; each pass counts ``own_weight`` times (the input
-    rows one row of ``own_rows`` stands for).
-
-    Parameters
-    ----------
-    rows
-        float32 ``(m, d)``: rows whose border rows are tested (held-out sample rows).
-    own_rows
-        float32 ``(n, d)``: rows standing for the clusters' own rows (the training sample).
-    centroids, scale, basis, threshold
-        As in the run: unit centroids ``(k, d)``, :func:`margin_scale`, :func:`sketch_basis`,
-        :func:`duplicate_threshold`.
-    own_weight
-        Input rows per row of ``own_rows``.
-    """
-    import torch
-
-    from .assign import nearest_centroid, nearest_centroid_and_border
-
-    c = torch.as_tensor(np.asarray(centroids, np.float32))
-    q = torch.as_tensor(np.asarray(basis, np.float32))
-    x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(rows[:max_rows], np.float32)), dim=1)
-    o = torch.nn.functional.normalize(torch.as_tensor(np.asarray(own_rows, np.float32)), dim=1)
-    _, _, (r, h, _) = nearest_centroid_and_border(x, c, scale)
-    if r.numel() == 0 or o.shape[0] == 0:
-        return 0.0
-    labels, _ = nearest_centroid(o, c)
-    by_label = torch.argsort(labels.to(torch.int64), stable=True)
-    bounds = torch.searchsorted(labels.to(torch.int64)[by_label], torch.arange(c.shape[0] + 1)).tolist()
-    sx, so = sketch(x, q), sketch(o, q)
-    by_host = torch.argsort(h, stable=True)
-    hosts, counts = torch.unique_consecutive(h[by_host], return_counts=True)
-    passed, start = 0, 0
-    for host, size in zip(hosts.tolist(), counts.tolist()):
-        g = r[by_host[start : start + size]]
-        start += size
-        own = by_label[bounds[host] : bounds[host + 1]]
-        if own.numel():
-            passed += int((sx[g] @ so[own].T >= threshold - SKETCH_SLACK).sum())
-    return passed * own_weight / r.numel()
-
 
 def sketch_pays_off(estimate: float) -> bool:
     """Ship border rows as sketches (True) or with their embeddings (False), from the estimate
-    of :func:`candidates_per_border_row`: both ways are exact, they differ in bytes moved."""
+    of :func:`.border_estimate.candidates_per_border_row`: both ways are exact, they differ in bytes moved."""
     return estimate <= CANDIDATES_PER_BORDER_ROW

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from .. import backends
 from ..validation import KEEP_RULES, SHUFFLE_METHODS, check_choice, check_eps, check_int, check_memory, with_settings
-from . import _frame, _join, assign, border, budget, kmeans, pairwise
+from . import _frame, _join, assign, border, border_estimate, budget, kmeans, pairwise
 
 __all__ = ["DEFAULT_BORDER_MARGIN", "OUTPUT_COLUMNS", "DedupConfig", "dedup_config", "is_duplicate", "semantic_dedup"]
 
@@ -339,7 +339,7 @@ def prepare(
             )
         if plan.border_scale is not None and plan.sketch_basis is not None:
             # sketches only where the sketch bound prunes: else the candidates would outweigh them
-            cands = border.candidates_per_border_row(
+            cands = border_estimate.candidates_per_border_row(
                 sample.held_out if sample.held_out.shape[0] else sample.x,
                 sample.x,
                 centroids,
@@ -374,7 +374,7 @@ def prepare(
 
 
 def first_partition_estimate(plan: DedupPlan) -> float:
-    """:func:`.border.candidates_per_border_row` on the first partition (no k-means sample drawn).
+    """:func:`.border_estimate.candidates_per_border_row` on the first partition (no k-means sample drawn).
 
     One partition's embedding column is read: a cheap look at the data when the centroids
     are given. The estimate only chooses how border rows travel; either way is exact.
@@ -383,16 +383,17 @@ def first_partition_estimate(plan: DedupPlan) -> float:
     part = ddf.partitions[0][[plan.embedding_column]].compute()
     k = plan.centroids.shape[0]
     rng = np.random.default_rng(plan.seed)
-    pick = np.sort(rng.permutation(len(part))[: border.ESTIMATE_ROWS + border.ESTIMATE_ROWS_PER_CENTROID * k])
+    wanted = border_estimate.ESTIMATE_ROWS + border_estimate.ESTIMATE_ROWS_PER_CENTROID * k
+    pick = np.sort(rng.permutation(len(part))[:wanted])
     x, _ = backends.embedding_matrix(backends.take_rows(part, pick)[plan.embedding_column], device="cpu")
     if x.shape[0] == 0 or x.shape[1] != plan.centroids.shape[1]:
         return 0.0
     if plan.border_scale is None or plan.sketch_basis is None:
         return 0.0
     x = x.numpy()[rng.permutation(x.shape[0])]
-    own = x[border.ESTIMATE_ROWS :] if x.shape[0] > 2 * border.ESTIMATE_ROWS else x
-    estimate = border.candidates_per_border_row(
-        x[: border.ESTIMATE_ROWS],
+    own = x[border_estimate.ESTIMATE_ROWS :] if x.shape[0] > 2 * border_estimate.ESTIMATE_ROWS else x
+    estimate = border_estimate.candidates_per_border_row(
+        x[: border_estimate.ESTIMATE_ROWS],
         own,
         plan.centroids,
         plan.border_scale,
@@ -587,7 +588,7 @@ def border_results(plan: DedupPlan) -> Any:
     c_key = dask.delayed(centroids, traverse=False)
     b_key = dask.delayed(basis, traverse=False)
     p_key = None if parts is None else dask.delayed(parts, traverse=False)
-    assign_task = dask.delayed(assign.assign_border_partition, nout=2, pure=True)
+    assign_task = _named_task("semdedup_assign", assign.assign_border_partition, nout=2)
     split = [
         assign_task(part, c_key, number=i, sketch_basis=b_key, cluster_parts=p_key, **kw)
         for i, part in enumerate(ddf.to_delayed())
@@ -603,7 +604,7 @@ def border_results(plan: DedupPlan) -> Any:
     res_meta, cand_meta = pairwise.border_block(
         own_c._meta, guests_c._meta, sketch_basis=basis, cluster_parts=parts, **step
     )
-    block_task = dask.delayed(pairwise.border_block, nout=2, pure=True)
+    block_task = _named_task("semdedup_border_block", pairwise.border_block, nout=2)
     own_parts = own_c.to_delayed()
     blocks = [
         block_task(o, g, sketch_basis=b_key, cluster_parts=p_key, **step)
@@ -614,10 +615,24 @@ def border_results(plan: DedupPlan) -> Any:
         return dd.concat([within, dd.from_delayed([b[1] for b in blocks], meta=res_meta, verify_meta=False)])
     cands = dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False)
     cands = _cluster_shuffle(plan, cands, side)
-    verify_task = dask.delayed(pairwise.verify_candidates, pure=True)
+    verify_task = _named_task("semdedup_verify", pairwise.verify_candidates)
     verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed())]
     cross = dd.from_delayed(verified, meta=res_meta, verify_meta=False)
     return dd.concat([within, cross])
+
+
+def _named_task(name: str, func: Any, nout: int | None = None) -> Any:
+    """``dask.delayed(func, pure=True)`` whose calls are keyed ``name-<token>``: the name the
+    dashboard shows for the task, as ``map_partitions(token=...)`` gives the plain path's."""
+    import dask
+    from dask.base import tokenize
+
+    task = dask.delayed(func, nout=nout, pure=True)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return task(*args, dask_key_name=f"{name}-{tokenize(func, *args, **kwargs)}", **kwargs)
+
+    return call
 
 
 def attach_results(plan: DedupPlan, routed: Any) -> Any:
