@@ -18,6 +18,7 @@ import torch
 from ..errors import ModelLoadError
 from ..image.preprocess import PreprocessConfig
 from .families._transformers_files import transformers_image_config
+from .spec import require_transformers
 
 __all__ = ["TransformersCLIP", "load_transformers_clip", "preprocess_config"]
 
@@ -97,12 +98,9 @@ def load_transformers_clip(folder: str | Path) -> TransformersCLIP:
     ModelLoadError
         transformers could not read the folder.
     """
-    try:
-        from transformers import CLIPModel
-    except ImportError as err:
-        raise ImportError(
-            f"a transformers CLIP folder needs transformers ({err}): pip install 'dask-clip[hf]'"
-        ) from err
+    require_transformers()
+    from transformers import CLIPModel
+
     preprocess = preprocess_config(folder)
     try:
         # float32 whatever the checkpoint's dtype (transformers 5 loads it as stored by default).

@@ -10,6 +10,7 @@ import torch
 from ...errors import ModelLoadError
 from ...image.preprocess import PreprocessConfig
 from ..hf import TransformersCLIP
+from ..spec import require_package
 from ._transformers_files import ImageConfig
 
 __all__ = ["TransformersSiglip", "load_transformers_siglip"]
@@ -46,12 +47,9 @@ def load_transformers_siglip(folder: str | Path, image: ImageConfig) -> Transfor
     ModelLoadError
         transformers could not read the folder.
     """
-    try:
-        from transformers import SiglipModel
-    except ImportError as err:
-        raise ImportError(
-            f"a transformers SigLIP folder needs transformers ({err}): pip install 'dask-clip[hf]'"
-        ) from err
+    require_package("transformers", "dask-clip[hf]", what="transformers SigLIP")
+    from transformers import SiglipModel
+
     preprocess = PreprocessConfig(
         size=image.size,
         mean=image.mean,
