@@ -81,6 +81,11 @@ def test_the_fork_server_imports_without_threads_or_cuda():
         "driver = any(line.rstrip().endswith(('/libcuda.so.1', '/libcuda.so')) for line in open('/proc/self/maps'))\n"
         "print(sorted(tasks), torch.cuda.is_initialized(), driver, os.environ['OMP_NUM_THREADS'],\n"
         "      [m for m in ('torch', 'torchvision', 'open_clip', 'distributed', 'transformers', 'timm') if m in sys.modules])\n"
+        # no TorchDynamo (dask_clip.runtime.torchvision_import); roi_align's helper imports it when called
+        "print('dynamo', 'torch._dynamo' in sys.modules)\n"
+        "helper = sys.modules['torchvision.ops.roi_align'].is_compile_supported\n"
+        "from torch._dynamo.utils import is_compile_supported\n"
+        "print('helper', [helper(d) == is_compile_supported(d) for d in ('cpu', 'cuda', 'mps')], hasattr(torch._dynamo, 'reset'))\n"
     )
     env = {k: v for k, v in subprocess_env().items() if not k.endswith("_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -91,6 +96,8 @@ def test_the_fork_server_imports_without_threads_or_cuda():
     # no CUDA context, no driver loaded; the nanny's pre-spawn environment (OpenMP on 1 thread)
     assert rest.split()[:3] == ["False", "False", "1"], out.stdout
     assert "'torch', 'torchvision', 'open_clip', 'distributed']" in rest, out.stdout  # no transformers, no timm
+    assert "dynamo False" in out.stdout, out.stdout
+    assert "helper [True, True, True] True" in out.stdout, out.stdout  # and then the real Dynamo
 
 
 def _embed_on(cluster, model_dir: str, frame: pd.DataFrame) -> tuple[np.ndarray, int]:
@@ -104,6 +111,8 @@ def _embed_on(cluster, model_dir: str, frame: pd.DataFrame) -> tuple[np.ndarray,
     with Client(cluster) as client:
         parent = next(iter(client.run(os.getppid).values()))
         got = ImageEmbedder(model_dir=model_dir, image_column="jpg")(dd.from_pandas(frame, npartitions=2)).compute()
+        # nothing on the embedding path imports TorchDynamo (2 s of each worker's start)
+        assert not any(client.run(lambda: "torch._dynamo" in sys.modules).values())
     return embeddings_to_numpy(got["embedding"]), parent
 
 

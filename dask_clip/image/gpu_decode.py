@@ -293,6 +293,9 @@ def check_device_decode(device: torch.device) -> None:
     if device in _CHECKED:
         return
     try:
+        from ..runtime.torchvision_import import import_torchvision
+
+        import_torchvision()  # without TorchDynamo where nothing imported torchvision yet
         import torchvision.io
 
         if not hasattr(torchvision.io, "decode_jpeg"):

@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
+
+from ..runtime.torchvision_import import import_torchvision
+
+import_torchvision()  # first: without TorchDynamo, which torchvision imports for nothing a CLIP model runs
+from torchvision.transforms import InterpolationMode  # noqa: E402
+from torchvision.transforms.v2 import functional as F  # noqa: E402
 
 __all__ = [
     "PreprocessConfig",

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["OPTIONAL", "folder_needs", "import_open_clip"]
+__all__ = ["OPTIONAL", "folder_needs", "import_open_clip", "open_clip_module"]
 
 #: package -> (open_clip module that imports it, the class open_clip.model builds from it)
 OPTIONAL = {
@@ -57,6 +57,9 @@ def import_open_clip(needs: Collection[str] = tuple(OPTIONAL)) -> ModuleType:
     back (its open_clip module imported again) if it is installed."""
     with _LOCK:
         if "open_clip" not in sys.modules:
+            from ..runtime.torchvision_import import import_torchvision
+
+            import_torchvision()  # which open_clip imports: without TorchDynamo
             hidden = [name for name in OPTIONAL if name not in needs and name not in sys.modules]
             for name in hidden:
                 sys.modules[name] = None  # type: ignore[assignment]  # the import fails: open_clip skips it
@@ -76,3 +79,16 @@ def import_open_clip(needs: Collection[str] = tuple(OPTIONAL)) -> ModuleType:
                 reloaded = importlib.reload(module)  # type: ignore[arg-type]
                 setattr(open_clip.model, cls, getattr(reloaded, cls))  # what the tower builders call
         return open_clip
+
+
+def open_clip_module() -> ModuleType:
+    """open_clip as this process has it, for callers that need no particular tower: imported
+    now where it is not yet, in full, with torchvision first imported without TorchDynamo
+    (:mod:`dask_clip.runtime.torchvision_import`)."""
+    if "open_clip" not in sys.modules:
+        from ..runtime.torchvision_import import import_torchvision
+
+        import_torchvision()
+    import open_clip
+
+    return open_clip

@@ -53,8 +53,11 @@ def write_model_dir(
     Path
         ``folder``.
     """
-    import open_clip
     import torch
+
+    from .open_clip_import import open_clip_module
+
+    open_clip = open_clip_module()
     from open_clip.factory import CLIP
 
     folder = Path(folder)

@@ -50,19 +50,44 @@ def _register_buffer(self: torch.nn.Module, name: str, tensor: torch.Tensor | No
         _STATE.kept.append((self, name, tensor))
 
 
+#: torch.nn.init's in-place initialisers, as modules and open_clip call them (``init.normal_(w)``)
+_INIT_FUNCTIONS = {
+    name: getattr(torch.nn.init, name)
+    for name in dir(torch.nn.init)
+    if name.endswith("_") and not name.startswith("_") and callable(getattr(torch.nn.init, name))
+}
+
+
+def _skipping_meta(original: Any) -> Any:
+    @functools.wraps(original)
+    def init(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_STATE, "active", False) and isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            return tensor
+        return original(tensor, *args, **kwargs)
+
+    return init
+
+
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[list[tuple[torch.nn.Module, str, torch.Tensor]]]:
-    """Modules built by this thread inside the block get ``meta`` parameters; yields the list
-    of (module, name, tensor) of the non-persistent buffers they registered (real tensors)."""
+    """Modules built by this thread inside the block get ``meta`` parameters, and
+    ``torch.nn.init``'s initialisers skip them (as transformers' ``no_init_weights`` does: on
+    ``meta`` they would only go through torch's Python reference kernels, which import
+    TorchDynamo, 2 s, to run nothing); yields the list of (module, name, tensor) of the
+    non-persistent buffers they registered (real tensors)."""
     with _PATCH_LOCK:
         _STATE.active, _STATE.kept = True, []
         torch.nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign]
         torch.nn.Module.register_buffer = _register_buffer  # type: ignore[method-assign]
+        for name, original in _INIT_FUNCTIONS.items():
+            setattr(torch.nn.init, name, _skipping_meta(original))
         try:
             yield _STATE.kept
         finally:
             torch.nn.Module.register_parameter = _ORIGINAL_REGISTER_PARAMETER  # type: ignore[method-assign]
             torch.nn.Module.register_buffer = _ORIGINAL_REGISTER_BUFFER  # type: ignore[method-assign]
+            for name, original in _INIT_FUNCTIONS.items():
+                setattr(torch.nn.init, name, original)
             _STATE.active, _STATE.kept = False, []
 
 
@@ -118,8 +143,9 @@ def create_assigned(name: str, checkpoint: str | Path, **create_kwargs: Any) -> 
         What open_clip raises for a bad config or checkpoint (a size mismatch, a missing key,
         a corrupt safetensors file).
     """
-    import open_clip
+    from .open_clip_import import open_clip_module
 
+    open_clip = open_clip_module()
     quiet = _DropRandomInitWarning()
     logging.getLogger().addFilter(quiet)
     try:

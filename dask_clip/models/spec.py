@@ -86,7 +86,9 @@ class ModelSpec:
                     "architecture name such as 'ViT-B-32'"
                 )
             return
-        import open_clip  # lazily: importing open_clip pulls in timm and friends
+        from .open_clip_import import open_clip_module
+
+        open_clip = open_clip_module()  # lazily: importing open_clip pulls in timm and friends
 
         if self.model not in open_clip.list_models():
             close = [m for m in open_clip.list_models() if self.model.lower()[:5] in m.lower()]
@@ -137,9 +139,9 @@ class ModelSpec:
                 return None
         if self.hub_id is not None:
             return _cached_hub_config(self.hub_id)
-        import open_clip
+        from .open_clip_import import open_clip_module
 
-        return open_clip.get_model_config(self.model)
+        return open_clip_module().get_model_config(self.model)
 
     def embed_dim(self) -> int | None:
         """Width D of the embeddings, from the model's config (None if it cannot be known here:

@@ -44,13 +44,16 @@ def _preload() -> None:
         print(f"dask_clip fork server: reading distributed's pre-spawn environment failed: {err!r}", file=sys.stderr)
     for name in WORKER_MODULES:
         try:
-            importlib.import_module(name)
-            if name == "torchvision":
-                # open_clip too, with transformers and timm hidden where the model needs neither
-                # (a worker whose model needs them imports them then: import_open_clip)
-                from ..models.open_clip_import import import_open_clip
+            if name != "torchvision":
+                importlib.import_module(name)
+                continue
+            # without TorchDynamo, then open_clip, with transformers and timm hidden where the
+            # model needs neither (a worker whose model needs them imports them then)
+            from ..models.open_clip_import import import_open_clip
+            from .torchvision_import import import_torchvision
 
-                import_open_clip(needs=())
+            import_torchvision()
+            import_open_clip(needs=())
         except Exception as err:  # a worker imports it again and reports the problem there
             print(f"dask_clip fork server: importing {name} failed: {err!r}", file=sys.stderr)
     # What Python's gc docs advise before forking: the workers' collections then never walk the

@@ -333,8 +333,11 @@ def write_open_clip_architecture_dir(folder: str | Path, architecture: str, tag:
     Path
         ``folder``.
     """
-    import open_clip
     from safetensors.torch import save_file
+
+    from ..models.open_clip_import import open_clip_module
+
+    open_clip = open_clip_module()
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

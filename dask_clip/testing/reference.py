@@ -28,8 +28,11 @@ def reference_embeddings(model_dir: str, images: list[bytes]) -> np.ndarray:
     """
     import io
 
-    import open_clip
     from PIL import Image
+
+    from ..models.open_clip_import import open_clip_module
+
+    open_clip = open_clip_module()
 
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
     model.eval()

@@ -151,6 +151,9 @@ def _check_packages(folder: Path, needs: set[str]) -> None:
 
 def _local_dir_checkpoint(folder: Path) -> Path:
     """The weights file open_clip's ``local-dir:`` loader picks in ``folder``."""
+    from ..open_clip_import import open_clip_module
+
+    open_clip_module()
     import open_clip.factory
 
     # open_clip's own choice where it has one, so that the same file loads as with create_model
@@ -164,9 +167,10 @@ def _local_dir_checkpoint(folder: Path) -> Path:
 def _create_with_weights(name: str, checkpoint: Path, **create_kwargs: Any) -> torch.nn.Module:
     """open_clip model ``name`` with ``checkpoint``'s weights: built on ``meta`` and the weights
     assigned (:mod:`dask_clip.models.skeleton`), or built in full where that cannot fill every tensor."""
-    import open_clip
-
+    from ..open_clip_import import open_clip_module
     from ..skeleton import create_assigned
+
+    open_clip = open_clip_module()
 
     model = create_assigned(name, checkpoint, **create_kwargs)
     if model is not None:
@@ -272,8 +276,9 @@ def preprocess(model: Any) -> PreprocessConfig:
 def _text_cfg(spec: ModelSpec, folder: Path | None) -> dict[str, Any] | None:
     """The ``text_cfg`` open_clip's ``get_tokenizer`` will read; None when it has no config (an
     ``hf-hub:`` repository without one, where open_clip falls back to the repository's tokenizer)."""
-    import open_clip
+    from ..open_clip_import import open_clip_module
 
+    open_clip = open_clip_module()
     if folder is not None:
         config = json.loads((folder / "open_clip_config.json").read_text())
     elif spec.hub_id is not None:
@@ -291,10 +296,11 @@ def _text_cfg(spec: ModelSpec, folder: Path | None) -> dict[str, Any] | None:
 
 def tokenizer(model: LoadedModel) -> Tokenizer:
     """open_clip's tokenizer of the model (an ``HFTokenizer`` where the config names one; no remote code)."""
-    import open_clip
-
     from ...embed.text import Tokenizer
     from ..hub import check_hub_config, refuse_remote_code
+    from ..open_clip_import import open_clip_module
+
+    open_clip = open_clip_module()
 
     spec = model.spec
     assert spec is not None
