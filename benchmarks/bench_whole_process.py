@@ -13,6 +13,11 @@ runs, one after the other (interleaved, so every figure of a round sees the same
 - ``dask-clip embed``: ``python -m dask_clip.cli embed PHOTOS OUT --model-dir M --batch-size B``
   in a fresh process, with this tree's ``dask_clip`` (``after``) and, given ``--before``, with an
   older tree's (``before``, e.g. ``git archive COMMIT | tar -x -C DIR``);
+- ``dask-clip embed (after, running cluster)`` (given ``--running-cluster``): the same command with
+  ``--scheduler-file`` against a cluster started once before the rounds (``dask scheduler`` and
+  ``dask worker``, one worker process with one thread, as the CLI's local cluster has here) that
+  has run one warm-up job: the notebook or multi-job case, whose fixed cost is the command's own
+  (imports, planning, writing, exit) and not the worker's start;
 - ``clip-retrieval inference`` (given its executable): ``--input_dataset PHOTOS --clip_model
   open_clip:ViT-B-32//M/open_clip_model.safetensors --batch_size B --enable_text False``, its
   other options at their defaults (4 preprocessing workers, no JIT); all_clip passes the path
@@ -73,6 +78,27 @@ def run(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]
     return seconds, (proc.stdout + proc.stderr).strip()[-400:]
 
 
+def start_cluster(scheduler_file: Path, cwd: Path) -> list[subprocess.Popen]:
+    """``dask scheduler`` and one ``dask worker`` (one process, one thread) with this tree's
+    package, started and connected; returns both processes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    dask_cli = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    log = (cwd / "cluster.log").open("w")  # its INFO lines, out of the way
+    scheduler = [*dask_cli, "--scheduler-file", str(scheduler_file), "--port", "0", "--no-dashboard"]
+    procs = [subprocess.Popen(scheduler, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)]
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file)]
+    worker += ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+    procs.append(subprocess.Popen(worker, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT))
+    from distributed import Client
+
+    with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+        client.wait_for_workers(1, timeout=120)
+    return procs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--photos", type=int, default=400)
@@ -83,6 +109,11 @@ def main() -> None:
     parser.add_argument("--before", help="a tree with an older dask_clip package, for the before figure")
     parser.add_argument("--clip-retrieval", help="the clip-retrieval executable (its own environment)")
     parser.add_argument("--out", help="JSON path (default: benchmarks/results/whole-process-MODEL-DATE.json)")
+    parser.add_argument(
+        "--running-cluster",
+        action="store_true",
+        help="also time the command against a cluster started once before the rounds (--scheduler-file)",
+    )
     parser.add_argument(
         "--inputs",
         help="a folder holding photos/ and model/ as an earlier run wrote them, read instead of writing them again "
@@ -114,7 +145,19 @@ def main() -> None:
     trees = {"after": str(ROOT)}
     if args.before:
         trees["before"] = str(Path(args.before).resolve())
+    cluster: list[subprocess.Popen] = []
     try:
+        scheduler_file = tmp / "scheduler.json"
+        if args.running_cluster:
+            cluster = start_cluster(scheduler_file, tmp)
+            few = tmp / "warm-up-photos"  # a small job first: the worker loads and keeps the model
+            few.mkdir()
+            for photo in sorted(photos.iterdir())[:8]:
+                shutil.copy(photo, few / photo.name)
+            warm_up = [sys.executable, "-m", "dask_clip.cli", "embed", str(few), str(tmp / "out-warm-up")]
+            warm_up += ["--model-dir", str(model_dir), "--batch-size", str(args.batch_size)]
+            warm_up += ["--no-progress", "--scheduler-file", str(scheduler_file)]
+            run(warm_up, {**os.environ, "PYTHONPATH": str(ROOT)}, tmp)
         for round_no in range(args.rounds):
             entry: dict[str, Any] = {"round": round_no}
             result["rounds"].append(entry)
@@ -127,6 +170,13 @@ def main() -> None:
                 command += ["--model-dir", str(model_dir), "--batch-size", str(args.batch_size)]
                 command += ["--overwrite", "--no-progress"]
                 runs.append((f"dask-clip embed ({name})", command, {**os.environ, "PYTHONPATH": tree}))
+            if args.running_cluster:
+                command = [sys.executable, "-m", "dask_clip.cli", "embed", str(photos), str(tmp / "out-running")]
+                command += ["--model-dir", str(model_dir), "--batch-size", str(args.batch_size)]
+                command += ["--overwrite", "--no-progress", "--scheduler-file", str(scheduler_file)]
+                runs.append(
+                    ("dask-clip embed (after, running cluster)", command, {**os.environ, "PYTHONPATH": str(ROOT)})
+                )
             if args.clip_retrieval:
                 command = [args.clip_retrieval, "inference", "--input_dataset", str(photos)]
                 command += ["--output_folder", str(tmp / "out-clip-retrieval")]
@@ -154,6 +204,9 @@ def main() -> None:
                 path.write_text(json.dumps(result, indent=2) + "\n")
                 print(name, entry[name]["seconds"], "s", entry[name]["ratio_to_model_only"], flush=True)
     finally:
+        for proc in reversed(cluster):
+            proc.terminate()
+            proc.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"-> {path}")
 
