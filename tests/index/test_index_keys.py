@@ -62,7 +62,9 @@ def test_estimate_is_close_to_the_real_index(tmp_path):
     x = rng.standard_normal((20_000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     for key in ("Flat", "IVF64,Flat", "IVF64,SQ8", "IVF64,PQ16"):
-        index = train_index(key, x[:10_000])
+        # The trained index's size does not depend on how many rows trained it; PQ16's 16
+        # codebooks train 8x faster on 4k rows than on 10k (faiss would like 9,984: a warning).
+        index = train_index(key, x[:4_000])
         index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
         real = len(faiss.serialize_index(index))
         assert 0.8 < estimate_index_bytes(key, len(x), 64) / real < 1.25, key
