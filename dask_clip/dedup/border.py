@@ -414,16 +414,20 @@ def exact_pairs(
         for hs in range(0, n, block_size):
             he = min(hs + block_size, n)
             maybe = guest_sketch[gs:ge] @ own_sketch[hs:he].T >= floor
-            r, c = torch_nonzero(maybe)
-            if r.numel() == 0:
+            passed = int(maybe.sum())
+            if passed == 0:
                 continue
-            if 4 * r.numel() > maybe.numel():  # dense: one matmul is cheaper than gathers
-                v = (norm(guest_x[guest_rows[gs:ge]], dim=1) @ own_x[hs:he].T)[r, c]
+            if 4 * passed > maybe.numel():  # dense: one matmul, and only its hits are gathered
+                sim = norm(guest_x.index_select(0, guest_rows[gs:ge]), dim=1) @ own_x[hs:he].T
+                r, c = torch_nonzero(sim >= threshold)
+                v = sim[r, c]
             else:
+                r, c = torch_nonzero(maybe)
                 v = (norm(guest_x[guest_rows[gs + r]], dim=1) * own_x[hs + c]).sum(dim=1)
-            hit = v >= threshold
-            if bool(hit.any()):
-                out.append((gs + r[hit], hs + c[hit], v[hit]))
+                hit = v >= threshold
+                r, c, v = r[hit], c[hit], v[hit]
+            if r.numel():
+                out.append((gs + r, hs + c, v))
     if not out:
         dev = own_x.device
         e = torch.empty(0, dtype=torch.int64, device=dev)

@@ -218,6 +218,7 @@ class DedupPlan:
     assign_block_rows: int = assign.ASSIGN_BLOCK_ROWS
     sketch_basis: np.ndarray | None = None
     border_embeddings: bool = False
+    single_task: bool = False
     info: dict = field(default_factory=dict)
 
     @property
@@ -370,7 +371,32 @@ def prepare(
             )
     elif border_aware and plan.sketch_basis is not None:  # centroids given: estimate on one partition
         plan.border_embeddings = not border.sketch_pays_off(first_partition_estimate(plan))
+    if sample is not None:
+        plan.info["estimated_rows"] = int(sample.total_rows)
+    plan.single_task = runs_in_one_task(plan)
     return plan
+
+
+def runs_in_one_task(plan: DedupPlan) -> bool:
+    """Whether the input is small enough for the pairwise step in one task, without shuffles.
+
+    From the row count the plan already has (the k-means sample's partition lengths, or the
+    first partition's length times the partitions where the centroids were given to a
+    border-aware run; a plain run with given centroids reads nothing before the graph and
+    always shuffles): the embeddings' bytes against ``dask_clip.dedup.single-task-bytes``.
+    Never with a memory budget smaller than four times that (the task holds every row, and the
+    border rows, at once).
+    """
+    from .. import config
+
+    limit = int(config.get("dedup.single-task-bytes") or 0)
+    rows = plan.info.get("estimated_rows")
+    if limit <= 0 or rows is None:
+        return False
+    size = int(rows) * plan.centroids.shape[1] * 4
+    if plan.max_memory is not None and 4 * size > plan.max_memory:
+        return False
+    return size <= limit
 
 
 def first_partition_estimate(plan: DedupPlan) -> float:
@@ -381,6 +407,7 @@ def first_partition_estimate(plan: DedupPlan) -> float:
     """
     ddf = plan.ddf
     part = ddf.partitions[0][[plan.embedding_column]].compute()
+    plan.info["estimated_rows"] = len(part) * ddf.npartitions
     k = plan.centroids.shape[0]
     rng = np.random.default_rng(plan.seed)
     wanted = border_estimate.ESTIMATE_ROWS + border_estimate.ESTIMATE_ROWS_PER_CENTROID * k
@@ -484,6 +511,8 @@ def cluster_results(plan: DedupPlan) -> Any:
     """
     import dask
 
+    if plan.single_task:
+        return one_task_results(plan)
     if plan.border_aware:
         return _join.route(plan.ddf, border_results(plan), shuffle_method=plan.shuffle_method)
     ddf = plan.ddf
@@ -619,6 +648,51 @@ def border_results(plan: DedupPlan) -> Any:
     verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed())]
     cross = dd.from_delayed(verified, meta=res_meta, verify_meta=False)
     return dd.concat([within, cross])
+
+
+def one_task_results(plan: DedupPlan) -> Any:
+    """:func:`cluster_results` of a small input without shuffles: the assign step per partition,
+    then every cluster's pairwise step (and the border step) in one task, whose results are
+    split by input partition. Same values as the shuffled way (each cluster's block is the
+    same rows, whatever partition holds it)."""
+    import dask.dataframe as dd
+
+    ddf = plan.ddf
+    centroids = plan.centroids
+    kw = _assign_kw(plan)
+    c_key = dask_delayed(centroids)
+    if plan.border_aware:
+        basis = plan.sketch_basis if plan.sketch_basis is not None else border.sketch_basis(centroids)
+        kw.update(border_scale=plan.border_scale, with_embeddings=plan.border_embeddings)
+        assign_task = _named_task("semdedup_assign", assign.assign_border_partition, nout=2)
+        b_key = dask_delayed(basis)
+        split = [
+            assign_task(part, c_key, number=i, sketch_basis=b_key, **kw) for i, part in enumerate(ddf.to_delayed())
+        ]
+        own, guests = [s[0] for s in split], [s[1] for s in split]
+        meta = assign.assign_border_partition(ddf._meta, centroids, number=0, sketch_basis=basis, **kw)
+        res_meta = pairwise.border_block(meta[0], meta[1], eps=plan.eps, sketch_basis=basis)[0]
+    else:
+        assign_task = _named_task("semdedup_assign", assign.assign_partition)
+        own = [assign_task(part, c_key, partition_info={"number": i}, **kw) for i, part in enumerate(ddf.to_delayed())]
+        guests, b_key = None, None
+        res_meta = pairwise.dedup_partition(assign.assign_partition(ddf._meta, centroids, **kw))
+    local = _named_task("semdedup_local", pairwise.local_results)(
+        own, guests, eps=plan.eps, sketch_basis=b_key, block_size=plan.block_size, device=plan.device
+    )
+    pick = _named_task("semdedup_pick", pairwise.rows_of_partition)
+    n = ddf.npartitions
+    parts = [pick(local, p) for p in range(n)]
+    return dd.from_delayed(
+        parts, meta=pairwise.rows_of_partition(res_meta, 0), divisions=tuple(_frame.row_divisions(n)), verify_meta=False
+    )
+
+
+def dask_delayed(value: Any) -> Any:
+    """``value`` as one graph key (not copied into every task that uses it)."""
+    import dask
+
+    return dask.delayed(value, traverse=False)
 
 
 def _named_task(name: str, func: Any, nout: int | None = None) -> Any:

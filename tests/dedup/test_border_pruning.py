@@ -119,7 +119,10 @@ def frame(x: np.ndarray) -> pd.DataFrame:
 
 def run(x: np.ndarray, c: np.ndarray, eps: float, parts: int, **kwargs) -> pd.DataFrame:
     ddf = dd.from_pandas(frame(x), npartitions=parts, sort=False)
-    with dask.config.set(THREADS):
+    limit = (
+        {"dask_clip.dedup.single-task-bytes": kwargs.pop("single-task-bytes")} if "single-task-bytes" in kwargs else {}
+    )
+    with dask.config.set({**THREADS, **limit}):
         return semantic_dedup(ddf, centroids=c, eps=eps, id_column="name", **kwargs).compute()
 
 
@@ -163,6 +166,8 @@ def test_the_set_is_adversarial(adversarial):
         (EPS0 + NUDGE, 4, {"npartitions": 3, "which_to_keep": "random"}),
         (EPS0 + NUDGE, 2, {"max_memory": "1MiB"}),  # clusters packed by partition number
         (0.05, 3, {"which_to_keep": "easy"}),
+        (EPS0 + NUDGE, 3, {"single-task-bytes": 0}),  # shuffled, not one task (the input is small)
+        (0.05, 3, {"which_to_keep": "easy", "single-task-bytes": 0}),
     ],
 )
 def test_pruning_loses_no_pair(adversarial, helpers, eps, parts, kwargs):
