@@ -634,10 +634,10 @@ def border_results(plan: DedupPlan) -> Any:
         own_c._meta, guests_c._meta, sketch_basis=basis, cluster_parts=parts, **step
     )
     block_task = _named_task("semdedup_border_block", pairwise.border_block, nout=2)
-    own_parts = own_c.to_delayed()
+    own_parts = own_c.to_delayed(optimize_graph=False)
     blocks = [
         block_task(o, g, sketch_basis=b_key, cluster_parts=p_key, **step)
-        for o, g in zip(own_parts, guests_c.to_delayed())
+        for o, g in zip(own_parts, guests_c.to_delayed(optimize_graph=False))
     ]
     within = dd.from_delayed([b[0] for b in blocks], meta=res_meta, verify_meta=False)
     if plan.border_embeddings:  # border rows came whole: the blocks checked their pairs
@@ -645,7 +645,7 @@ def border_results(plan: DedupPlan) -> Any:
     cands = dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False)
     cands = _cluster_shuffle(plan, cands, side)
     verify_task = _named_task("semdedup_verify", pairwise.verify_candidates)
-    verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed())]
+    verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed(optimize_graph=False))]
     cross = dd.from_delayed(verified, meta=res_meta, verify_meta=False)
     return dd.concat([within, cross])
 
