@@ -219,6 +219,7 @@ class DedupPlan:
     sketch_basis: np.ndarray | None = None
     border_embeddings: bool = False
     single_task: bool = False
+    border_one_way: bool = False
     info: dict = field(default_factory=dict)
 
     @property
@@ -338,6 +339,9 @@ def prepare(
                 UserWarning,
                 stacklevel=3,
             )
+        if border_aware and max_memory is None and plan.border_scale is not None:
+            held = sample.held_out if sample.held_out.shape[0] else sample.x
+            plan.border_one_way = one_way_pays_off(plan, held, sample.x)
         if plan.border_scale is not None and plan.sketch_basis is not None:
             # sketches only where the sketch bound prunes: else the candidates would outweigh them
             cands = border_estimate.candidates_per_border_row(
@@ -419,6 +423,8 @@ def first_partition_estimate(plan: DedupPlan) -> float:
         return 0.0
     x = x.numpy()[rng.permutation(x.shape[0])]
     own = x[border_estimate.ESTIMATE_ROWS :] if x.shape[0] > 2 * border_estimate.ESTIMATE_ROWS else x
+    if plan.max_memory is None:
+        plan.border_one_way = one_way_pays_off(plan, x[: border_estimate.ESTIMATE_ROWS], own)
     estimate = border_estimate.candidates_per_border_row(
         x[: border_estimate.ESTIMATE_ROWS],
         own,
@@ -430,6 +436,39 @@ def first_partition_estimate(plan: DedupPlan) -> float:
     )
     plan.info["estimated_candidates_per_border_row"] = estimate
     return estimate
+
+
+# The one-way rule of :mod:`.border` is taken where it tests at most this fraction of the
+# (border row, own row) pairs the two-way rule would (estimated on a sample).
+ONE_WAY_FRACTION = 0.8
+
+
+def one_way_pays_off(plan: DedupPlan, rows: np.ndarray, own_rows: np.ndarray) -> bool:
+    """Whether border rows should go one way at twice the margin (:mod:`.border`), from a sample.
+
+    Counts, on ``rows``, the border rows each cluster would receive by either rule, weighs
+    them by the cluster's own rows (counted on ``own_rows``): the pairs the border step tests.
+    Both rules are exact; they differ in how many pairs they test and rows they move. Records
+    both estimates (per row, relative to nothing: only their ratio matters) in ``plan.info``.
+    """
+    if plan.border_scale is None or rows.shape[0] == 0 or own_rows.shape[0] == 0:
+        return False
+    own, _ = sample_block_counts(own_rows, plan.centroids, None)
+    _, both = sample_block_counts(rows, plan.centroids, plan.border_scale)
+    _, one = sample_block_counts(rows, plan.centroids, 2.0 * plan.border_scale, one_way=True)
+    two_way, one_way = float((own * both).sum()), float((own * one).sum())
+    plan.info["border_pairs_two_way_vs_one_way"] = (two_way, one_way)
+    return one_way <= ONE_WAY_FRACTION * two_way
+
+
+def _border_kw(plan: DedupPlan) -> dict[str, Any]:
+    """The assign step's border arguments: the margin scale (doubled one way), how rows travel."""
+    scale = plan.border_scale if plan.border_scale is not None else 0.0
+    return {
+        "border_scale": 2.0 * scale if plan.border_one_way else scale,
+        "with_embeddings": plan.border_embeddings,
+        "one_way": plan.border_one_way,
+    }
 
 
 def check_border_payload(plan: DedupPlan, sample: kmeans.Sample, per_row: float, max_memory: int) -> None:
@@ -480,8 +519,11 @@ def border_rows_per_row(sample: kmeans.Sample, centroids: np.ndarray, scale: flo
     return float(guests.sum() / max(rows.shape[0], 1))
 
 
-def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the sample nearest to each cluster, and border rows each cluster would receive.
+def sample_block_counts(
+    x: np.ndarray, centroids: np.ndarray, scale: float | None, *, one_way: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the sample nearest to each cluster, and border rows each cluster would receive
+    (``one_way``: by the one-way rule of :mod:`.border`, ``scale`` doubled by the caller).
 
     Returns two int64 ``(k,)`` arrays.
     """
@@ -495,7 +537,7 @@ def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | Non
         hosts = torch.empty(0, dtype=torch.int64)
     else:
         block = budget.assign_block_rows(None, k, assign.ASSIGN_BLOCK_ROWS)
-        labels, _, (_, hosts, _) = assign.nearest_centroid_and_border(xt, c, scale, block_rows=block)
+        labels, _, (_, hosts, _) = assign.nearest_centroid_and_border(xt, c, scale, block_rows=block, one_way=one_way)
     own = np.bincount(labels.numpy().astype(np.int64), minlength=k)
     guests = np.bincount(hosts.numpy().astype(np.int64), minlength=k)
     return own, guests
@@ -610,7 +652,7 @@ def border_results(plan: DedupPlan) -> Any:
     centroids = plan.centroids
     basis = plan.sketch_basis if plan.sketch_basis is not None else border.sketch_basis(centroids)
     parts = None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster
-    kw = {**_assign_kw(plan), "border_scale": plan.border_scale, "with_embeddings": plan.border_embeddings}
+    kw = {**_assign_kw(plan), **_border_kw(plan)}
     own_meta, guest_meta = assign.assign_border_partition(
         ddf._meta, centroids, number=0, sketch_basis=basis, cluster_parts=parts, **kw
     )
@@ -645,7 +687,8 @@ def border_results(plan: DedupPlan) -> Any:
     cands = dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False)
     cands = _cluster_shuffle(plan, cands, side)
     verify_task = _named_task("semdedup_verify", pairwise.verify_candidates)
-    verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed(optimize_graph=False))]
+    cand_parts = cands.to_delayed(optimize_graph=False)
+    verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cand_parts)]
     cross = dd.from_delayed(verified, meta=res_meta, verify_meta=False)
     return dd.concat([within, cross])
 
@@ -663,7 +706,7 @@ def one_task_results(plan: DedupPlan) -> Any:
     c_key = dask_delayed(centroids)
     if plan.border_aware:
         basis = plan.sketch_basis if plan.sketch_basis is not None else border.sketch_basis(centroids)
-        kw.update(border_scale=plan.border_scale, with_embeddings=plan.border_embeddings)
+        kw.update(_border_kw(plan))
         assign_task = _named_task("semdedup_assign", assign.assign_border_partition, nout=2)
         b_key = dask_delayed(basis)
         split = [
