@@ -51,14 +51,19 @@ def test_dedup_and_index_tasks_are_named(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 8)).astype(np.float32)
     ddf = dd.from_pandas(pd.DataFrame({"embedding": embedding_array(x, np.ones(len(x), dtype=bool))}), npartitions=2)
-    with dask.config.set(THREADS):
+    shuffled = {"dask_clip.dedup.single-task-bytes": 0}  # 200 rows would run in one task
+    with dask.config.set({**THREADS, **shuffled}):
         plain = prepare(ddf, n_clusters=2, seed=0, shuffle_method="tasks", border_aware=False)
         border_aware = prepare(ddf, n_clusters=2, seed=0, shuffle_method="tasks")
+    with dask.config.set(THREADS):
+        one_task = prepare(ddf, n_clusters=2, seed=0)
     steps = {expr._name.split("-")[0] for expr in cluster_results(plain).expr.walk()}
     assert {"semdedup_assign", "semdedup_pairs"} <= steps, steps
     # border-aware runs build their blocks from delayed tasks: the names are in the graph's keys
     tasks = {key_split(key) for key in cluster_results(border_aware).__dask_graph__()}
     assert {"semdedup_assign", "semdedup_border_block"} <= tasks, tasks
+    tasks = {key_split(key) for key in cluster_results(one_task).__dask_graph__()}
+    assert {"semdedup_assign", "semdedup_local", "semdedup_pick"} <= tasks, tasks
     tasks = add_tasks(ddf, tmp_path / "build", "embedding", [], [0, 1])
     assert [key_split(t.key) for t in tasks] == ["index_add", "index_add"]
     assert len({t.key for t in tasks}) == 2

@@ -110,7 +110,7 @@ def nearest_centroid(x: Any, centroids: Any, *, block_rows: int = ASSIGN_BLOCK_R
 
 
 def nearest_centroid_and_border(
-    x: Any, centroids: Any, scale: float, *, block_rows: int = ASSIGN_BLOCK_ROWS
+    x: Any, centroids: Any, scale: float, *, block_rows: int = ASSIGN_BLOCK_ROWS, one_way: bool = False
 ) -> tuple[Any, Any, tuple[Any, Any, Any]]:
     """:func:`nearest_centroid`, plus the border rows of :func:`.border.split_border_rows`.
 
@@ -124,6 +124,8 @@ def nearest_centroid_and_border(
         :func:`.border.margin_scale`.
     block_rows
         Rows per ``(block_rows, k)`` block (the border test holds about four such blocks).
+    one_way
+        :func:`.border.split_border_rows`' one-way rule (``scale`` then doubled by the caller).
 
     Returns
     -------
@@ -148,7 +150,7 @@ def nearest_centroid_and_border(
         lab = torch.argmax(block, dim=1)
         labels[s : s + block_rows] = lab.to(torch.int32)
         sims[s : s + block_rows] = (xb.to(torch.float64) * c64[lab]).sum(dim=1).to(torch.float32)
-        rows, hosts, gaps = split_border_rows(block, lab, centroids, scale)
+        rows, hosts, gaps = split_border_rows(block, lab, centroids, scale, one_way=one_way)
         found.append((rows + s, hosts, gaps))
         del block
     if not found:
@@ -249,6 +251,7 @@ def assign_border_partition(
     cluster_parts: np.ndarray | None = None,
     block_rows: int = ASSIGN_BLOCK_ROWS,
     with_embeddings: bool = False,
+    one_way: bool = False,
 ) -> tuple[Any, Any]:
     """The two shuffle payloads of one partition in a border-aware run: own rows and border rows.
 
@@ -266,6 +269,9 @@ def assign_border_partition(
         Border rows also carry ``_id`` and ``_emb`` (their embedding), for data where the sketch
         bound prunes too little (:func:`.border.sketch_pays_off`): the host block then checks
         the pairs itself.
+    one_way
+        Border rows by the one-way rule of :mod:`.border` (``border_scale`` is then twice the
+        margin scale).
 
     Returns
     -------
@@ -293,6 +299,7 @@ def assign_border_partition(
         border_scale=border_scale,
         sketch_basis=sketch_basis,
         with_embeddings=with_embeddings,
+        one_way=one_way,
     )
     return own, guests
 
@@ -312,6 +319,7 @@ def _assign(
     border_scale: float | None = None,
     sketch_basis: np.ndarray | None = None,
     with_embeddings: bool = False,
+    one_way: bool = False,
 ) -> tuple[Any, Any]:
     """Own-row payload, and (``border_scale`` given) the border-row payload, of one partition."""
     import torch
@@ -329,7 +337,9 @@ def _assign(
         if c.shape[1] != x.shape[1]:
             raise ValueError(f"embeddings have {x.shape[1]} dims, centroids {c.shape[1]}")
         if border_scale is not None:
-            labels, sims, (g_rows, g_hosts, _) = nearest_centroid_and_border(x, c, border_scale, block_rows=block_rows)
+            labels, sims, (g_rows, g_hosts, _) = nearest_centroid_and_border(
+                x, c, border_scale, block_rows=block_rows, one_way=one_way
+            )
         else:
             labels, sims = nearest_centroid(x, c, block_rows=block_rows)
         keys = rank_keys(sims, x, which_to_keep, seed)

@@ -41,10 +41,24 @@ raises if a candidate's border row is not there). There both embeddings are at h
 exact similarity decides. So: the gap bound brings every pair within eps into some block, the
 sketch bound keeps it as a candidate, the routing brings both vectors together, and the exact
 check counts it when ``>= t``. No bound can lose a pair; they only decide how much is computed
-and moved. (The border rows' sketches are taken of the rows as the assign step normalised
+and moved. (A small input runs every block in one task,
+:func:`dask_clip.dedup.pairwise.local_results`: the same blocks and candidates, with nothing
+to route.) (The border rows' sketches are taken of the rows as the assign step normalised
 them, the own rows' sketches and the exact check of rows normalised once more, as the plain
 step does: a change of ~1e-7, far inside :data:`SKETCH_SLACK`; :data:`RESIDUAL_SLACK` makes
 ``|e|`` err upwards.)
+
+One way, at twice the margin
+----------------------------
+Where rows sit well inside the margin of several clusters at once (a cloud that several
+centroids split: every row is a border row of the others), both rows of most pairs are border
+rows of each other's cluster, and every such pair is tested twice. Then rows go *one way*
+instead: a row of cluster A is a border row of B only if ``B > A`` (cluster numbers) and
+``g_a(B) <= 2 h_AB``. A pair ``a`` in A, ``b`` in B, ``A < B``, has ``g_a <= 2 h_AB - g_b <=
+2 h_AB`` (``g_b >= 0``, up to float32 rounding, inside :data:`MARGIN_SLACK` as above), so ``a``
+meets all of B's rows in B's block: every pair within eps is still tested, once. The plan
+chooses this where the sample says it tests fewer (border row, own row) pairs than the two-way
+rule (:func:`dask_clip.dedup.workflow.one_way_pays_off`); the rest of the run is the same.
 
 With ``border_margin = f < 1`` the margins shrink by ``f`` and the same argument holds for
 ``delta' = f * delta``: every pair with cosine >= ``1 - f**2 * eps`` is guaranteed, pairs
@@ -166,7 +180,9 @@ def half_margins(centroids: np.ndarray, eps: float, fraction: float = 1.0) -> np
 LABEL_BLOCK_ENTRIES = 1 << 22
 
 
-def split_border_rows(sims: Any, labels: Any, centroids: Any, scale: float) -> tuple[Any, Any, Any]:
+def split_border_rows(
+    sims: Any, labels: Any, centroids: Any, scale: float, *, one_way: bool = False
+) -> tuple[Any, Any, Any]:
     """The border rows of one block of rows: which row goes to which other cluster.
 
     The margins ``h_AB`` come from one matmul of the block's distinct clusters with all
@@ -182,7 +198,10 @@ def split_border_rows(sims: Any, labels: Any, centroids: Any, scale: float) -> t
     centroids
         torch float32 ``(k, d)``, unit length.
     scale
-        :func:`margin_scale`.
+        :func:`margin_scale` (twice it with ``one_way``: the margin is then ``2 h_AB``).
+    one_way
+        Only hosts numbered above the row's own cluster (the one-way rule of the module
+        docstring).
 
     Returns
     -------
@@ -206,6 +225,9 @@ def split_border_rows(sims: Any, labels: Any, centroids: Any, scale: float) -> t
         gram = (centroids[uniq[s:e]] @ centroids.T).clamp(-1.0, 1.0)  # (labels, k)
         margin = scale * torch.sqrt(torch.clamp(2.0 - 2.0 * gram, min=0.0)) + MARGIN_SLACK
         margin[torch.arange(e - s, device=dev), uniq[s:e]] = -1.0  # never a border row of its own cluster
+        if one_way:  # rows go only to clusters numbered above their own
+            below = torch.arange(k, device=dev)[None, :] <= uniq[s:e, None]
+            margin = margin.masked_fill(below, -1.0)
         rows = by_label[bounds[s] : bounds[e]]
         sub = sims[rows]
         gap = sub.gather(1, labels[rows, None]) - sub  # (r, k), >= 0
@@ -414,16 +436,20 @@ def exact_pairs(
         for hs in range(0, n, block_size):
             he = min(hs + block_size, n)
             maybe = guest_sketch[gs:ge] @ own_sketch[hs:he].T >= floor
-            r, c = torch_nonzero(maybe)
-            if r.numel() == 0:
+            passed = int(maybe.sum())
+            if passed == 0:
                 continue
-            if 4 * r.numel() > maybe.numel():  # dense: one matmul is cheaper than gathers
-                v = (norm(guest_x[guest_rows[gs:ge]], dim=1) @ own_x[hs:he].T)[r, c]
+            if 4 * passed > maybe.numel():  # dense: one matmul, and only its hits are gathered
+                sim = norm(guest_x.index_select(0, guest_rows[gs:ge]), dim=1) @ own_x[hs:he].T
+                r, c = torch_nonzero(sim >= threshold)
+                v = sim[r, c]
             else:
+                r, c = torch_nonzero(maybe)
                 v = (norm(guest_x[guest_rows[gs + r]], dim=1) * own_x[hs + c]).sum(dim=1)
-            hit = v >= threshold
-            if bool(hit.any()):
-                out.append((gs + r[hit], hs + c[hit], v[hit]))
+                hit = v >= threshold
+                r, c, v = r[hit], c[hit], v[hit]
+            if r.numel():
+                out.append((gs + r, hs + c, v))
     if not out:
         dev = own_x.device
         e = torch.empty(0, dtype=torch.int64, device=dev)

@@ -23,7 +23,9 @@ __all__ = [
     "PAIRWISE_BLOCK_SIZE",
     "border_block",
     "dedup_partition",
+    "local_results",
     "max_similarity_to_earlier",
+    "rows_of_partition",
     "verify_candidates",
 ]
 
@@ -478,3 +480,52 @@ def _pair_results(
             "_prow": backends.new_column(like, torch.where(first, g_row[hit], o_row[hit]), "int64"),
         },
     )
+
+
+def local_results(
+    own: list,
+    guests: list | None,
+    *,
+    eps: float,
+    sketch_basis: np.ndarray | None = None,
+    block_size: int = PAIRWISE_BLOCK_SIZE,
+    device: str | None = None,
+) -> Any:
+    """Every cluster's pairwise step in one task (a small input: no shuffle).
+
+    Parameters
+    ----------
+    own
+        The assign step's own-row payloads of all input partitions.
+    guests
+        Their border-row payloads (border-aware), or None (plain SemDeDup).
+    eps, sketch_basis, block_size, device
+        As :func:`border_block`.
+
+    Returns
+    -------
+    DataFrame
+        :func:`dedup_partition`'s result rows (plain), or :func:`border_block`'s results and the
+        cross-border pairs found (:func:`verify_candidates` in the same task), for all rows.
+    """
+    from dask.dataframe.dispatch import concat
+
+    rows = concat(list(own), ignore_index=True) if len(own) > 1 else own[0]
+    if guests is None:
+        return dedup_partition(rows, block_size=block_size, device=device)
+    if sketch_basis is None:
+        raise ValueError("border rows need the sketch basis")
+    visiting = concat(list(guests), ignore_index=True) if len(guests) > 1 else guests[0]
+    within, second = border_block(
+        rows, visiting, eps=eps, sketch_basis=sketch_basis, block_size=block_size, device=device
+    )
+    cross = second if "_emb" in visiting.columns else verify_candidates(rows, second, eps=eps, device=device)
+    return concat([within, cross], ignore_index=True)
+
+
+def rows_of_partition(results: Any, number: int) -> Any:
+    """The result rows of input partition ``number``, indexed by ``_row`` in ascending order (what
+    :func:`dask_clip.dedup._join.route` gives after a shuffle)."""
+    row = results["_row"]
+    lo, hi = number << _frame.ROW_BITS, (number + 1) << _frame.ROW_BITS
+    return results[(row >= lo) & (row < hi)].sort_values("_row").set_index("_row")

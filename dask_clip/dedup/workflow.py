@@ -218,6 +218,8 @@ class DedupPlan:
     assign_block_rows: int = assign.ASSIGN_BLOCK_ROWS
     sketch_basis: np.ndarray | None = None
     border_embeddings: bool = False
+    single_task: bool = False
+    border_one_way: bool = False
     info: dict = field(default_factory=dict)
 
     @property
@@ -337,6 +339,9 @@ def prepare(
                 UserWarning,
                 stacklevel=3,
             )
+        if border_aware and max_memory is None and plan.border_scale is not None:
+            held = sample.held_out if sample.held_out.shape[0] else sample.x
+            plan.border_one_way = one_way_pays_off(plan, held, sample.x)
         if plan.border_scale is not None and plan.sketch_basis is not None:
             # sketches only where the sketch bound prunes: else the candidates would outweigh them
             cands = border_estimate.candidates_per_border_row(
@@ -370,7 +375,32 @@ def prepare(
             )
     elif border_aware and plan.sketch_basis is not None:  # centroids given: estimate on one partition
         plan.border_embeddings = not border.sketch_pays_off(first_partition_estimate(plan))
+    if sample is not None:
+        plan.info["estimated_rows"] = int(sample.total_rows)
+    plan.single_task = runs_in_one_task(plan)
     return plan
+
+
+def runs_in_one_task(plan: DedupPlan) -> bool:
+    """Whether the input is small enough for the pairwise step in one task, without shuffles.
+
+    From the row count the plan already has (the k-means sample's partition lengths, or the
+    first partition's length times the partitions where the centroids were given to a
+    border-aware run; a plain run with given centroids reads nothing before the graph and
+    always shuffles): the embeddings' bytes against ``dask_clip.dedup.single-task-bytes``.
+    Never with a memory budget smaller than four times that (the task holds every row, and the
+    border rows, at once).
+    """
+    from .. import config
+
+    limit = int(config.get("dedup.single-task-bytes") or 0)
+    rows = plan.info.get("estimated_rows")
+    if limit <= 0 or rows is None:
+        return False
+    size = int(rows) * plan.centroids.shape[1] * 4
+    if plan.max_memory is not None and 4 * size > plan.max_memory:
+        return False
+    return size <= limit
 
 
 def first_partition_estimate(plan: DedupPlan) -> float:
@@ -381,6 +411,7 @@ def first_partition_estimate(plan: DedupPlan) -> float:
     """
     ddf = plan.ddf
     part = ddf.partitions[0][[plan.embedding_column]].compute()
+    plan.info["estimated_rows"] = len(part) * ddf.npartitions
     k = plan.centroids.shape[0]
     rng = np.random.default_rng(plan.seed)
     wanted = border_estimate.ESTIMATE_ROWS + border_estimate.ESTIMATE_ROWS_PER_CENTROID * k
@@ -392,6 +423,8 @@ def first_partition_estimate(plan: DedupPlan) -> float:
         return 0.0
     x = x.numpy()[rng.permutation(x.shape[0])]
     own = x[border_estimate.ESTIMATE_ROWS :] if x.shape[0] > 2 * border_estimate.ESTIMATE_ROWS else x
+    if plan.max_memory is None:
+        plan.border_one_way = one_way_pays_off(plan, x[: border_estimate.ESTIMATE_ROWS], own)
     estimate = border_estimate.candidates_per_border_row(
         x[: border_estimate.ESTIMATE_ROWS],
         own,
@@ -403,6 +436,39 @@ def first_partition_estimate(plan: DedupPlan) -> float:
     )
     plan.info["estimated_candidates_per_border_row"] = estimate
     return estimate
+
+
+# The one-way rule of :mod:`.border` is taken where it tests at most this fraction of the
+# (border row, own row) pairs the two-way rule would (estimated on a sample).
+ONE_WAY_FRACTION = 0.8
+
+
+def one_way_pays_off(plan: DedupPlan, rows: np.ndarray, own_rows: np.ndarray) -> bool:
+    """Whether border rows should go one way at twice the margin (:mod:`.border`), from a sample.
+
+    Counts, on ``rows``, the border rows each cluster would receive by either rule, weighs
+    them by the cluster's own rows (counted on ``own_rows``): the pairs the border step tests.
+    Both rules are exact; they differ in how many pairs they test and rows they move. Records
+    both estimates (per row, relative to nothing: only their ratio matters) in ``plan.info``.
+    """
+    if plan.border_scale is None or rows.shape[0] == 0 or own_rows.shape[0] == 0:
+        return False
+    own, _ = sample_block_counts(own_rows, plan.centroids, None)
+    _, both = sample_block_counts(rows, plan.centroids, plan.border_scale)
+    _, one = sample_block_counts(rows, plan.centroids, 2.0 * plan.border_scale, one_way=True)
+    two_way, one_way = float((own * both).sum()), float((own * one).sum())
+    plan.info["border_pairs_two_way_vs_one_way"] = (two_way, one_way)
+    return one_way <= ONE_WAY_FRACTION * two_way
+
+
+def _border_kw(plan: DedupPlan) -> dict[str, Any]:
+    """The assign step's border arguments: the margin scale (doubled one way), how rows travel."""
+    scale = plan.border_scale if plan.border_scale is not None else 0.0
+    return {
+        "border_scale": 2.0 * scale if plan.border_one_way else scale,
+        "with_embeddings": plan.border_embeddings,
+        "one_way": plan.border_one_way,
+    }
 
 
 def check_border_payload(plan: DedupPlan, sample: kmeans.Sample, per_row: float, max_memory: int) -> None:
@@ -453,8 +519,11 @@ def border_rows_per_row(sample: kmeans.Sample, centroids: np.ndarray, scale: flo
     return float(guests.sum() / max(rows.shape[0], 1))
 
 
-def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the sample nearest to each cluster, and border rows each cluster would receive.
+def sample_block_counts(
+    x: np.ndarray, centroids: np.ndarray, scale: float | None, *, one_way: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the sample nearest to each cluster, and border rows each cluster would receive
+    (``one_way``: by the one-way rule of :mod:`.border`, ``scale`` doubled by the caller).
 
     Returns two int64 ``(k,)`` arrays.
     """
@@ -468,7 +537,7 @@ def sample_block_counts(x: np.ndarray, centroids: np.ndarray, scale: float | Non
         hosts = torch.empty(0, dtype=torch.int64)
     else:
         block = budget.assign_block_rows(None, k, assign.ASSIGN_BLOCK_ROWS)
-        labels, _, (_, hosts, _) = assign.nearest_centroid_and_border(xt, c, scale, block_rows=block)
+        labels, _, (_, hosts, _) = assign.nearest_centroid_and_border(xt, c, scale, block_rows=block, one_way=one_way)
     own = np.bincount(labels.numpy().astype(np.int64), minlength=k)
     guests = np.bincount(hosts.numpy().astype(np.int64), minlength=k)
     return own, guests
@@ -484,6 +553,8 @@ def cluster_results(plan: DedupPlan) -> Any:
     """
     import dask
 
+    if plan.single_task:
+        return one_task_results(plan)
     if plan.border_aware:
         return _join.route(plan.ddf, border_results(plan), shuffle_method=plan.shuffle_method)
     ddf = plan.ddf
@@ -581,7 +652,7 @@ def border_results(plan: DedupPlan) -> Any:
     centroids = plan.centroids
     basis = plan.sketch_basis if plan.sketch_basis is not None else border.sketch_basis(centroids)
     parts = None if plan.shuffle_plan is None else plan.shuffle_plan.part_of_cluster
-    kw = {**_assign_kw(plan), "border_scale": plan.border_scale, "with_embeddings": plan.border_embeddings}
+    kw = {**_assign_kw(plan), **_border_kw(plan)}
     own_meta, guest_meta = assign.assign_border_partition(
         ddf._meta, centroids, number=0, sketch_basis=basis, cluster_parts=parts, **kw
     )
@@ -605,10 +676,10 @@ def border_results(plan: DedupPlan) -> Any:
         own_c._meta, guests_c._meta, sketch_basis=basis, cluster_parts=parts, **step
     )
     block_task = _named_task("semdedup_border_block", pairwise.border_block, nout=2)
-    own_parts = own_c.to_delayed()
+    own_parts = own_c.to_delayed(optimize_graph=False)
     blocks = [
         block_task(o, g, sketch_basis=b_key, cluster_parts=p_key, **step)
-        for o, g in zip(own_parts, guests_c.to_delayed())
+        for o, g in zip(own_parts, guests_c.to_delayed(optimize_graph=False))
     ]
     within = dd.from_delayed([b[0] for b in blocks], meta=res_meta, verify_meta=False)
     if plan.border_embeddings:  # border rows came whole: the blocks checked their pairs
@@ -616,9 +687,55 @@ def border_results(plan: DedupPlan) -> Any:
     cands = dd.from_delayed([b[1] for b in blocks], meta=cand_meta, verify_meta=False)
     cands = _cluster_shuffle(plan, cands, side)
     verify_task = _named_task("semdedup_verify", pairwise.verify_candidates)
-    verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cands.to_delayed())]
+    cand_parts = cands.to_delayed(optimize_graph=False)
+    verified = [verify_task(o, c, eps=plan.eps, device=plan.device) for o, c in zip(own_parts, cand_parts)]
     cross = dd.from_delayed(verified, meta=res_meta, verify_meta=False)
     return dd.concat([within, cross])
+
+
+def one_task_results(plan: DedupPlan) -> Any:
+    """:func:`cluster_results` of a small input without shuffles: the assign step per partition,
+    then every cluster's pairwise step (and the border step) in one task, whose results are
+    split by input partition. Same values as the shuffled way (each cluster's block is the
+    same rows, whatever partition holds it)."""
+    import dask.dataframe as dd
+
+    ddf = plan.ddf
+    centroids = plan.centroids
+    kw = _assign_kw(plan)
+    c_key = dask_delayed(centroids)
+    if plan.border_aware:
+        basis = plan.sketch_basis if plan.sketch_basis is not None else border.sketch_basis(centroids)
+        kw.update(_border_kw(plan))
+        assign_task = _named_task("semdedup_assign", assign.assign_border_partition, nout=2)
+        b_key = dask_delayed(basis)
+        split = [
+            assign_task(part, c_key, number=i, sketch_basis=b_key, **kw) for i, part in enumerate(ddf.to_delayed())
+        ]
+        own, guests = [s[0] for s in split], [s[1] for s in split]
+        meta = assign.assign_border_partition(ddf._meta, centroids, number=0, sketch_basis=basis, **kw)
+        res_meta = pairwise.border_block(meta[0], meta[1], eps=plan.eps, sketch_basis=basis)[0]
+    else:
+        assign_task = _named_task("semdedup_assign", assign.assign_partition)
+        own = [assign_task(part, c_key, partition_info={"number": i}, **kw) for i, part in enumerate(ddf.to_delayed())]
+        guests, b_key = None, None
+        res_meta = pairwise.dedup_partition(assign.assign_partition(ddf._meta, centroids, **kw))
+    local = _named_task("semdedup_local", pairwise.local_results)(
+        own, guests, eps=plan.eps, sketch_basis=b_key, block_size=plan.block_size, device=plan.device
+    )
+    pick = _named_task("semdedup_pick", pairwise.rows_of_partition)
+    n = ddf.npartitions
+    parts = [pick(local, p) for p in range(n)]
+    return dd.from_delayed(
+        parts, meta=pairwise.rows_of_partition(res_meta, 0), divisions=tuple(_frame.row_divisions(n)), verify_meta=False
+    )
+
+
+def dask_delayed(value: Any) -> Any:
+    """``value`` as one graph key (not copied into every task that uses it)."""
+    import dask
+
+    return dask.delayed(value, traverse=False)
 
 
 def _named_task(name: str, func: Any, nout: int | None = None) -> Any:

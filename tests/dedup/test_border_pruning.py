@@ -21,11 +21,11 @@ import pytest
 import torch
 from local_dask import THREADS
 
-from dask_clip.dedup import border, semantic_dedup
+from dask_clip.dedup import border, workflow
 from dask_clip.dedup.assign import nearest_centroid, nearest_centroid_and_border
 from dask_clip.dedup.kmeans import normalize_rows
 from dask_clip.dedup.pairwise import verify_candidates
-from dask_clip.dedup.workflow import prepare
+from dask_clip.dedup.workflow import attach_results, cluster_results, prepare
 
 D = 64  # sketch_dims(64) = 16 < d: the sketch bound is loose enough to matter
 EPS0 = 0.02  # the planted pairs' distance; runs use eps = EPS0 + NUDGE
@@ -119,8 +119,20 @@ def frame(x: np.ndarray) -> pd.DataFrame:
 
 def run(x: np.ndarray, c: np.ndarray, eps: float, parts: int, **kwargs) -> pd.DataFrame:
     ddf = dd.from_pandas(frame(x), npartitions=parts, sort=False)
-    with dask.config.set(THREADS):
-        return semantic_dedup(ddf, centroids=c, eps=eps, id_column="name", **kwargs).compute()
+    limit = (
+        {"dask_clip.dedup.single-task-bytes": kwargs.pop("single-task-bytes")} if "single-task-bytes" in kwargs else {}
+    )
+    one_way = kwargs.pop("one_way", None)  # force the rule the plan would choose from the sample
+    before = workflow.ONE_WAY_FRACTION
+    if one_way is not None:
+        workflow.ONE_WAY_FRACTION = np.inf if one_way else -1.0
+    try:
+        with dask.config.set({**THREADS, **limit}):
+            plan = prepare(ddf, centroids=c, eps=eps, id_column="name", **kwargs)
+            assert one_way is None or plan.border_one_way == (one_way and plan.border_aware)
+            return attach_results(plan, cluster_results(plan)).compute()
+    finally:
+        workflow.ONE_WAY_FRACTION = before
 
 
 def test_the_set_is_adversarial(adversarial):
@@ -163,6 +175,12 @@ def test_the_set_is_adversarial(adversarial):
         (EPS0 + NUDGE, 4, {"npartitions": 3, "which_to_keep": "random"}),
         (EPS0 + NUDGE, 2, {"max_memory": "1MiB"}),  # clusters packed by partition number
         (0.05, 3, {"which_to_keep": "easy"}),
+        (EPS0 + NUDGE, 3, {"single-task-bytes": 0}),  # shuffled, not one task (the input is small)
+        (0.05, 3, {"which_to_keep": "easy", "single-task-bytes": 0}),
+        # border rows one way at twice the margin (the lopsided pairs need all of it)
+        (EPS0 + NUDGE, 3, {"one_way": True}),
+        (EPS0 + NUDGE, 3, {"one_way": True, "which_to_keep": "easy", "single-task-bytes": 0}),
+        (0.05, 4, {"one_way": True, "which_to_keep": "random", "npartitions": 3, "single-task-bytes": 0}),
     ],
 )
 def test_pruning_loses_no_pair(adversarial, helpers, eps, parts, kwargs):
