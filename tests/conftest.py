@@ -87,6 +87,8 @@ def client():
     one thread each."""
     from distributed import Client, LocalCluster
 
+    from dask_clip.runtime.cluster import stop_workers_now
+
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
@@ -94,6 +96,7 @@ def client():
         Client(cluster) as c,
     ):
         yield c
+        stop_workers_now(cluster)  # at the session's end, as the CLI does once its output is committed (-3 s)
 
 
 @pytest.fixture(scope="session")
