@@ -15,7 +15,8 @@ runs, one after the other (interleaved, so every figure of a round sees the same
   older tree's (``before``, e.g. ``git archive COMMIT | tar -x -C DIR``);
 - ``dask-clip embed (after, running cluster)`` (given ``--running-cluster``): the same command with
   ``--scheduler-file`` against a cluster started once before the rounds (``dask scheduler`` and
-  ``dask worker``, one worker process with one thread, as the CLI's local cluster has here) that
+  ``dask worker --preload dask_clip.worker_setup``, one worker process with one thread, as the
+  CLI's local cluster has here) that
   has run one warm-up job: the notebook or multi-job case, whose fixed cost is the command's own
   (imports, planning, writing, exit) and not the worker's start;
 - ``clip-retrieval inference`` (given its executable): ``--input_dataset PHOTOS --clip_model
@@ -90,7 +91,8 @@ def start_cluster(scheduler_file: Path, cwd: Path) -> list[subprocess.Popen]:
     while not scheduler_file.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     worker = [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file)]
-    worker += ["--nworkers", "1", "--nthreads", "1", "--no-dashboard"]
+    # as docs/clusters.md starts workers for the CLI: the preload sets torch's threads (cores / task threads)
+    worker += ["--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--preload", "dask_clip.worker_setup"]
     procs.append(subprocess.Popen(worker, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT))
     from distributed import Client
 
