@@ -229,6 +229,17 @@ def planted_df(planted: Planted) -> pd.DataFrame:
     return frame(planted)
 
 
+@pytest.fixture(scope="module")
+def border_set() -> BorderSet:
+    """Rows placed on and around the clusters' borders (:func:`make_border_set`)."""
+    return make_border_set()
+
+
+@pytest.fixture(scope="module")
+def border_df(border_set: BorderSet) -> pd.DataFrame:
+    return frame(border_set)
+
+
 @pytest.fixture
 def dedup_client(client):
     """The session's real distributed cluster (2 worker processes, one thread each)."""

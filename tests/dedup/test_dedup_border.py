@@ -27,16 +27,6 @@ from dask_clip.dedup.workflow import prepare
 EPS = (0.01, 0.05)
 
 
-@pytest.fixture(scope="module")
-def border_set(helpers):
-    return helpers.make_border_set()
-
-
-@pytest.fixture(scope="module")
-def border_df(border_set, helpers) -> pd.DataFrame:
-    return helpers.frame(border_set)
-
-
 def reference_keys(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, rule: str, seed: int = 0) -> np.ndarray:
     """The keep-rule key of every row (float64; ``random``: the library's seeded hash of the bits)."""
     xs = x.astype(np.float64)

@@ -23,16 +23,6 @@ SHUFFLE = {"dask_clip.dedup.single-task-bytes": 0}  # always the shuffled way
 ARGS = dict(n_clusters=16, eps=0.05, seed=0, max_iter=20)
 
 
-@pytest.fixture(scope="module")
-def border_set(helpers):
-    return helpers.make_border_set()
-
-
-@pytest.fixture(scope="module")
-def border_df(border_set, helpers) -> pd.DataFrame:
-    return helpers.frame(border_set)
-
-
 def run(df: pd.DataFrame, parts: int = 3, config: dict | None = None, **kwargs):
     ddf = dd.from_pandas(df, npartitions=parts, sort=False)
     with dask.config.set({**THREADS, **(config or {})}):
