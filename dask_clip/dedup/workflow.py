@@ -339,13 +339,13 @@ def prepare(
                 UserWarning,
                 stacklevel=3,
             )
+        held = sample.held_out if sample.held_out.shape[0] else sample.x
         if border_aware and max_memory is None and plan.border_scale is not None:
-            held = sample.held_out if sample.held_out.shape[0] else sample.x
             plan.border_one_way = one_way_pays_off(plan, held, sample.x)
         if plan.border_scale is not None and plan.sketch_basis is not None:
             # sketches only where the sketch bound prunes: else the candidates would outweigh them
             cands = border_estimate.candidates_per_border_row(
-                sample.held_out if sample.held_out.shape[0] else sample.x,
+                held,
                 sample.x,
                 centroids,
                 plan.border_scale,
@@ -645,7 +645,6 @@ def border_results(plan: DedupPlan) -> Any:
     pairs the sketch bound lets through, each carrying the own row's embedding to the border
     row's own cluster, where :func:`.pairwise.verify_candidates` computes the exact similarity.
     """
-    import dask
     import dask.dataframe as dd
 
     ddf = plan.ddf
@@ -656,9 +655,8 @@ def border_results(plan: DedupPlan) -> Any:
     own_meta, guest_meta = assign.assign_border_partition(
         ddf._meta, centroids, number=0, sketch_basis=basis, cluster_parts=parts, **kw
     )
-    c_key = dask.delayed(centroids, traverse=False)
-    b_key = dask.delayed(basis, traverse=False)
-    p_key = None if parts is None else dask.delayed(parts, traverse=False)
+    c_key, b_key = dask_delayed(centroids), dask_delayed(basis)
+    p_key = None if parts is None else dask_delayed(parts)
     assign_task = _named_task("semdedup_assign", assign.assign_border_partition, nout=2)
     split = [
         assign_task(part, c_key, number=i, sketch_basis=b_key, cluster_parts=p_key, **kw)

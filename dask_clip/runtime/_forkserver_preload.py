@@ -47,12 +47,10 @@ def _preload() -> None:
             if name != "torchvision":
                 importlib.import_module(name)
                 continue
-            # without TorchDynamo, then open_clip, with transformers and timm hidden where the
-            # model needs neither (a worker whose model needs them imports them then)
+            # open_clip (torchvision first, without TorchDynamo), with transformers and timm
+            # hidden where the model needs neither (a worker whose model needs them imports them then)
             from ..models.open_clip_import import import_open_clip
-            from .torchvision_import import import_torchvision
 
-            import_torchvision()
             import_open_clip(needs=())
         except Exception as err:  # a worker imports it again and reports the problem there
             print(f"dask_clip fork server: importing {name} failed: {err!r}", file=sys.stderr)
