@@ -22,7 +22,9 @@ __all__ = [
     "BORDER_RESULT_COLUMNS",
     "PAIRWISE_BLOCK_SIZE",
     "border_block",
+    "cluster_group",
     "dedup_partition",
+    "local_inputs",
     "local_results",
     "max_similarity_to_earlier",
     "rows_of_partition",
@@ -331,7 +333,6 @@ def _cross_candidates(
         [backends.numeric_tensor(guests[f"{border.SKETCH_PREFIX}{j}"], dev).to(torch.float32) for j in range(width)],
         dim=1,
     )
-    o_sk = border.sketch(x, q)
     host = backends.numeric_tensor(guests["cluster"], dev).to(torch.int64)
     g_order = torch.argsort(host, stable=True)
     g_values, g_counts = torch.unique_consecutive(host[g_order], return_counts=True)
@@ -339,20 +340,25 @@ def _cross_candidates(
     o_values, o_counts = torch.unique_consecutive(own_cluster, return_counts=True)
     o_start = dict(zip(o_values.tolist(), (torch.cumsum(o_counts, 0) - o_counts).tolist()))
     o_size = dict(zip(o_values.tolist(), o_counts.tolist()))
+    # sketches in block order once: each block then reads contiguous slices, not a gather
+    o_sk = border.sketch(x, q)[order]
+    g_sk = g_sk[g_order]
     threshold = border.duplicate_threshold(eps)
     out_o, out_g, out_v = [], [], []
     start = 0
     for c, size in zip(g_values.tolist(), g_counts.tolist()):
-        g = g_order[start : start + size]
+        g_at = slice(start, start + size)
+        g = g_order[g_at]
         start += size
         if c not in o_start:
             continue  # border rows of a cluster no row is nearest to: nothing to compare with
-        o = order[o_start[c] : o_start[c] + o_size[c]]
+        o_at = slice(o_start[c], o_start[c] + o_size[c])
+        o = order[o_at]
         if guest_x is not None:
-            gi, oi, v = border.exact_pairs(x[o], o_sk[o], guest_x, g, g_sk[g], threshold, block_size)
+            gi, oi, v = border.exact_pairs(x[o], o_sk[o_at], guest_x, g, g_sk[g_at], threshold, block_size)
             out_v.append(v)
         else:
-            gi, oi = border.sketch_candidates(o_sk[o], g_sk[g], threshold, block_size)
+            gi, oi = border.sketch_candidates(o_sk[o_at], g_sk[g_at], threshold, block_size)
         out_o.append(o[oi])
         out_g.append(g[gi])
     if not out_o:
@@ -482,50 +488,112 @@ def _pair_results(
     )
 
 
+def local_inputs(own: list, guests: list | None) -> tuple[Any, Any]:
+    """The one-task way's inputs: all partitions' own rows, and border rows, as one frame each."""
+    from dask.dataframe.dispatch import concat
+
+    rows = concat(list(own), ignore_index=True) if len(own) > 1 else own[0]
+    if guests is None:
+        return rows, None
+    return rows, (concat(list(guests), ignore_index=True) if len(guests) > 1 else guests[0])
+
+
+def cluster_group(rows: Any, visiting: Any, part: int, parts: int) -> Any:
+    """Which clusters group ``part`` of ``parts`` works on: a bool torch mask over cluster numbers.
+
+    Clusters are dealt to the groups by their estimated work (``n**2 / 2`` within-cluster pairs,
+    ``n * m`` (own row, border row) pairs), largest first, each to the group with least work so
+    far: every task computes the same split from the same rows.
+    """
+    import torch
+
+    cl = backends.numeric_tensor(rows["cluster"], None).to(torch.int64).cpu() if len(rows) else torch.zeros(0)
+    size = int(cl.max()) + 1 if cl.numel() else 0
+    if visiting is not None and len(visiting):
+        hosts = backends.numeric_tensor(visiting["cluster"], None).to(torch.int64).cpu()
+        size = max(size, int(hosts.max()) + 1)
+        guests = torch.bincount(hosts, minlength=size).to(torch.float64)
+    else:
+        guests = torch.zeros(size, dtype=torch.float64)
+    n = torch.bincount(cl.to(torch.int64), minlength=size).to(torch.float64)
+    work = (n * n / 2 + n * guests).tolist()
+    load = [0.0] * parts
+    mine = torch.zeros(size, dtype=torch.bool)
+    for c in sorted(range(size), key=lambda i: (-work[i], i)):
+        g = min(range(parts), key=lambda j: (load[j], j))
+        load[g] += work[c]
+        mine[c] = g == part
+    return mine
+
+
 def local_results(
-    own: list,
-    guests: list | None,
+    inputs: tuple[Any, Any],
     *,
     eps: float,
     sketch_basis: np.ndarray | None = None,
     block_size: int = PAIRWISE_BLOCK_SIZE,
     device: str | None = None,
+    part: int = 0,
+    parts: int = 1,
 ) -> Any:
-    """Every cluster's pairwise step in one task (a small input: no shuffle).
+    """One group of clusters' pairwise step in one task (a small input: no shuffle).
 
     Parameters
     ----------
-    own
-        The assign step's own-row payloads of all input partitions.
-    guests
-        Their border-row payloads (border-aware), or None (plain SemDeDup).
+    inputs
+        :func:`local_inputs`: every own row, and every border row (border-aware) or None (plain
+        SemDeDup).
     eps, sketch_basis, block_size, device
         As :func:`border_block`.
+    part, parts
+        This task's group of clusters (:func:`cluster_group`): the blocks of the input are
+        split among ``parts`` tasks, which run in parallel, as the shuffled way's partitions do.
 
     Returns
     -------
     DataFrame
         :func:`dedup_partition`'s result rows (plain), or :func:`border_block`'s results and the
-        cross-border pairs found (:func:`verify_candidates` in the same task), for all rows.
+        cross-border pairs found (:func:`verify_candidates` in the same task: the candidates'
+        border rows are among ``inputs``' rows, whichever group their cluster is in), for the
+        group's rows.
     """
     from dask.dataframe.dispatch import concat
 
-    rows = concat(list(own), ignore_index=True) if len(own) > 1 else own[0]
+    rows, visiting = inputs
+    if parts > 1:
+        mine = cluster_group(rows, visiting, part, parts)
+        own = _in_clusters(rows, mine)
+        guests = _in_clusters(visiting, mine) if visiting is not None else None
+    else:
+        own, guests = rows, visiting
     if guests is None:
-        return dedup_partition(rows, block_size=block_size, device=device)
+        return dedup_partition(own, block_size=block_size, device=device)
     if sketch_basis is None:
         raise ValueError("border rows need the sketch basis")
-    visiting = concat(list(guests), ignore_index=True) if len(guests) > 1 else guests[0]
-    within, second = border_block(
-        rows, visiting, eps=eps, sketch_basis=sketch_basis, block_size=block_size, device=device
-    )
-    cross = second if "_emb" in visiting.columns else verify_candidates(rows, second, eps=eps, device=device)
+    within, second = border_block(own, guests, eps=eps, sketch_basis=sketch_basis, block_size=block_size, device=device)
+    cross = second if "_emb" in guests.columns else verify_candidates(rows, second, eps=eps, device=device)
     return concat([within, cross], ignore_index=True)
+
+
+def _in_clusters(frame: Any, mine: Any) -> Any:
+    """The rows of ``frame`` whose ``cluster`` is marked in the bool mask ``mine``."""
+    import torch
+
+    if len(frame) == 0:
+        return frame
+    cl = backends.numeric_tensor(frame["cluster"], None).to(torch.int64).cpu()
+    keep = mine[cl].numpy()
+    return backends.take_rows(frame, np.flatnonzero(keep)).reset_index(drop=True)
 
 
 def rows_of_partition(results: Any, number: int) -> Any:
     """The result rows of input partition ``number``, indexed by ``_row`` in ascending order (what
-    :func:`dask_clip.dedup._join.route` gives after a shuffle)."""
+    :func:`dask_clip.dedup._join.route` gives after a shuffle). ``results``: a frame, or a list of
+    frames (the one-task way's groups)."""
+    if isinstance(results, list):
+        from dask.dataframe.dispatch import concat
+
+        results = concat(results, ignore_index=True) if len(results) > 1 else results[0]
     row = results["_row"]
     lo, hi = number << _frame.ROW_BITS, (number + 1) << _frame.ROW_BITS
     return results[(row >= lo) & (row < hi)].sort_values("_row").set_index("_row")
