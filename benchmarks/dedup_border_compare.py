@@ -46,6 +46,8 @@ def import_base(ref: str, where: Path):
     src.rename(dst)
     for f in dst.rglob("*.py"):
         f.write_text(f.read_text().replace("dask_clip.", "dask_clip_base.").replace("dask_clip ", "dask_clip_base "))
+    for f in dst.rglob("dask_clip.yaml"):  # the config file, whose name the rewrite above changed
+        f.with_name("dask_clip_base.yaml").write_text(f.read_text().replace("dask_clip:", "dask_clip_base:"))
     sys.path.insert(0, str(where))
     return importlib.import_module("dask_clip_base.dedup")
 
