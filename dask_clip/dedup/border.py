@@ -41,8 +41,7 @@ raises if a candidate's border row is not there). There both embeddings are at h
 exact similarity decides. So: the gap bound brings every pair within eps into some block, the
 sketch bound keeps it as a candidate, the routing brings both vectors together, and the exact
 check counts it when ``>= t``. No bound can lose a pair; they only decide how much is computed
-and moved. (A small input runs its blocks without shuffles,
-in a few tasks that each hold every row and take a group of clusters,
+and moved. (A small input runs every block in one task,
 :func:`dask_clip.dedup.pairwise.local_results`: the same blocks and candidates, with nothing
 to route.) (The border rows' sketches are taken of the rows as the assign step normalised
 them, the own rows' sketches and the exact check of rows normalised once more, as the plain

@@ -22,9 +22,7 @@ __all__ = [
     "BORDER_RESULT_COLUMNS",
     "PAIRWISE_BLOCK_SIZE",
     "border_block",
-    "cluster_group",
     "dedup_partition",
-    "local_inputs",
     "local_results",
     "max_similarity_to_earlier",
     "rows_of_partition",
@@ -488,112 +486,50 @@ def _pair_results(
     )
 
 
-def local_inputs(own: list, guests: list | None) -> tuple[Any, Any]:
-    """The one-task way's inputs: all partitions' own rows, and border rows, as one frame each."""
-    from dask.dataframe.dispatch import concat
-
-    rows = concat(list(own), ignore_index=True) if len(own) > 1 else own[0]
-    if guests is None:
-        return rows, None
-    return rows, (concat(list(guests), ignore_index=True) if len(guests) > 1 else guests[0])
-
-
-def cluster_group(rows: Any, visiting: Any, part: int, parts: int) -> Any:
-    """Which clusters group ``part`` of ``parts`` works on: a bool torch mask over cluster numbers.
-
-    Clusters are dealt to the groups by their estimated work (``n**2 / 2`` within-cluster pairs,
-    ``n * m`` (own row, border row) pairs), largest first, each to the group with least work so
-    far: every task computes the same split from the same rows.
-    """
-    import torch
-
-    cl = backends.numeric_tensor(rows["cluster"], None).to(torch.int64).cpu() if len(rows) else torch.zeros(0)
-    size = int(cl.max()) + 1 if cl.numel() else 0
-    if visiting is not None and len(visiting):
-        hosts = backends.numeric_tensor(visiting["cluster"], None).to(torch.int64).cpu()
-        size = max(size, int(hosts.max()) + 1)
-        guests = torch.bincount(hosts, minlength=size).to(torch.float64)
-    else:
-        guests = torch.zeros(size, dtype=torch.float64)
-    n = torch.bincount(cl.to(torch.int64), minlength=size).to(torch.float64)
-    work = (n * n / 2 + n * guests).tolist()
-    load = [0.0] * parts
-    mine = torch.zeros(size, dtype=torch.bool)
-    for c in sorted(range(size), key=lambda i: (-work[i], i)):
-        g = min(range(parts), key=lambda j: (load[j], j))
-        load[g] += work[c]
-        mine[c] = g == part
-    return mine
-
-
 def local_results(
-    inputs: tuple[Any, Any],
+    own: list,
+    guests: list | None,
     *,
     eps: float,
     sketch_basis: np.ndarray | None = None,
     block_size: int = PAIRWISE_BLOCK_SIZE,
     device: str | None = None,
-    part: int = 0,
-    parts: int = 1,
 ) -> Any:
-    """One group of clusters' pairwise step in one task (a small input: no shuffle).
+    """Every cluster's pairwise step in one task (a small input: no shuffle).
 
     Parameters
     ----------
-    inputs
-        :func:`local_inputs`: every own row, and every border row (border-aware) or None (plain
-        SemDeDup).
+    own
+        The assign step's own-row payloads of all input partitions.
+    guests
+        Their border-row payloads (border-aware), or None (plain SemDeDup).
     eps, sketch_basis, block_size, device
         As :func:`border_block`.
-    part, parts
-        This task's group of clusters (:func:`cluster_group`): the blocks of the input are
-        split among ``parts`` tasks, which run in parallel, as the shuffled way's partitions do.
 
     Returns
     -------
     DataFrame
         :func:`dedup_partition`'s result rows (plain), or :func:`border_block`'s results and the
-        cross-border pairs found (:func:`verify_candidates` in the same task: the candidates'
-        border rows are among ``inputs``' rows, whichever group their cluster is in), for the
-        group's rows.
+        cross-border pairs found (:func:`verify_candidates` in the same task), for all rows.
     """
     from dask.dataframe.dispatch import concat
 
-    rows, visiting = inputs
-    if parts > 1:
-        mine = cluster_group(rows, visiting, part, parts)
-        own = _in_clusters(rows, mine)
-        guests = _in_clusters(visiting, mine) if visiting is not None else None
-    else:
-        own, guests = rows, visiting
+    rows = concat(list(own), ignore_index=True) if len(own) > 1 else own[0]
     if guests is None:
-        return dedup_partition(own, block_size=block_size, device=device)
+        return dedup_partition(rows, block_size=block_size, device=device)
     if sketch_basis is None:
         raise ValueError("border rows need the sketch basis")
-    within, second = border_block(own, guests, eps=eps, sketch_basis=sketch_basis, block_size=block_size, device=device)
-    cross = second if "_emb" in guests.columns else verify_candidates(rows, second, eps=eps, device=device)
+    visiting = concat(list(guests), ignore_index=True) if len(guests) > 1 else guests[0]
+    within, second = border_block(
+        rows, visiting, eps=eps, sketch_basis=sketch_basis, block_size=block_size, device=device
+    )
+    cross = second if "_emb" in visiting.columns else verify_candidates(rows, second, eps=eps, device=device)
     return concat([within, cross], ignore_index=True)
-
-
-def _in_clusters(frame: Any, mine: Any) -> Any:
-    """The rows of ``frame`` whose ``cluster`` is marked in the bool mask ``mine``."""
-    import torch
-
-    if len(frame) == 0:
-        return frame
-    cl = backends.numeric_tensor(frame["cluster"], None).to(torch.int64).cpu()
-    keep = mine[cl].numpy()
-    return backends.take_rows(frame, np.flatnonzero(keep)).reset_index(drop=True)
 
 
 def rows_of_partition(results: Any, number: int) -> Any:
     """The result rows of input partition ``number``, indexed by ``_row`` in ascending order (what
-    :func:`dask_clip.dedup._join.route` gives after a shuffle). ``results``: a frame, or a list of
-    frames (the one-task way's groups)."""
-    if isinstance(results, list):
-        from dask.dataframe.dispatch import concat
-
-        results = concat(results, ignore_index=True) if len(results) > 1 else results[0]
+    :func:`dask_clip.dedup._join.route` gives after a shuffle)."""
     row = results["_row"]
     lo, hi = number << _frame.ROW_BITS, (number + 1) << _frame.ROW_BITS
     return results[(row >= lo) & (row < hi)].sort_values("_row").set_index("_row")

@@ -691,16 +691,11 @@ def border_results(plan: DedupPlan) -> Any:
     return dd.concat([within, cross])
 
 
-# At most this many tasks share the one-task way's blocks (:func:`one_task_results`).
-LOCAL_GROUPS = 8
-
-
 def one_task_results(plan: DedupPlan) -> Any:
     """:func:`cluster_results` of a small input without shuffles: the assign step per partition,
-    their rows gathered in one task, then every cluster's pairwise step (and the border step) in
-    a few tasks, each over a group of clusters (:func:`.pairwise.cluster_group`), whose results
-    are split by input partition. Same values as the shuffled way (each cluster's block is the
-    same rows, whatever task holds it)."""
+    then every cluster's pairwise step (and the border step) in one task, whose results are
+    split by input partition. Same values as the shuffled way (each cluster's block is the
+    same rows, whatever partition holds it)."""
     import dask.dataframe as dd
 
     ddf = plan.ddf
@@ -723,26 +718,12 @@ def one_task_results(plan: DedupPlan) -> Any:
         own = [assign_task(part, c_key, partition_info={"number": i}, **kw) for i, part in enumerate(ddf.to_delayed())]
         guests, b_key = None, None
         res_meta = pairwise.dedup_partition(assign.assign_partition(ddf._meta, centroids, **kw))
-    inputs = _named_task("semdedup_local_inputs", pairwise.local_inputs, nout=2)(own, guests)
-    # the blocks in a few groups of clusters, as many as the input has partitions (the shuffled
-    # way's parallelism), each a task: one task would leave all but one thread idle
-    groups = max(1, min(ddf.npartitions, centroids.shape[0], LOCAL_GROUPS))
-    local = _named_task("semdedup_local", pairwise.local_results)
-    results = [
-        local(
-            inputs,
-            eps=plan.eps,
-            sketch_basis=b_key,
-            block_size=plan.block_size,
-            device=plan.device,
-            part=g,
-            parts=groups,
-        )
-        for g in range(groups)
-    ]
+    local = _named_task("semdedup_local", pairwise.local_results)(
+        own, guests, eps=plan.eps, sketch_basis=b_key, block_size=plan.block_size, device=plan.device
+    )
     pick = _named_task("semdedup_pick", pairwise.rows_of_partition)
     n = ddf.npartitions
-    parts = [pick(results, p) for p in range(n)]
+    parts = [pick(local, p) for p in range(n)]
     return dd.from_delayed(
         parts, meta=pairwise.rows_of_partition(res_meta, 0), divisions=tuple(_frame.row_divisions(n)), verify_meta=False
     )
