@@ -48,6 +48,24 @@ def test_the_config_key_turns_forked_workers_off():
         assert dask.config.get("distributed.worker.multiprocessing-method") == before
 
 
+def test_a_block_leaves_running_the_fork_server_it_did_not_start(client):
+    """The test session's server (conftest, as a notebook that calls ``cli.main`` twice has
+    one): an in-process CLI run forks its workers from it and leaves it to its owner. The CLI
+    process that starts its own server stops it: the slow test below checks that no process
+    outlives the command."""
+    server = forkserver.forkserver_pid()
+    assert server is not None
+    with forkserver.forked_workers() as forked:
+        assert forked
+        assert forkserver.forkserver_pid() == server
+        assert dask.config.get("distributed.worker.multiprocessing-method") == "forkserver"
+    assert forkserver.forkserver_pid() == server
+    os.kill(server, 0)  # still running
+    assert client.run(os.getppid) == dict.fromkeys(
+        client.run(os.getppid), server
+    )  # the session's workers: its children
+
+
 def test_an_hf_hub_model_missing_offline_fails_before_a_cluster_starts(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
@@ -126,13 +144,14 @@ def test_forked_workers_embed_bit_for_bit_like_spawned_ones(model_dir, photo_jpe
     options = {"kind": "cpu", "n_workers": 1, "dashboard_address": None}
     with local_cluster(**options) as cluster:
         spawned, spawned_parent = _embed_on(cluster, model_dir, frame)
+    before = forkserver.forkserver_pid()  # the test session's (conftest), unless run alone
     with forkserver.forked_workers() as forked, local_cluster(**options) as cluster:
         assert forked
         server = forkserver.forkserver_pid()
         forked_rows, forked_parent = _embed_on(cluster, model_dir, frame)
     assert spawned_parent == os.getpid()  # a nanny of this process spawned it
     assert forked_parent == server != os.getpid()  # the fork server forked it
-    assert forkserver.forkserver_pid() is None  # stopped with the block
+    assert forkserver.forkserver_pid() == before  # stopped with the block if it started it
     assert spawned.shape == (len(frame), 32)
     np.testing.assert_array_equal(forked_rows, spawned)
 

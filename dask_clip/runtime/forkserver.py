@@ -133,11 +133,14 @@ def stop_forkserver() -> None:
 def forked_workers() -> Iterator[bool]:
     """Within the block, local clusters fork their worker processes from the server of
     :func:`start_forkserver` (started here); on exit, the server is stopped
-    (:func:`stop_forkserver`). Yields whether workers are forked.
+    (:func:`stop_forkserver`) if this block started it. Yields whether workers are forked.
 
     The setting lasts for the whole block, so that a worker its nanny restarts is forked too.
-    Close the block after the cluster.
+    Close the block after the cluster. A server that was already running (an outer block, a
+    test session, a notebook that calls ``cli.main`` twice) is used and left running: stopping
+    it would make the next fork of its owner wait for a new server's imports.
     """
+    owned = forkserver_pid() is None
     try:
         started = start_forkserver()
     except Exception:  # e.g. no room for another process: spawn them as distributed does
@@ -152,4 +155,5 @@ def forked_workers() -> Iterator[bool]:
         with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
             yield True
     finally:
-        stop_forkserver()
+        if owned:
+            stop_forkserver()
