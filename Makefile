@@ -46,21 +46,24 @@ $(VENV)/.test: $(VENV)/.base pyproject.toml
 demo: $(VENV)/.demo
 	$(BIN)/dask-clip demo --random-weights
 
+# Two pytest-xdist workers, each with its own session cluster, on a quiet 2-core machine: the
+# default tier 218 s -> 174 s, the full tier 516 s -> 364 s (CONTRIBUTING, "Where the time goes";
+# most tests wait on a cluster or a subprocess part of the time, so one pytest process keeps
+# about 1.1-1.3 cores busy). `make test XDIST=` runs them in one process; plain `pytest` does.
+XDIST ?= -n 2
+
 test: $(VENV)/.test
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q $(XDIST)
 
-# The full tier alone: the tests that need a process
-# boundary (subprocesses, signals, their own clusters, the notebook, fuzz, the browser). One
-# pytest process: on two xdist workers the full tier took 870 s and each test about twice its
-# one-process time (the tests' own processes compete for the 2 cores; that run also lacked
-# .pyc files, see above).
+# The full tier alone: the tests that need a process boundary (subprocesses, signals, their own
+# clusters, the notebook, fuzz, the browser).
 test-slow: $(VENV)/.test
-	$(BIN)/python -m pytest tests -q --runslow -m slow
+	$(BIN)/python -m pytest tests -q $(XDIST) --runslow -m slow
 
-# Both tiers in one session: the default tier first, then the full tier (skipped if the default
-# tier failed); one collection and one session cluster instead of two.
+# Both tiers in one session: the default tier first, then the full tier (each xdist worker skips
+# its full-tier tests once one of its default-tier tests failed).
 test-all: $(VENV)/.test
-	$(BIN)/python -m pytest tests -q --runslow
+	$(BIN)/python -m pytest tests -q $(XDIST) --runslow
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .

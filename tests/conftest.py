@@ -43,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     after the first test that needs the cluster (as the CLI does: `dask_clip.runtime.forkserver`)."""
     from dask_clip.runtime import forkserver
 
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # pytest-xdist's controller: its workers run the tests (and start their own)
     forkserver.start_forkserver()
 
 
