@@ -16,8 +16,8 @@ from dask_clip.testing import write_model_dir
 # CLI subprocesses, their workers: through the environment): no sampling profiler (no dashboard
 # reads it here), a 200 ms event-loop tick instead of 20 ms, the system monitor every 2 s instead of
 # 500 ms. An idle 2-worker LocalCluster used 2.3 CPU-s per 10 s with Dask's defaults and 0.85
-# with these, on this suite's 2 cores a fifth of the default tier's CPU time. Nothing a test
-# asserts depends on them (the memory monitor, which kills and restarts workers, keeps its 100 ms).
+# with these. Nothing a test asserts depends on them (the memory monitor, which kills and
+# restarts workers, keeps its 100 ms).
 QUIET_DASK = {
     "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
     "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "200ms",
