@@ -24,7 +24,8 @@ Columns out
     ``embedding_matrix(series, device)``           an embedding column read back as (m, d) + valid
 Frames (used by the dedup steps)
     ``new_column``, ``new_frame``, ``with_columns``, ``take``, ``take_rows``, ``numeric_tensor``,
-    ``nullable``, ``local_positions``, ``arange_index``, ``content_hashes``, ``pack_rows``
+    ``nullable``, ``local_positions``, ``arange_index``, ``content_hashes``, ``pack_rows``,
+    ``pack_floats``
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from .dispatch import (
     object_rows,
     on_device,
     output_column,
+    pack_floats,
     pack_rows,
     sample_values,
     string_rows,
@@ -78,6 +80,7 @@ __all__ = [
     "object_rows",
     "on_device",
     "output_column",
+    "pack_floats",
     "pack_rows",
     "sample_values",
     "string_rows",

@@ -309,3 +309,11 @@ def content_hashes(series: Any) -> Any:
 def pack_rows(like: Any, x: torch.Tensor, original: Any, positions: Sequence[int]) -> Any:
     """cuDF has no binary dtype: the shuffle carries the original list rows instead."""
     return take(original, positions)
+
+
+@be.pack_floats.register(_ANY)
+def pack_floats(like: Any, x: Any) -> Any:
+    """Float32 ``(m, w)`` rows as a ``list<float32>`` column (cuDF has no binary dtype; lists
+    shuffle on cuDF), built on the CUDA tensor without a copy."""
+    rows = torch.as_tensor(x, dtype=torch.float32)
+    return _list_float32_series(rows, np.ones(rows.shape[0], dtype=bool), cudf.RangeIndex(rows.shape[0]))

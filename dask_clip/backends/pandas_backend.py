@@ -309,6 +309,13 @@ def pack_rows(like: Any, x: torch.Tensor, original: Any, positions: np.ndarray) 
     the dtype string ``list<item: float>[pyarrow]`` in the pandas metadata does not parse), but
     ``large_binary`` round-trips, and packing is one zero-copy view of the float32 buffer.
     """
+    return pack_floats(like, x)
+
+
+@be.pack_floats.register(_ANY)
+def pack_floats(like: Any, x: Any) -> pd.Series:
+    """Float32 ``(m, w)`` rows as one ``large_binary`` column (:func:`pack_rows`' layout; read
+    back by :func:`embedding_matrix`): one column to shuffle instead of ``w``."""
     rows = np.ascontiguousarray(_host(x), dtype=np.float32)
     m, d = rows.shape
     if m == 0:

@@ -280,10 +280,10 @@ def assign_border_partition(
     border_rows : DataFrame
         One row per (row, neighbouring cluster it is a border row of): ``_row`` (int64),
         ``cluster`` (int32, the neighbouring cluster: what the shuffle routes by), ``_home``
-        (int32, the row's own cluster), ``_rank`` (float64) and the row's ``(r + 1)``-dim sketch
-        as float32 columns ``_s0 .. _s{r}`` (:data:`.border.SKETCH_PREFIX`): a border row
-        travels without its embedding (and ``_part`` with ``cluster_parts``; ``_id`` and ``_emb``
-        with ``with_embeddings``).
+        (int32, the row's own cluster), ``_rank`` (float64) and ``_sk``, the row's ``(R + 1)``-value
+        sketch packed in one column (:data:`.border.SKETCH_COLUMN`): a border row travels
+        without its embedding (and ``_part`` with ``cluster_parts``; ``_id`` and ``_emb`` with
+        ``with_embeddings``).
     """
     own, guests = _assign(
         df,
@@ -324,7 +324,7 @@ def _assign(
     """Own-row payload, and (``border_scale`` given) the border-row payload, of one partition."""
     import torch
 
-    from .border import SKETCH_PREFIX, sketch
+    from .border import SKETCH_COLUMN, sketch
 
     ids = df[id_column].reset_index(drop=True) if id_column is not None else _frame.index_values(df)
     ids = backends.nullable(ids)
@@ -377,9 +377,7 @@ def _assign(
         "_home": backends.new_column(df, labels[g_dev], "int32"),
         "_rank": backends.new_column(df, keys[g_dev], "float64"),
     }
-    sk = sk.contiguous()
-    for j in range(width):
-        guests[f"{SKETCH_PREFIX}{j}"] = backends.new_column(df, sk[:, j], "float32")
+    guests[SKETCH_COLUMN] = backends.pack_floats(df, sk)
     if with_embeddings:
         guests["_id"] = backends.take(ids, pos[g_host])
         guests["_emb"] = backends.pack_rows(df, x[g_dev], df[embedding_column], pos[g_host])

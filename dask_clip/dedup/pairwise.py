@@ -196,7 +196,7 @@ def border_block(
     guests
         The border rows of the same clusters (:func:`.assign.assign_border_partition`'s second
         payload after the same shuffle): ``cluster`` is the cluster they visit, ``_home`` their
-        own, and ``_s0 ..`` their sketch.
+        own, and ``_sk`` their sketch (:data:`.border.SKETCH_COLUMN`).
     eps
         The dedup threshold.
     sketch_basis
@@ -326,11 +326,9 @@ def _cross_candidates(
         if guest_x.shape[0] != len(guests):
             raise ValueError("the cluster shuffle received rows without an embedding")
     q = torch.as_tensor(np.asarray(basis, np.float32), device=dev)
-    width = q.shape[1] + 1
-    g_sk = torch.stack(
-        [backends.numeric_tensor(guests[f"{border.SKETCH_PREFIX}{j}"], dev).to(torch.float32) for j in range(width)],
-        dim=1,
-    )
+    g_sk, _ = backends.embedding_matrix(guests[border.SKETCH_COLUMN], device=dev)
+    if g_sk.shape != (len(guests), q.shape[1] + 1):
+        raise ValueError(f"border rows' sketches are {tuple(g_sk.shape)}, not ({len(guests)}, {q.shape[1] + 1})")
     host = backends.numeric_tensor(guests["cluster"], dev).to(torch.int64)
     g_order = torch.argsort(host, stable=True)
     g_values, g_counts = torch.unique_consecutive(host[g_order], return_counts=True)
@@ -341,6 +339,10 @@ def _cross_candidates(
     # sketches in block order once: each block then reads contiguous slices, not a gather
     o_sk = border.sketch(x, q)[order]
     g_sk = g_sk[g_order]
+    # the dense test runs on the coarse sketches, the fine ones re-test what passes it
+    r = border.coarse_dims(x.shape[1])
+    o_co, g_co = border.coarse_sketch(o_sk, r), border.coarse_sketch(g_sk, r)
+    two_level = o_co.shape[1] < o_sk.shape[1]
     threshold = border.duplicate_threshold(eps)
     out_o, out_g, out_v = [], [], []
     start = 0
@@ -353,10 +355,17 @@ def _cross_candidates(
         o_at = slice(o_start[c], o_start[c] + o_size[c])
         o = order[o_at]
         if guest_x is not None:
-            gi, oi, v = border.exact_pairs(x[o], o_sk[o_at], guest_x, g, g_sk[g_at], threshold, block_size)
+            gi, oi, v = border.exact_pairs(x[o], o_co[o_at], guest_x, g, g_co[g_at], threshold, block_size)
             out_v.append(v)
         else:
-            gi, oi = border.sketch_candidates(o_sk[o_at], g_sk[g_at], threshold, block_size)
+            gi, oi = border.sketch_candidates(
+                o_co[o_at],
+                g_co[g_at],
+                threshold,
+                block_size,
+                own_fine=o_sk[o_at] if two_level else None,
+                guest_fine=g_sk[g_at] if two_level else None,
+            )
         out_o.append(o[oi])
         out_g.append(g[gi])
     if not out_o:
