@@ -105,3 +105,14 @@ def test_cudf_pixel_lists_reach_torch_without_a_copy(cudf):
     leaves_ptr = gdf["image"].list.leaves.values.data.ptr
     assert rows[0].is_cuda and rows[0].data_ptr() == leaves_ptr
     assert all(np.array_equal(r.cpu().numpy(), p) for r, p in zip(rows, pixels))
+
+
+@pytest.mark.gpu
+@pytest.mark.cudf
+def test_packed_floats_are_a_list_column_read_back_as_a_matrix(cudf):
+    """cuDF has no binary dtype: ``pack_floats`` gives ``list<float32>`` rows, read back unchanged."""
+    x = torch.arange(12, dtype=torch.float32, device="cuda").reshape(4, 3) / 7
+    col = backends.pack_floats(cudf.DataFrame(index=cudf.RangeIndex(4)), x)
+    assert col.dtype == cudf.ListDtype("float32")
+    back, valid = backends.embedding_matrix(col, device="cuda")
+    assert bool(valid.all()) and torch.equal(back, x)

@@ -68,3 +68,18 @@ def test_dispatch_on_pandas_imports_no_cudf():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_packed_floats_are_one_binary_column_read_back_as_a_matrix():
+    """``pack_floats``: a float32 matrix as one ``large_binary`` value per row (the border
+    sketches' shuffle column), read back unchanged by ``embedding_matrix``, also after a take."""
+    import torch
+
+    x = torch.arange(12, dtype=torch.float32).reshape(4, 3) / 7
+    col = backends.pack_floats(pd.DataFrame(index=range(4)), x)
+    assert col.dtype == pd.ArrowDtype(pa.large_binary())
+    back, valid = backends.embedding_matrix(col)
+    assert valid.all() and torch.equal(back, x)
+    picked, _ = backends.embedding_matrix(backends.take(col, np.array([3, 1])))
+    assert torch.equal(picked, x[[3, 1]])
+    assert len(backends.pack_floats(pd.DataFrame(), torch.zeros((0, 3)))) == 0

@@ -27,7 +27,7 @@ from dask_clip.dedup.kmeans import normalize_rows
 from dask_clip.dedup.pairwise import verify_candidates
 from dask_clip.dedup.workflow import attach_results, cluster_results, prepare
 
-D = 64  # sketch_dims(64) = 16 < d: the sketch bound is loose enough to matter
+D = 64  # coarse_dims(64) = 16, sketch_dims(64) = 32 < d: the sketch bounds are loose enough to matter
 EPS0 = 0.02  # the planted pairs' distance; runs use eps = EPS0 + NUDGE
 NUDGE = 2e-5  # far above float32 rounding (~1e-7), far below the bounds' slack (1e-4)
 
@@ -259,6 +259,59 @@ def test_sketch_candidates_are_a_superset_of_the_pairs():
     assert len(want) > 50
     assert want <= got
     assert len(got) < exact.size / 10  # and the bound does prune
+
+
+def test_coarse_sketch_is_the_rank_r_sketch_and_bounds_above_the_fine_one():
+    """The dense test's rank-r sketch, taken from the rank-R one a border row travels with, is the
+    sketch of the basis' first r columns; it bounds every pair at least as loosely as the fine one,
+    which bounds the exact similarity: so the two levels keep every pair the exact test would."""
+    rng = np.random.default_rng(4)
+    c = unit(rng.standard_normal((40, D))).astype(np.float32)
+    basis = torch.from_numpy(border.sketch_basis(c))
+    r, big_r = border.coarse_dims(D), border.sketch_dims(D)
+    assert basis.shape == (D, big_r) and r < big_r
+    x = torch.from_numpy(
+        unit(c[rng.integers(0, 40, 400)] + 0.4 * unit(rng.standard_normal((400, D)))).astype(np.float32)
+    )
+    fine = border.sketch(x, basis)
+    coarse = border.coarse_sketch(fine, r)
+    torch.testing.assert_close(coarse, border.sketch(x, basis[:, :r]), atol=1e-5, rtol=0)
+    exact, f, co = x @ x.T, fine @ fine.T, coarse @ coarse.T
+    assert bool((f >= exact - 1e-6).all()) and bool((co >= f - 1e-6).all())
+    assert float((co > f + 1e-3).float().mean()) > 0.5  # the second level is tighter on most pairs
+    assert border.coarse_sketch(fine, big_r) is fine  # nothing to drop
+
+
+def test_two_level_candidates_are_the_pairs_both_sketches_pass():
+    """Dense coarse tiles, then the fine re-test: the candidates are exactly the pairs that pass
+    both bounds (up to float32 rounding at the threshold), a superset of the exact pairs, and
+    fewer than the coarse bound alone passes."""
+    rng = np.random.default_rng(5)
+    c = unit(rng.standard_normal((20, D))).astype(np.float32)
+    basis = torch.from_numpy(border.sketch_basis(c))
+    own = unit(c[rng.integers(0, 20, 300)] + 0.5 * unit(rng.standard_normal((300, D))))
+    guests = np.concatenate(
+        [unit(own[:200] + 0.12 * unit(rng.standard_normal((200, D)))), unit(rng.standard_normal((500, D)))]
+    )
+    o, g = (torch.from_numpy(v.astype(np.float32)) for v in (own, guests))
+    of, gf = border.sketch(o, basis), border.sketch(g, basis)
+    r = border.coarse_dims(D)
+    oc, gc = border.coarse_sketch(of, r), border.coarse_sketch(gf, r)
+    t = border.duplicate_threshold(0.02)
+    floor = t - border.SKETCH_SLACK
+    gi, oi = border.sketch_candidates(oc, gc, t, block_size=64, own_fine=of, guest_fine=gf)
+    got = set(zip(gi.tolist(), oi.tolist()))
+    assert len(got) == gi.numel()  # each pair once
+
+    def pairs(mask: torch.Tensor) -> set:
+        return set(zip(*(v.tolist() for v in torch.nonzero(mask, as_tuple=True))))
+
+    coarse_b, fine_b = gc @ oc.T, gf @ of.T
+    assert pairs((coarse_b >= floor + 1e-6) & (fine_b >= floor + 1e-6)) <= got
+    assert got <= pairs((coarse_b >= floor - 1e-6) & (fine_b >= floor - 1e-6))
+    exact = pairs(g @ o.T >= t)
+    assert len(exact) > 50 and exact <= got
+    assert len(got) < 0.8 * len(pairs(coarse_b >= floor))
 
 
 def test_verify_refuses_candidates_routed_to_the_wrong_block():
