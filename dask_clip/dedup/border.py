@@ -88,7 +88,6 @@ import numpy as np
 
 __all__ = [
     "CANDIDATES_PER_BORDER_ROW",
-    "GUEST_TILE_ROWS",
     "LABEL_BLOCK_ENTRIES",
     "MARGIN_CHUNK",
     "MARGIN_SLACK",
@@ -294,8 +293,9 @@ def sketch_dims(d: int) -> int:
 def coarse_dims(d: int) -> int:
     """Rank ``r`` of the dense sketch test: ``d / 16``, at least 16, at most ``d``.
 
-    The dense test costs about the same per pair at rank 16 or 32 (it writes one product per
-    pair) and passes 0.5 % of the CLIP-like set's pairs at 16, 0.03 % at 32.
+    The dense test costs nearly the same per pair at rank 16 or 32 (1.2 vs 1.5 ns, one thread:
+    it writes one product per pair) but passes 20 x more of the CLIP-like set's pairs at rank
+    16 (5.3e-3 against 2.7e-4 at eps 0.05), and 44 % of its border rows reach some own row there.
     """
     return int(min(d, max(16, d // 16)))
 
@@ -392,13 +392,6 @@ def coarse_sketch(s: Any, r: int) -> Any:
     return torch.cat([s[:, :r], rest[:, None]], dim=1)
 
 
-# Border rows per tile of the dense sketch test: smaller tiles of products stay in cache, larger
-# ones cost fewer calls. One partition's border step (one thread), tiles of 128 / 256 / 512 /
-# 1024 rows: CLIP-like eps 0.05 (24k rows, 188k border rows) 1.55 / 1.31 / 1.25 / 1.43 s;
-# issue-like (20k x 64, 172k border rows) 0.53 / 0.39 / 0.39 / 0.36 s.
-GUEST_TILE_ROWS = 512
-
-
 def tile_space(rows: int, cols: int, like: Any) -> Any:
     """A flat float buffer for :func:`tile_products` tiles of up to ``rows x cols``."""
     import torch
@@ -410,8 +403,10 @@ def tile_products(a: Any, b: Any, space: Any) -> Any:
     """``a @ b.T`` written into ``space`` (:func:`tile_space`): a contiguous ``(len(a), len(b))`` view.
 
     Reusing one buffer for every tile of a block instead of allocating each: a fresh
-    megabyte-sized tile costs page faults on every allocation (the dense sketch test per pair,
-    one thread, tiles of 512 x 635 at rank 32: 2.0 ns allocated, 1.45 ns reused; measured).
+    megabyte-sized tile costs page faults on every allocation. Measured, one thread: the dense
+    test per pair at rank 32 (tiles of 512 x 635) 2.0 ns allocated, 1.45 ns reused; one
+    partition's border step (CLIP-like eps 0.05, 24k rows, 188k border rows) median 1.36 s ->
+    1.18-1.22 s over 8 interleaved runs, tiles of 512 or 1024 border rows alike.
     """
     import torch
 
@@ -448,7 +443,7 @@ def sketch_candidates(
     threshold
         float32 similarity from which a pair counts (:func:`duplicate_threshold`).
     block_size
-        Tile side for the own rows; tiles are :data:`GUEST_TILE_ROWS` border rows high.
+        Tile side: memory is ``block_size**2`` floats.
     own_fine, guest_fine
         torch float32 ``(n, R + 1)``, ``(m, R + 1)``, or None (one level).
 
@@ -464,11 +459,10 @@ def sketch_candidates(
     out_o: list[Any] = []
     n, m = own_sketch.shape[0], guest_sketch.shape[0]
     floor = threshold - SKETCH_SLACK
-    tile = min(block_size, GUEST_TILE_ROWS)
-    space = tile_space(min(tile, m), min(block_size, n), own_sketch)
-    for gs in range(0, m, tile):
+    space = tile_space(min(block_size, m), min(block_size, n), own_sketch)
+    for gs in range(0, m, block_size):
         for hs in range(0, n, block_size):
-            bound = tile_products(guest_sketch[gs : gs + tile], own_sketch[hs : hs + block_size], space)
+            bound = tile_products(guest_sketch[gs : gs + block_size], own_sketch[hs : hs + block_size], space)
             # most border rows reach no own row: find the pairs only in the rows that do
             rows = torch.nonzero(bound.amax(dim=1) >= floor).flatten()
             if rows.numel() == 0:
